@@ -1,0 +1,421 @@
+"""The training loop: scenario -> method, eval schedule, checkpoints, run record.
+
+The runner owns the loop (a method owns its network, optimiser and memory).
+Every source of randomness is either seeded from the run seed per
+(experience, epoch) or saved in checkpoints, so the same seed gives the same
+record on CPU and a run killed at any point resumes to the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import random
+import resource
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cl_bench.metrics import compute_all
+
+from . import __version__
+from .config import build_config, config_to_dict
+from .errors import DivergenceError, UserError
+from .evaluator import Evaluator
+from .method import Method
+from .plots import plot_accuracy_curves
+from .record import RECORD_FILE, SCHEMA_VERSION, git_sha, load_record, write_record
+from .registry import METHODS, SCENARIOS
+from .types import Batch, Scenario, StreamInfo, spec_hash
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a stream is trained on and evaluated (the same for every method compared).
+
+    Attributes:
+        eval_every: Evaluate every k training iterations (1 = per iteration,
+            0 = only before training and at experience boundaries).
+        eval_subset: Test examples per experience between boundaries (0 = all);
+            De Lange et al. subsample to 1,000.
+        batch_size: Training mini-batch size (None = the scenario's default, else 32).
+        epochs: Passes over each experience (None = the scenario's default, else 1).
+        eval_batch_size: Examples per forward call during evaluation.
+    """
+
+    eval_every: int = 1
+    eval_subset: int = 1000
+    batch_size: int | None = None
+    epochs: int | None = None
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("eval_every", "eval_subset"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("batch_size", "epochs", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+
+    def resolve(self, scenario: Scenario) -> Protocol:
+        """Fill unset fields from the scenario's defaults, then global ones."""
+        d = scenario.protocol_defaults
+        return dataclasses.replace(
+            self,
+            batch_size=self.batch_size or d.get("batch_size", 32),
+            epochs=self.epochs or d.get("epochs", 1),
+        )
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines a run; a record's ``run_id`` is derived from it.
+
+    Attributes:
+        method: Registered method name.
+        method_config: Overrides of the method's config fields.
+        scenario: Registered scenario name.
+        scenario_config: Overrides of the scenario builder's parameters.
+        protocol: Training and evaluation protocol.
+        seed: Seeds the method's initialisation, shuffling and subsampling.
+        device: "cpu", "cuda" or "cuda:N".
+    """
+
+    method: str = "er"
+    method_config: dict[str, Any] = field(default_factory=dict)
+    scenario: str = "split_digits"
+    scenario_config: dict[str, Any] = field(default_factory=dict)
+    protocol: Protocol = field(default_factory=Protocol)
+    seed: int = 0
+    device: str = "cpu"
+
+
+def check_device(device: str) -> None:
+    """Raise a :class:`UserError` if ``device`` cannot be used here."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device} was asked for but this machine has no usable CUDA GPU; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
+
+
+def _shuffle_seed(seed: int, experience: int, epoch: int) -> int:
+    return (seed * 1_000_003 + experience * 10_007 + epoch) % (2**63)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def peak_rss_mb() -> int:
+    """Peak resident memory of this process in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024)
+
+
+class _Run:
+    """State of one run; :func:`run` and :func:`resume` drive it."""
+
+    def __init__(self, spec: RunSpec, run_dir: Path, checkpoint_every: int, progress: bool) -> None:
+        check_device(spec.device)
+        self.spec = spec
+        self.method_config = METHODS.config(spec.method, spec.method_config)
+        self.scenario_config = SCENARIOS.config(spec.scenario, spec.scenario_config)
+        self.scenario: Scenario = SCENARIOS.create(spec.scenario, **spec.scenario_config)
+        self.protocol = spec.protocol.resolve(self.scenario)
+        self.method: Method = METHODS.get(spec.method).obj(self.method_config)
+        caps = self.method.caps
+        if caps.task_id_at_test and self.scenario.setting != "task_il":
+            raise UserError(
+                f"method {spec.method!r} needs task ids at test time, which only the task-incremental "
+                f"setting gives; this stream is {self.scenario.setting}. Use --set scenario.setting=task_il "
+                f"or another method."
+            )
+        self.run_dir = run_dir
+        self.checkpoint_every = checkpoint_every
+        self.progress = progress
+        self.evaluator = Evaluator(
+            self.scenario, eval_every=self.protocol.eval_every, eval_subset=self.protocol.eval_subset,
+            seed=spec.seed, device=spec.device, batch_size=self.protocol.eval_batch_size,
+        )  # fmt: skip
+        self.iteration = 0
+        self.position = (0, 0, 0)  # next (experience, epoch, batch) to train on
+        self.begun = False  # whether begin_experience ran for position[0]
+        self.cost = {"train_seconds": 0.0, "eval_seconds": 0.0}
+        self.last_loss = math.nan
+
+    # -- records ------------------------------------------------------------------------------------------
+    def record(self, status: str, error: str | None = None) -> dict[str, Any]:
+        matrix = self.evaluator.matrix
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_dir.name,
+            "status": status,
+            "method": {"name": self.spec.method, "config": config_to_dict(self.method_config)},
+            "scenario": {"name": self.spec.scenario, "spec": self.scenario.spec, "spec_hash": self.scenario.spec_hash},
+            "protocol": {**dataclasses.asdict(self.protocol), "setting": self.scenario.setting},
+            "seed": self.spec.seed,
+            "accuracy_matrix": matrix.to_dict(),
+            "metrics": compute_all(matrix),
+            "cost": {
+                "train_seconds": round(self.cost["train_seconds"], 3),
+                "eval_seconds": round(self.cost["eval_seconds"], 3),
+                "peak_rss_mb": peak_rss_mb(),
+            },
+            "env": {
+                "cl_bench": __version__, "torch": torch.__version__, "device": self.spec.device,
+                "git_sha": git_sha(), "python": platform.python_version(), "platform": platform.platform(),
+            },  # fmt: skip
+            "request": {
+                "method_config": self.spec.method_config, "scenario_config": self.spec.scenario_config,
+                "protocol": dataclasses.asdict(self.spec.protocol), "device": self.spec.device,
+                "checkpoint_every": self.checkpoint_every,
+            },  # fmt: skip
+            "error": error,
+        }
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "iteration": self.iteration,
+            "position": self.position,
+            "begun": self.begun,
+            "matrix": self.evaluator.matrix.to_dict(),
+            "method": self.method.state_dict(),
+            "rng": _rng_state(),
+            "cost": dict(self.cost),
+        }
+        tmp = self.run_dir / f".{CHECKPOINT_FILE}.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.run_dir / CHECKPOINT_FILE)
+        write_record(self.run_dir, self.record("running"))
+
+    def load_checkpoint(self, path: Path) -> dict[str, Any]:
+        try:
+            return torch.load(path, map_location=self.spec.device, weights_only=False)
+        except Exception as err:
+            raise UserError(f"cannot read checkpoint {path} ({err}); it is corrupt — start the run afresh") from None
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def start(self, state: dict[str, Any] | None) -> None:
+        info = StreamInfo(
+            self.scenario.input_shape, self.scenario.n_classes, len(self.scenario), self.scenario.setting,
+            self.spec.device,
+        )  # fmt: skip
+        _seed_everything(self.spec.seed)
+        self.method.setup(info, self.spec.seed)
+        if state is None:
+            self._eval(full=True, n_seen=0)
+            return
+        from cl_bench.metrics import AccuracyMatrix
+
+        self.iteration = state["iteration"]
+        self.position = tuple(state["position"])
+        self.cost = state["cost"]
+        self.evaluator.matrix = AccuracyMatrix.from_dict(state["matrix"], len(self.scenario))
+        if state["begun"]:
+            # begin_experience may re-reference the experience's data; the saved state then overrides it.
+            self.method.begin_experience(self.scenario[self.position[0]])
+            self.begun = True
+        self.method.load_state_dict(state["method"])
+        _set_rng_state(state["rng"])
+
+    def _eval(self, full: bool, n_seen: int) -> None:
+        t0 = time.perf_counter()
+        p = self.evaluator.evaluate(self.method.predict, self.iteration, n_seen, full=full)
+        self.cost["eval_seconds"] += time.perf_counter() - t0
+        if self._bar is not None:
+            row = [a for a in self.evaluator.matrix.acc_row(p) if not math.isnan(a)]
+            if row:
+                self._bar.set_postfix(acc=f"{sum(row) / len(row):.3f}", loss=f"{self.last_loss:.3f}", refresh=False)
+
+    def _iterations(self, e: int) -> int:
+        data = self.scenario[e].train
+        n = len(data) if data is not None else 0
+        return self.protocol.epochs * math.ceil(n / self.protocol.batch_size)
+
+    def train(self) -> None:
+        from tqdm import tqdm
+
+        total = sum(self._iterations(e) for e in range(len(self.scenario)))
+        self._bar = (
+            tqdm(total=total, initial=self.iteration, desc=f"{self.spec.method} on {self.spec.scenario}",
+                 unit="it", dynamic_ncols=True, leave=False)
+            if self.progress else None
+        )  # fmt: skip
+        try:
+            self._train()
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+
+    def _train(self) -> None:
+        bs, epochs = self.protocol.batch_size, self.protocol.epochs
+        device = torch.device(self.spec.device)
+        task_il = self.scenario.setting == "task_il"
+        start_e, start_epoch, start_b = self.position
+        for e in range(start_e, len(self.scenario)):
+            exp = self.scenario[e]
+            if not (self.begun and e == start_e):
+                self.position, self.begun = (e, 0, 0), True
+                self.method.begin_experience(exp)
+            data = self.method.train_data(exp)
+            if data is not None and len(data) > 0:
+                data = data.to(device)
+                n = len(data)
+                n_batches = math.ceil(n / bs)
+                first_epoch = start_epoch if e == start_e else 0
+                for epoch in range(first_epoch, epochs):
+                    gen = torch.Generator().manual_seed(_shuffle_seed(self.spec.seed, e, epoch))
+                    perm = torch.randperm(n, generator=gen).to(device)
+                    first_b = start_b if (e == start_e and epoch == start_epoch) else 0
+                    for b in range(first_b, n_batches):
+                        self._step(data, perm[b * bs : (b + 1) * bs], e, exp.task_id if task_il else None)
+                        last = epoch == epochs - 1 and b == n_batches - 1
+                        self.position = (e, epoch, b + 1) if b + 1 < n_batches else (e, epoch + 1, 0)
+                        if self.evaluator.due(self.iteration) and not last:
+                            self._eval(full=False, n_seen=e + 1)
+                        if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
+                            self.save_checkpoint()
+            self.method.end_experience(exp)
+            self._eval(full=True, n_seen=e + 1)
+            self.evaluator.matrix.mark_boundary(self.evaluator.matrix.n_points - 1)
+            self.position, self.begun = (e + 1, 0, 0), False
+
+    def _step(self, data: Any, idx: torch.Tensor, e: int, task_id: int | None) -> None:
+        t0 = time.perf_counter()
+        x, y = data.batch(idx)
+        task_ids = None
+        if task_id is not None:
+            task_ids = data.t[idx] if data.t is not None else torch.full_like(y, task_id)
+        out = self.method.observe(Batch(x, y, task_ids, e))
+        self.iteration += 1
+        loss = float(out["loss"])
+        self.cost["train_seconds"] += time.perf_counter() - t0
+        self.last_loss = loss
+        if self._bar is not None:
+            self._bar.update(1)
+        if not math.isfinite(loss):
+            raise DivergenceError(
+                f"the training loss became {loss} at iteration {self.iteration} (experience {e}) of "
+                f"{self.spec.method} on {self.spec.scenario}: training diverged. Lower the learning rate "
+                f"(e.g. --set lr=...) or the regularisation strength and run again. The partial accuracy "
+                f"matrix is kept in the failed record."
+            )
+
+
+def run_id_for(spec: RunSpec) -> str:
+    """Deterministic run id: the same spec always maps to the same directory."""
+    blob = {"method": spec.method, "mc": spec.method_config, "scenario": spec.scenario,
+            "sc": spec.scenario_config, "protocol": dataclasses.asdict(spec.protocol), "seed": spec.seed}  # fmt: skip
+    return f"{spec.scenario}-{spec.method}-s{spec.seed}-{spec_hash(blob)[:8]}"
+
+
+def _drive(r: _Run, state: dict[str, Any] | None) -> dict[str, Any]:
+    r._bar = None
+    try:
+        r.start(state)
+        r.train()
+    except BaseException as err:
+        message = str(err) if isinstance(err, UserError) else "".join(traceback.format_exception(err)).strip()
+        write_record(r.run_dir, r.record("failed", f"{type(err).__name__}: {message}"))
+        raise
+    record = r.record("completed")
+    write_record(r.run_dir, record)
+    (r.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    plot_accuracy_curves(record, r.run_dir / "accuracy.png")
+    return record
+
+
+def run(
+    spec: RunSpec, out: str | Path = "runs", *, checkpoint_every: int = 0, progress: bool = False
+) -> dict[str, Any]:
+    """Train ``spec.method`` on ``spec.scenario`` and write ``<out>/<run_id>/run.json``.
+
+    Args:
+        spec: What to run.
+        out: Directory that receives the run directory.
+        checkpoint_every: Save a resumable checkpoint every N iterations (0 = never).
+        progress: Show a progress bar with live accuracy.
+
+    Returns:
+        The completed run record.
+
+    Raises:
+        UserError: Bad names, values or data (nothing is written), or a diverging
+            loss (a failed record with the partial matrix is written).
+    """
+    run_dir = Path(out) / run_id_for(spec)
+    r = _Run(spec, run_dir, checkpoint_every, progress)  # validates everything before touching disk
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    return _drive(r, None)
+
+
+def spec_from_record(record: dict[str, Any]) -> RunSpec:
+    """The :class:`RunSpec` that produced ``record``."""
+    req = record["request"]
+    return RunSpec(
+        method=record["method"]["name"], method_config=req["method_config"],
+        scenario=record["scenario"]["name"], scenario_config=req["scenario_config"],
+        protocol=build_config(Protocol, req["protocol"], "the recorded protocol"),
+        seed=record["seed"], device=req["device"],
+    )  # fmt: skip
+
+
+def resume(run_dir: str | Path, *, checkpoint_every: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """Continue an interrupted run from its last checkpoint to the same result.
+
+    Raises:
+        UserError: If ``run_dir`` holds no resumable run.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / RECORD_FILE).exists():
+        raise UserError(f"{run_dir} holds no run record; --resume takes the directory `cl-bench run` printed")
+    record = load_record(run_dir)
+    if record["status"] == "completed":
+        return record
+    ckpt = run_dir / CHECKPOINT_FILE
+    if not ckpt.exists():
+        raise UserError(
+            f"{run_dir} has no checkpoint to resume from (it was run without --checkpoint-every, or failed "
+            f"before the first one); run it again from the start"
+        )
+    spec = spec_from_record(record)
+    every = checkpoint_every if checkpoint_every is not None else record["request"].get("checkpoint_every", 0)
+    r = _Run(spec, run_dir, every, progress)
+    return _drive(r, r.load_checkpoint(ckpt))
+
+
+__all__ = ["Protocol", "RunSpec", "run", "resume", "run_id_for"]

@@ -1,0 +1,104 @@
+"""Helpers scenario builders share: class orders, stratified splits, class-split streams.
+
+These are core utilities, not scenarios: builders in ``cl_bench.scenarios``
+call them so that every class-split stream orders, splits and records its
+classes the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+from .types import Experience, Scenario, TensorData
+
+
+def resolve_class_order(order: str | tuple[int, ...], n_classes: int, seed: int) -> list[int]:
+    """Turn a class-order request into a permutation of ``range(n_classes)``.
+
+    Args:
+        order: "seeded" (a permutation drawn from ``seed``), "identity", or an
+            explicit sequence of every class once.
+        n_classes: Number of classes in the dataset.
+        seed: Seed of the "seeded" permutation.
+
+    Raises:
+        ConfigError: For an unknown name or a sequence that is not a permutation.
+    """
+    if order == "identity":
+        return list(range(n_classes))
+    if order == "seeded":
+        return torch.randperm(n_classes, generator=torch.Generator().manual_seed(seed)).tolist()
+    if isinstance(order, str) and "," in order:
+        try:
+            order = tuple(int(c) for c in order.split(","))
+        except ValueError:
+            pass
+    if isinstance(order, str):
+        raise ConfigError(
+            f"class_order must be 'seeded', 'identity' or a list of all {n_classes} classes, got {order!r}"
+        )
+    if sorted(order) != list(range(n_classes)):
+        raise ConfigError(f"class_order must list each of the {n_classes} classes exactly once, got {list(order)}")
+    return list(order)
+
+
+def stratified_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split example indices per class into train and test parts, deterministically.
+
+    Returns:
+        Sorted train indices and sorted test indices.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in torch.unique(y).tolist():
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        k = round(len(idx) * test_fraction)
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+def split_by_class(
+    name: str,
+    train: TensorData,
+    test: TensorData,
+    *,
+    n_experiences: int,
+    class_order: str | tuple[int, ...],
+    seed: int,
+    setting: str,
+    spec: dict[str, Any],
+    protocol_defaults: dict[str, Any] | None = None,
+) -> Scenario:
+    """A class-incremental (or task-incremental) stream: disjoint class groups per experience.
+
+    Classes are ordered by ``class_order`` and dealt into ``n_experiences``
+    groups of (nearly) equal size; labels keep their dataset values.
+
+    Raises:
+        ConfigError: If the classes cannot be split into that many experiences,
+            or the setting is not class_il / task_il.
+    """
+    n_classes = int(max(train.y.max(), test.y.max())) + 1
+    if setting not in ("class_il", "task_il"):
+        raise ConfigError(f"{name} supports setting class_il or task_il, got {setting!r}")
+    if not 1 <= n_experiences <= n_classes:
+        raise ConfigError(f"{name} has {n_classes} classes, so n_experiences must be 1..{n_classes}, got {n_experiences}")
+    order = resolve_class_order(class_order, n_classes, seed)
+    groups = [order[i * n_classes // n_experiences : (i + 1) * n_classes // n_experiences] for i in range(n_experiences)]
+    experiences = []
+    for i, classes in enumerate(groups):
+        cls = torch.tensor(classes)
+        tr = torch.nonzero(torch.isin(train.y, cls)).flatten()
+        te = torch.nonzero(torch.isin(test.y, cls)).flatten()
+        experiences.append(
+            Experience(i, train.subset(tr), test.subset(te), tuple(sorted(classes)),
+                       task_id=i if setting == "task_il" else None)
+        )  # fmt: skip
+    full_spec = {**spec, "n_experiences": n_experiences, "class_order": order, "seed": seed,
+                 "classes_per_experience": [sorted(g) for g in groups]}  # fmt: skip
+    return Scenario(name, experiences, full_spec, n_classes, setting, protocol_defaults)

@@ -1,0 +1,222 @@
+"""Stream types: tensor datasets, experiences, scenarios, and what methods see.
+
+Data small enough for memory is held as tensors and batched by indexing (no
+per-sample ``Dataset.__getitem__`` on the hot path); the per-batch transform
+runs on whole batches, on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+Setting = Literal["class_il", "task_il", "domain_il"]
+SETTINGS: tuple[str, ...] = ("class_il", "task_il", "domain_il")
+
+
+@dataclass(frozen=True)
+class Standardize:
+    """Batch transform: ``(x / scale - mean) / std`` per channel, as float32.
+
+    Stored images stay compact (uint8); this runs on each batch, on the device.
+    """
+
+    scale: float = 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float32) / self.scale
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        mean = torch.tensor(self.mean, device=x.device).view(shape)
+        std = torch.tensor(self.std, device=x.device).view(shape)
+        return (x - mean) / std
+
+
+class TensorData:
+    """A labelled dataset held as tensors.
+
+    Args:
+        x: Stored inputs, first dimension = examples (uint8 images, usually).
+        y: Integer labels (int64), one per example.
+        transform: Batch transform from stored form to model input (e.g.
+            :class:`Standardize`). Applied after indexing, on the batch's device.
+        t: Per-example task ids, for data that mixes tasks (e.g. joint training
+            in a task-incremental stream); None means "the experience's task".
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        t: torch.Tensor | None = None,
+    ) -> None:
+        if len(x) != len(y) or (t is not None and len(t) != len(y)):
+            raise ValueError(f"x, y (and t) must have one entry per example: {len(x)} vs {len(y)}")
+        self.x = x
+        self.y = y.to(torch.int64)
+        self.transform = transform
+        self.t = t
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        # Per-sample access for torch DataLoader / Avalanche interop only.
+        xi = self.x[i : i + 1]
+        return (self.transform(xi) if self.transform else xi)[0], int(self.y[i])
+
+    def batch(self, idx: torch.Tensor | slice, device: torch.device | str | None = None) -> tuple[
+        torch.Tensor, torch.Tensor
+    ]:
+        """Inputs (transformed) and labels at ``idx``, moved to ``device``."""
+        x, y = self.x[idx], self.y[idx]
+        if device is not None:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return (self.transform(x) if self.transform else x), y
+
+    def subset(self, idx: torch.Tensor) -> TensorData:
+        """The examples at ``idx`` (same transform)."""
+        return TensorData(self.x[idx], self.y[idx], self.transform, None if self.t is None else self.t[idx])
+
+    def to(self, device: torch.device | str) -> TensorData:
+        """A copy whose tensors live on ``device``."""
+        t = None if self.t is None else self.t.to(device)
+        return TensorData(self.x.to(device), self.y.to(device), self.transform, t)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example as the model sees it."""
+        return tuple(self.batch(slice(0, 1))[0].shape[1:])
+
+
+@dataclass(frozen=True)
+class Experience:
+    """One step of a stream.
+
+    Attributes:
+        index: Position in the stream (0-based).
+        train: Training data (None for test-only streams).
+        test: Test data of this experience.
+        classes: Labels present in this experience.
+        task_id: Task label, None unless the protocol gives task ids.
+        meta: Free-form facts, e.g. a permutation seed or a rotation angle.
+    """
+
+    index: int
+    train: TensorData | None
+    test: TensorData
+    classes: tuple[int, ...]
+    task_id: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """Stable short hash of a JSON-able spec."""
+    blob = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Scenario(Sequence[Experience]):
+    """A sequence of experiences and everything that defines it.
+
+    Args:
+        name: Registered builder name.
+        experiences: The stream, in order.
+        spec: Everything that defines the stream (dataset, class order, seeds,
+            split, transforms): two scenarios with equal specs are the same stream.
+        n_classes: Size of the label space over the whole stream.
+        setting: "class_il", "task_il" or "domain_il".
+        protocol_defaults: Training-protocol values this stream is usually run
+            with (e.g. ``{"epochs": 5}``); explicit protocol values win.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        experiences: list[Experience],
+        spec: dict[str, Any],
+        n_classes: int,
+        setting: str,
+        protocol_defaults: dict[str, Any] | None = None,
+    ) -> None:
+        if setting not in SETTINGS:
+            raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
+        self.name = name
+        self.experiences = list(experiences)
+        self.spec = dict(spec, setting=setting)
+        self.n_classes = n_classes
+        self.setting = setting
+        self.protocol_defaults = dict(protocol_defaults or {})
+
+    @property
+    def spec_hash(self) -> str:
+        """Hash of :meth:`spec`, the identity of the stream in records and leaderboards."""
+        return spec_hash(self.spec)
+
+    def __len__(self) -> int:
+        return len(self.experiences)
+
+    def __getitem__(self, i: int) -> Experience:  # type: ignore[override]
+        return self.experiences[i]
+
+    def __iter__(self) -> Iterator[Experience]:
+        return iter(list(self.experiences))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Model input shape (after the batch transform)."""
+        return self.experiences[0].test.input_shape
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a method may know before training: no data, no future classes.
+
+    Attributes:
+        input_shape: Shape of one model input.
+        n_classes: Size of the label space (the output layer's width).
+        n_experiences: Number of experiences in the stream.
+        setting: "class_il", "task_il" or "domain_il".
+        device: Where batches arrive.
+    """
+
+    input_shape: tuple[int, ...]
+    n_classes: int
+    n_experiences: int
+    setting: str
+    device: str = "cpu"
+
+
+@dataclass
+class Batch:
+    """A training mini-batch.
+
+    Attributes:
+        x: Model inputs on the run's device.
+        y: Labels.
+        task_ids: Per-example task ids, or None when the protocol hides them.
+        experience: Index of the experience it comes from.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    task_ids: torch.Tensor | None
+    experience: int
+
+
+@dataclass(frozen=True)
+class PredictContext:
+    """What a method may use when predicting, besides the inputs.
+
+    Attributes:
+        task_ids: Per-example task ids in task-incremental evaluation, else None.
+    """
+
+    task_ids: torch.Tensor | None = None

@@ -1,0 +1,79 @@
+"""Experience replay with a reservoir-sampled memory.
+
+Each incoming mini-batch is concatenated with an equally large batch drawn
+from memory, then the incoming examples are offered to the reservoir.
+
+References:
+    Chaudhry et al. "On tiny episodic memories in continual learning". arXiv:1902.10486, 2019.
+    Rolnick et al. "Experience replay for continual learning". NeurIPS 2019.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from cl_bench.components import ReservoirBuffer
+from cl_bench.method import Caps, SupervisedMethod, TrainConfig
+from cl_bench.registry import METHODS
+from cl_bench.types import Batch, StreamInfo
+
+
+@dataclass(frozen=True)
+class ERConfig(TrainConfig):
+    """ER hyper-parameters.
+
+    Attributes:
+        buffer_size: Memory capacity in examples.
+        replay_batch_size: Memory examples per step (0 = as many as the incoming batch,
+            as in Chaudhry et al.).
+    """
+
+    buffer_size: int = 200
+    replay_batch_size: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.buffer_size < 0 or self.replay_batch_size < 0:
+            raise ValueError("buffer_size and replay_batch_size must be >= 0")
+
+
+@METHODS.register(
+    "er",
+    reference="Chaudhry et al., 'On tiny episodic memories in continual learning' (arXiv 2019); "
+    "Rolnick et al., 'Experience replay for continual learning' (NeurIPS 2019)",
+)
+class ER(SupervisedMethod):
+    """Experience replay: mixes a reservoir-sampled memory batch into every step."""
+
+    Config: ClassVar[type] = ERConfig
+    caps: ClassVar[Caps] = Caps(memory="bounded")
+
+    def setup(self, info: StreamInfo, seed: int) -> None:
+        super().setup(info, seed)
+        self.buffer = ReservoirBuffer(self.config.buffer_size, seed)
+
+    def observe(self, batch: Batch) -> dict[str, Any]:
+        x, y, t = batch.x, batch.y, batch.task_ids
+        if len(self.buffer):
+            mx, my, mt = self.buffer.sample(self.config.replay_batch_size or len(x))
+            x, y = torch.cat([x, mx]), torch.cat([y, my])
+            t = None if t is None else torch.cat([t, mt])
+        loss = self.step(x, y, t)
+        self.buffer.add(batch.x, batch.y, batch.task_ids)
+        return {"loss": loss}
+
+    def memory_size(self) -> int:
+        return len(self.buffer)
+
+    def memory_budget(self) -> int | None:
+        return self.config.buffer_size
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.buffer.load_state_dict(state["buffer"])
