@@ -45,6 +45,8 @@ def plot_accuracy_curves(record: dict[str, Any], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")  # then rename: a reader never sees half a PNG
     plt.close(fig)
+    tmp.replace(path)
     return path

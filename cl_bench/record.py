@@ -76,7 +76,9 @@ def validate_record(record: Any, source: str = "record") -> None:
     if missing:
         raise RecordError(f"{source} lacks the keys {', '.join(missing)}; it is not a cl_bench run record")
     if record["schema_version"] != SCHEMA_VERSION:
-        raise RecordError(f"{source} has schema_version {record['schema_version']}; this cl_bench reads {SCHEMA_VERSION}")
+        raise RecordError(
+            f"{source} has schema_version {record['schema_version']}; this cl_bench reads {SCHEMA_VERSION}"
+        )
     if record["status"] not in STATUSES:
         raise RecordError(f"{source} has status {record['status']!r}; expected one of {', '.join(STATUSES)}")
     try:

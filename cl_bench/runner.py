@@ -39,6 +39,10 @@ from .types import Batch, Scenario, StreamInfo, spec_hash
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+class RunInterrupted(Exception):
+    """Raised by a run given ``stop_after``: the process stopped as if killed there (for testing resume)."""
+
+
 @dataclass(frozen=True)
 class Protocol:
     """How a stream is trained on and evaluated (the same for every method compared).
@@ -124,7 +128,11 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -147,14 +155,27 @@ def peak_rss_mb() -> int:
 class _Run:
     """State of one run; :func:`run` and :func:`resume` drive it."""
 
-    def __init__(self, spec: RunSpec, run_dir: Path, checkpoint_every: int, progress: bool) -> None:
+    def __init__(
+        self,
+        spec: RunSpec,
+        run_dir: Path,
+        checkpoint_every: int,
+        progress: bool,
+        method_cls: type[Method] | None = None,
+        stop_after: int | None = None,
+    ) -> None:
         check_device(spec.device)
         self.spec = spec
-        self.method_config = METHODS.config(spec.method, spec.method_config)
+        if method_cls is None:
+            method_cls = METHODS.get(spec.method).obj
+            self.method_config = METHODS.config(spec.method, spec.method_config)
+        else:
+            owner = f"method {spec.method!r}"
+            self.method_config = build_config(method_cls.Config, spec.method_config, owner)
         self.scenario_config = SCENARIOS.config(spec.scenario, spec.scenario_config)
         self.scenario: Scenario = SCENARIOS.create(spec.scenario, **spec.scenario_config)
         self.protocol = spec.protocol.resolve(self.scenario)
-        self.method: Method = METHODS.get(spec.method).obj(self.method_config)
+        self.method: Method = method_cls(self.method_config)
         caps = self.method.caps
         if caps.task_id_at_test and self.scenario.setting != "task_il":
             raise UserError(
@@ -164,6 +185,7 @@ class _Run:
             )
         self.run_dir = run_dir
         self.checkpoint_every = checkpoint_every
+        self.stop_after = stop_after
         self.progress = progress
         self.evaluator = Evaluator(
             self.scenario, eval_every=self.protocol.eval_every, eval_subset=self.protocol.eval_subset,
@@ -307,6 +329,8 @@ class _Run:
                             self._eval(full=False, n_seen=e + 1)
                         if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
                             self.save_checkpoint()
+                        if self.stop_after is not None and self.iteration >= self.stop_after:
+                            raise RunInterrupted(f"stopped after iteration {self.iteration} (stop_after)")
             self.method.end_experience(exp)
             self._eval(full=True, n_seen=e + 1)
             self.evaluator.matrix.mark_boundary(self.evaluator.matrix.n_points - 1)
@@ -358,7 +382,13 @@ def _drive(r: _Run, state: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def run(
-    spec: RunSpec, out: str | Path = "runs", *, checkpoint_every: int = 0, progress: bool = False
+    spec: RunSpec,
+    out: str | Path = "runs",
+    *,
+    checkpoint_every: int = 0,
+    progress: bool = False,
+    method_cls: type[Method] | None = None,
+    stop_after: int | None = None,
 ) -> dict[str, Any]:
     """Train ``spec.method`` on ``spec.scenario`` and write ``<out>/<run_id>/run.json``.
 
@@ -367,6 +397,13 @@ def run(
         out: Directory that receives the run directory.
         checkpoint_every: Save a resumable checkpoint every N iterations (0 = never).
         progress: Show a progress bar with live accuracy.
+        method_cls: Method class to run instead of looking ``spec.method`` up in
+            ``METHODS`` (an unregistered or instrumented class, as in
+            :mod:`cl_bench.testing`); ``spec.method`` then only names it.
+        stop_after: Testing hook: raise :class:`RunInterrupted` once the run has
+            done this many training iterations (after any evaluation and
+            checkpoint due at that iteration), as if the process were killed
+            there. The failed record and the last checkpoint stay for :func:`resume`.
 
     Returns:
         The completed run record.
@@ -374,9 +411,11 @@ def run(
     Raises:
         UserError: Bad names, values or data (nothing is written), or a diverging
             loss (a failed record with the partial matrix is written).
+        RunInterrupted: When ``stop_after`` is reached.
     """
     run_dir = Path(out) / run_id_for(spec)
-    r = _Run(spec, run_dir, checkpoint_every, progress)  # validates everything before touching disk
+    # _Run validates everything before anything touches the disk.
+    r = _Run(spec, run_dir, checkpoint_every, progress, method_cls, stop_after)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -394,11 +433,26 @@ def spec_from_record(record: dict[str, Any]) -> RunSpec:
     )  # fmt: skip
 
 
-def resume(run_dir: str | Path, *, checkpoint_every: int | None = None, progress: bool = False) -> dict[str, Any]:
+def resume(
+    run_dir: str | Path,
+    *,
+    checkpoint_every: int | None = None,
+    progress: bool = False,
+    method_cls: type[Method] | None = None,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
     """Continue an interrupted run from its last checkpoint to the same result.
+
+    Args:
+        run_dir: The run directory (holding ``run.json`` and ``checkpoint.pt``).
+        checkpoint_every: Checkpoint interval from now on (default: the run's own).
+        progress: Show a progress bar with live accuracy.
+        method_cls: As in :func:`run`; pass the same class the run was started with.
+        stop_after: As in :func:`run`; counts the run's iterations from its start.
 
     Raises:
         UserError: If ``run_dir`` holds no resumable run.
+        RunInterrupted: When ``stop_after`` is reached.
     """
     run_dir = Path(run_dir)
     if not (run_dir / RECORD_FILE).exists():
@@ -414,8 +468,8 @@ def resume(run_dir: str | Path, *, checkpoint_every: int | None = None, progress
         )
     spec = spec_from_record(record)
     every = checkpoint_every if checkpoint_every is not None else record["request"].get("checkpoint_every", 0)
-    r = _Run(spec, run_dir, every, progress)
+    r = _Run(spec, run_dir, every, progress, method_cls, stop_after)
     return _drive(r, r.load_checkpoint(ckpt))
 
 
-__all__ = ["Protocol", "RunSpec", "run", "resume", "run_id_for"]
+__all__ = ["Protocol", "RunInterrupted", "RunSpec", "run", "resume", "run_id_for"]

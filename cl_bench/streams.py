@@ -87,9 +87,12 @@ def split_by_class(
     if setting not in ("class_il", "task_il"):
         raise ConfigError(f"{name} supports setting class_il or task_il, got {setting!r}")
     if not 1 <= n_experiences <= n_classes:
-        raise ConfigError(f"{name} has {n_classes} classes, so n_experiences must be 1..{n_classes}, got {n_experiences}")
+        raise ConfigError(
+            f"{name} has {n_classes} classes, so n_experiences must be 1..{n_classes}, got {n_experiences}"
+        )
     order = resolve_class_order(class_order, n_classes, seed)
-    groups = [order[i * n_classes // n_experiences : (i + 1) * n_classes // n_experiences] for i in range(n_experiences)]
+    cuts = [i * n_classes // n_experiences for i in range(n_experiences + 1)]
+    groups = [order[cuts[i] : cuts[i + 1]] for i in range(n_experiences)]
     experiences = []
     for i, classes in enumerate(groups):
         cls = torch.tensor(classes)

@@ -7,7 +7,8 @@ experience before the stream reaches it.
 
 References:
     Lomonaco et al. "Avalanche: an end-to-end library for continual learning". CVPR-W 2021 (Cumulative).
-    De Lange et al. "A continual learning survey: defying forgetting in classification tasks". TPAMI 2021 (joint upper bound).
+    De Lange et al. "A continual learning survey: defying forgetting in classification tasks".
+    TPAMI 2021 (joint upper bound).
 """
 
 from __future__ import annotations

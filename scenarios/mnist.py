@@ -174,9 +174,10 @@ def split_mnist(
 def _domain_stream(name: str, train: TensorData, test: TensorData, views: list[tuple[torch.Tensor, torch.Tensor,
                    dict[str, object]]], spec: dict[str, object]) -> Scenario:  # fmt: skip
     experiences = [
-        Experience(i, TensorData(tx, train.y, TRANSFORM), TensorData(sx, test.y, TRANSFORM), tuple(range(10)), None, meta)
+        Experience(i, TensorData(tx, train.y, TRANSFORM), TensorData(sx, test.y, TRANSFORM), tuple(range(10)),
+                   None, meta)
         for i, (tx, sx, meta) in enumerate(views)
-    ]
+    ]  # fmt: skip
     return Scenario(name, experiences, spec, 10, "domain_il", _PROTOCOL)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from cl_bench.metrics import METRIC_SPECS, AccuracyMatrix, compute_all
 from cl_bench.metrics import functions as F
 

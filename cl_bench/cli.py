@@ -1,0 +1,226 @@
+"""The ``cl-bench`` command line. Everything it does is reachable from Python too.
+
+Exit codes: 0 success, 2 user error (bad name, value, path or data), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+DEFAULT_METHOD = "er"
+DEFAULT_SCENARIO = "split_digits"
+_SECTIONS = ("method", "scenario", "protocol")
+_CONFIG_KEYS = {"method", "scenario", "protocol", "seed", "device", "out", "checkpoint_every"}
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Split ``--set`` items into method / scenario / protocol overrides.
+
+    ``method.NAME=V`` and ``scenario.NAME=V`` (and ``protocol.NAME=V``) address a
+    section; a bare ``NAME=V`` means the method's. Values parse as YAML scalars.
+    """
+    out: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set takes KEY=VALUE (e.g. --set lr=0.1 or --set scenario.root=DIR), got {item!r}")
+        section, dot, name = key.strip().partition(".")
+        if not dot:
+            section, name = "method", section
+        if section not in _SECTIONS:
+            raise UserError(
+                f"--set {item!r}: the prefix must be method., scenario. or protocol. (or none, meaning method.), "
+                f"not {section!r}"
+            )
+        out[section][name] = _parse_value(value)
+    return out
+
+
+def _load_yaml_config(path: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read config file {path}: {err}") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must be a mapping with method:, scenario: and protocol: sections")
+    unknown = set(data) - _CONFIG_KEYS
+    if unknown:
+        raise UserError(
+            f"config file {path} has unknown top-level keys {sorted(unknown)}; allowed: {sorted(_CONFIG_KEYS)}"
+        )
+    for section in ("method", "scenario"):
+        value = data.get(section)
+        if isinstance(value, str):
+            data[section] = {"name": value}
+        elif value is not None and not isinstance(value, dict):
+            raise UserError(f"{section}: in {path} must be a name or a mapping with name: and parameters")
+    if data.get("protocol") is not None and not isinstance(data["protocol"], dict):
+        raise UserError(f"protocol: in {path} must be a mapping (eval_every:, eval_subset:, ...)")
+    return data
+
+
+def build_spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """Merge ``--config`` YAML and flags (flags win) into a RunSpec and run options."""
+    from .config import build_config
+    from .runner import Protocol, RunSpec
+
+    cfg = _load_yaml_config(args.config) if args.config else {}
+    method_cfg = dict(cfg.get("method") or {})
+    scenario_cfg = dict(cfg.get("scenario") or {})
+    protocol_cfg = dict(cfg.get("protocol") or {})
+    method = args.method or method_cfg.pop("name", None) or DEFAULT_METHOD
+    method_cfg.pop("name", None)
+    scenario = args.scenario or scenario_cfg.pop("name", None) or DEFAULT_SCENARIO
+    scenario_cfg.pop("name", None)
+    sets = parse_sets(args.set or [])
+    method_cfg.update(sets["method"])
+    scenario_cfg.update(sets["scenario"])
+    protocol_cfg.update(sets["protocol"])
+    for flag, key in (("eval_every", "eval_every"), ("eval_subset", "eval_subset"), ("epochs", "epochs"),
+                      ("batch_size", "batch_size")):  # fmt: skip
+        if getattr(args, flag) is not None:
+            protocol_cfg[key] = getattr(args, flag)
+    protocol = build_config(Protocol, protocol_cfg, "the protocol")
+    spec = RunSpec(
+        method=method, method_config=method_cfg, scenario=scenario, scenario_config=scenario_cfg,
+        protocol=protocol, seed=args.seed if args.seed is not None else int(cfg.get("seed", 0)),
+        device=args.device or cfg.get("device", "cpu"),
+    )  # fmt: skip
+    options = {
+        "out": args.out or cfg.get("out", "runs"),
+        "checkpoint_every": args.checkpoint_every if args.checkpoint_every is not None
+        else int(cfg.get("checkpoint_every", 0)),
+    }  # fmt: skip
+    return spec, options
+
+
+def format_metrics(record: dict[str, Any]) -> str:
+    """The metric table printed after a run."""
+    from .registry import METRICS
+
+    rows = []
+    for name, value in record["metrics"].items():
+        entry = METRICS.get(name) if name in METRICS else None
+        arrow = "" if entry is None else ("(higher is better)" if _higher(name) else "(lower is better)")
+        shown = "n/a" if value is None else (f"{value:.1f}" if name.endswith("recovery") else f"{value:.4f}")
+        rows.append(f"  {name:<24} {shown:>10}  {arrow}")
+    return "\n".join(rows)
+
+
+def _higher(name: str) -> bool:
+    from cl_bench.metrics import METRIC_SPECS
+
+    return METRIC_SPECS[name].higher_is_better
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import resume, run
+
+    progress = sys.stderr.isatty() and not args.quiet
+    if args.resume:
+        record = resume(args.resume, checkpoint_every=args.checkpoint_every, progress=progress)
+        run_dir = Path(args.resume)
+    else:
+        spec, options = build_spec(args)
+        record = run(spec, options["out"], checkpoint_every=options["checkpoint_every"], progress=progress)
+        run_dir = Path(options["out"]) / record["run_id"]
+    cost = record["cost"]
+    print(
+        f"{record['method']['name']} on {record['scenario']['name']} (seed {record['seed']}, "
+        f"eval_every={record['protocol']['eval_every']}): {len(record['accuracy_matrix']['iteration'])} eval "
+        f"points, train {cost['train_seconds']:.1f}s, eval {cost['eval_seconds']:.1f}s"
+    )
+    print(format_metrics(record))
+    print(f"record: {run_dir / 'run.json'}")
+    print(f"plot:   {run_dir / 'accuracy.png'}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import METHODS, METRICS, SCENARIOS
+
+    registry = {"methods": METHODS, "scenarios": SCENARIOS, "metrics": METRICS}[args.what]
+    for entry in registry.entries():
+        extra = ""
+        if args.what == "metrics":
+            extra = " [higher is better]" if _higher(entry.name) else " [lower is better]"
+        print(f"{entry.name:<18} {entry.description}{extra}")
+        print(textwrap.fill(entry.reference, width=100, initial_indent=" " * 19 + "ref: ",
+                            subsequent_indent=" " * 24))  # fmt: skip
+        if args.verbose and args.what != "metrics":
+            params = ", ".join(f"{k}: {t}" for k, t in registry.parameters(entry.name).items())
+            print(textwrap.fill(params or "(no parameters)", width=100, initial_indent=" " * 19 + "set: ",
+                                subsequent_indent=" " * 24))  # fmt: skip
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``cl-bench``."""
+    parser = argparse.ArgumentParser(
+        prog="cl-bench", description="Benchmark and evaluation harness for continual learning."
+    )
+    sub = parser.add_subparsers(dest="command")
+    r = sub.add_parser("run", help="train a method on a scenario and write a run record",
+                       description="Train a method on a scenario with per-iteration evaluation and write "
+                       "<out>/<run_id>/run.json plus a plot. With no arguments: ER on Split-Digits.")  # fmt: skip
+    r.add_argument("--scenario", help=f"scenario name (default {DEFAULT_SCENARIO}; see `cl-bench list scenarios`)")
+    r.add_argument("--method", help=f"method name (default {DEFAULT_METHOD}; see `cl-bench list methods`)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a parameter: NAME=V (method), method.NAME=V, scenario.NAME=V, protocol.NAME=V")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--eval-every", type=int, help="evaluate every K iterations (1 = per iteration, 0 = boundaries)")
+    r.add_argument("--eval-subset", type=int, help="test examples per experience between boundaries (0 = all)")
+    r.add_argument("--epochs", type=int, help="passes over each experience (default: the scenario's)")
+    r.add_argument("--batch-size", type=int, help="training batch size (default: the scenario's)")
+    r.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    r.add_argument("--out", help="directory for run directories (default ./runs)")
+    r.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N iterations")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    r.add_argument("--config", metavar="FILE.yaml", help="YAML with method:, scenario:, protocol: sections")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+    ls = sub.add_parser("list", help="list registered methods, scenarios or metrics")
+    ls.add_argument("what", choices=["methods", "scenarios", "metrics"])
+    ls.add_argument("-v", "--verbose", action="store_true", help="also show each one's parameters")
+    ls.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``cl-bench``; returns the exit code."""
+    parser = make_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("run", "list", "-h", "--help"):
+        argv = ["run", *argv]  # bare flags mean `run`: `cl-bench --seed 1`
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,654 @@
+"""The public conformance suite every method passes, modelled on scikit-learn's ``check_estimator``.
+
+``check_method(cls_or_name)`` runs a method on a tiny synthetic stream (the
+registered ``toy`` scenario: Gaussian blobs, three experiences of two classes)
+through the real runner and checks the contract of :class:`~cl_bench.method.Method`:
+
+========================  =================================================================
+check                     what must hold
+========================  =================================================================
+check_config_roundtrip    the config survives ``config_to_dict`` -> JSON -> ``build_config``
+check_protocol            the whole protocol runs; ``predict`` gives finite ``[N, n_classes]``
+check_no_peeking          no test data, no experience before its ``begin_experience``, no
+                          task ids unless ``caps.task_id_at_test``; each prediction depends
+                          on its own input only (not on the rest of the batch)
+check_deterministic       the same seed gives the same accuracy matrix
+check_resume              a run interrupted twice and resumed from its checkpoints gives the
+                          matrix of an uninterrupted run
+check_predict_pure        ``predict`` changes no state (unless ``caps.adapts_at_test``)
+check_memory_budget       ``memory_size()`` is 0 for ``caps.memory == "none"`` and within
+                          ``memory_budget()`` for ``"bounded"``, after every step
+check_beats_chance        after each experience, accuracy on it beats 1/#classes + 0.1
+========================  =================================================================
+
+A method exempt from a check says so, with a reason, in its caps::
+
+    caps = Caps(exceptions=(("check_beats_chance", "trains only at test time"),))
+
+A declared exception skips the check; one without a reason, or naming no
+check, is an error. Third-party packages run the same suite on their own
+methods (registered or not)::
+
+    from cl_bench.testing import check_method
+    check_method(MyMethod)          # raises ConformanceError naming each failed check
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import build_config, config_to_dict
+from .method import Method
+from .record import matrix_of
+from .registry import METHODS, SCENARIOS
+from .runner import Protocol, RunInterrupted, RunSpec, resume, run
+from .types import Batch, Experience, PredictContext, Scenario, StreamInfo, TensorData
+
+#: The protocol every check runs with: per-iteration evaluation on the full toy test sets.
+PROTOCOL = Protocol(eval_every=1, eval_subset=0)
+#: Margin over chance (1 / classes of the experience) that ``check_beats_chance`` asks for.
+CHANCE_MARGIN = 0.1
+#: Interruptions of ``check_resume``: checkpoint every 5 iterations, stop after 22 (the last
+#: checkpoint then falls on the last batch of experience 0) and after 33 (mid experience 1).
+RESUME_EVERY, RESUME_STOPS = 5, (22, 33)
+
+
+def toy_scenario(setting: str = "class_il", seed: int = 0) -> Scenario:
+    """The conformance stream: 3 experiences x 2 classes of Gaussian blobs in 1x4x4 inputs.
+
+    It is the registered ``toy`` scenario, so runs on it can be resumed by name.
+    """
+    return SCENARIOS.create("toy", setting=setting, seed=seed)
+
+
+# -- results --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    """Outcome of one check: ``status`` is "passed", "failed", "skipped" or "error"."""
+
+    name: str
+    status: str
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class ConformanceReport:
+    """All check results of one method."""
+
+    method: str
+    results: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no check failed or errored."""
+        return not self.failures
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        """Results with status "failed" or "error"."""
+        return [r for r in self.results if r.status in ("failed", "error")]
+
+    def __getitem__(self, name: str) -> CheckResult:
+        for r in self.results:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def __str__(self) -> str:
+        lines = [f"conformance of method {self.method!r}:"]
+        for r in self.results:
+            note = f" — {r.message}" if r.message else ""
+            lines.append(f"  {r.status.upper():7} {r.name} ({r.seconds:.2f}s){note}")
+        return "\n".join(lines)
+
+
+class ConformanceError(AssertionError):
+    """A method failed the suite; ``report`` holds every result."""
+
+    def __init__(self, report: ConformanceReport) -> None:
+        failed = "\n".join(f"  {r.name}: {r.message}" for r in report.failures)
+        super().__init__(
+            f"method {report.method!r} fails {len(report.failures)} cl_bench conformance check(s):\n{failed}\n"
+            f"Fix the method, or declare an exception with a reason: "
+            f"caps = Caps(exceptions=(('check_name', 'why'),)).\n{report}"
+        )
+        self.report = report
+
+
+class ConformanceViolation(AssertionError):
+    """Raised (and recorded) inside a monitored run when a method breaks the contract."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(f"{check}: {message}")
+        self.check = check
+
+
+# -- guarded data and the monitored method --------------------------------------------------------------
+
+
+class _GuardedData(TensorData):
+    """A view of a :class:`TensorData` that calls ``check`` before any access to its tensors."""
+
+    def __init__(self, data: TensorData, check: Callable[[], None]) -> None:
+        # No super().__init__: the tensors are reached only through the guarded properties.
+        self._data = data
+        self._check = check
+        self.transform = data.transform
+
+    @property  # type: ignore[override]
+    def x(self) -> torch.Tensor:
+        self._check()
+        return self._data.x
+
+    @property  # type: ignore[override]
+    def y(self) -> torch.Tensor:
+        self._check()
+        return self._data.y
+
+    @property  # type: ignore[override]
+    def t(self) -> torch.Tensor | None:
+        self._check()
+        return self._data.t
+
+
+def _snapshot(obj: Any) -> Any:
+    """A deep copy of a state dict (tensors cloned, containers rebuilt)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, Mapping):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_snapshot(v) for v in obj) if type(obj) in (list, tuple) else copy.deepcopy(obj)
+    return copy.deepcopy(obj)
+
+
+def _difference(a: Any, b: Any, path: str = "state") -> str | None:
+    """Where two state dicts differ (a readable path), or None if they are equal."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return path
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return f"{path} (shape/dtype)"
+        same = torch.equal(a, b) or (a.is_floating_point() and bool(torch.isclose(a, b, 0, 0, True).all()))
+        return None if same else path
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        if set(a) != set(b):
+            return f"{path} (keys {sorted(map(str, set(a) ^ set(b)))})"
+        for k in a:
+            diff = _difference(a[k], b[k], f"{path}.{k}")
+            if diff:
+                return diff
+        return None
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return f"{path} (length)"
+        for i, (u, v) in enumerate(zip(a, b, strict=True)):
+            diff = _difference(u, v, f"{path}[{i}]")
+            if diff:
+                return diff
+        return None
+    try:
+        return None if a == b else path
+    except Exception:  # objects without a usable ==
+        return None
+
+
+class _Monitor:
+    """Watches one run of an instrumented method and records contract violations per check."""
+
+    def __init__(self, caps: Any, enabled: set[str], n_classes: int, setting: str) -> None:
+        self.caps = caps
+        self.enabled = enabled
+        self.n_classes = n_classes
+        self.setting = setting
+        self.violations: dict[str, list[str]] = {}
+        self.method: Method | None = None
+        self.current = -1  # index of the latest experience whose begin_experience ran
+        self.hook = "setup"
+        self.steps = 0
+        self.predict_calls = 0
+        self._guarded: dict[int, Experience] = {}
+
+    def fail(self, check: str, message: str, *, raise_: bool = False) -> None:
+        where = f" (in {self.hook}, experience {self.current}, after {self.steps} training steps)"
+        self.violations.setdefault(check, []).append(message + where)
+        if raise_:
+            raise ConformanceViolation(check, message + where)
+
+    @contextmanager
+    def inside(self, hook: str) -> Iterator[None]:
+        outer, self.hook = self.hook, hook
+        try:
+            yield
+        finally:
+            self.hook = outer
+
+    # -- data guards --------------------------------------------------------------------------------------
+    def guarded(self, exp: Experience) -> Experience:
+        """``exp`` as the method sees it: test data forbidden, train data only once begun."""
+        if "check_no_peeking" not in self.enabled:
+            return exp
+        if exp.index not in self._guarded:
+            i = exp.index
+
+            def train_check() -> None:
+                if self.current < i:
+                    self.fail("check_no_peeking", f"touched the training data of experience {i} before its "
+                              f"begin_experience", raise_=True)  # fmt: skip
+
+            def test_check() -> None:
+                self.fail("check_no_peeking", f"touched the test data of experience {i}", raise_=True)
+
+            train = None if exp.train is None else _GuardedData(exp.train, train_check)
+            self._guarded[i] = dataclasses.replace(exp, train=train, test=_GuardedData(exp.test, test_check))
+        return self._guarded[exp.index]
+
+    def begin(self, exp: Experience) -> None:
+        if "check_no_peeking" in self.enabled and self.setting != "task_il" and exp.task_id is not None:
+            self.fail("check_no_peeking", f"experience {exp.index} carries a task id in {self.setting}")
+        self.current = max(self.current, exp.index)
+
+    def observe(self, batch: Batch) -> None:
+        self.steps += 1
+        if "check_no_peeking" in self.enabled and self.setting != "task_il" and batch.task_ids is not None:
+            self.fail("check_no_peeking", f"a training batch carries task ids in {self.setting}")
+
+    # -- state checks -------------------------------------------------------------------------------------
+    def memory(self, method: Method) -> None:
+        if "check_memory_budget" not in self.enabled:
+            return
+        size, budget, kind = method.memory_size(), method.memory_budget(), self.caps.memory
+        if kind == "none" and size != 0:
+            self.fail("check_memory_budget", f"caps.memory is 'none' but memory_size() is {size}")
+        elif kind == "bounded" and budget is None:
+            self.fail("check_memory_budget", "caps.memory is 'bounded' but memory_budget() is None")
+        elif kind == "bounded" and budget is not None and size > budget:
+            self.fail("check_memory_budget", f"memory_size() is {size}, over memory_budget() {budget}")
+
+    def predict(self, method: Method, predict: Callable[..., torch.Tensor], x: torch.Tensor,
+                ctx: PredictContext) -> torch.Tensor:  # fmt: skip
+        self.predict_calls += 1
+        pure = "check_predict_pure" in self.enabled and not self.caps.adapts_at_test
+        before = _snapshot(method.state_dict()) if pure else None
+        with self.inside("predict"):
+            out = predict(x, ctx)
+        if pure:
+            diff = _difference(before, method.state_dict())
+            if diff:
+                self.fail("check_predict_pure", f"predict changed {diff}")
+        if "check_protocol" in self.enabled:
+            if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+                self.fail("check_protocol", f"predict returned {type(out).__name__}, not a float tensor")
+                return out
+            if tuple(out.shape) != (len(x), self.n_classes):
+                self.fail("check_protocol", f"predict returned shape {tuple(out.shape)}, "
+                          f"expected [N, n_classes] = {[len(x), self.n_classes]}")  # fmt: skip
+            elif not bool(torch.isfinite(out).all()):
+                self.fail("check_protocol", "predict returned non-finite logits")
+        if "check_no_peeking" in self.enabled and not self.violations.get("check_no_peeking"):
+            self._independence(method, predict, x, ctx, out)
+        return out
+
+    def _independence(self, method: Method, predict: Callable[..., torch.Tensor], x: torch.Tensor,
+                      ctx: PredictContext, out: torch.Tensor) -> None:  # fmt: skip
+        def close(other: torch.Tensor) -> bool:
+            return other.shape == out.shape and bool(torch.allclose(other, out, rtol=1e-4, atol=1e-4))
+
+        if self.setting != "task_il" and ctx.task_ids is not None:
+            self.fail("check_no_peeking", f"predict was given task ids in {self.setting}")
+        if not self.caps.task_id_at_test and ctx.task_ids is None:
+            fake = torch.zeros(len(x), dtype=torch.long, device=x.device)
+            try:
+                with self.inside("predict"):
+                    other = predict(x, PredictContext(task_ids=fake))
+            except Exception as err:
+                self.fail("check_no_peeking", f"predict reads ctx.task_ids without caps.task_id_at_test "
+                          f"(it raised {type(err).__name__}: {err} when given some)")  # fmt: skip
+                return
+            if not close(other):
+                self.fail("check_no_peeking", "predict's output depends on ctx.task_ids, but "
+                          "caps.task_id_at_test is False")  # fmt: skip
+        if len(x) >= 2:
+            # Each prediction must depend on its own input only: reverse the batch and split it unevenly.
+            k = max(1, len(x) // 3)
+            rev = x.flip(0)
+            rev_ctx = PredictContext(None if ctx.task_ids is None else ctx.task_ids.flip(0))
+            parts = []
+            with self.inside("predict"):
+                for sl in (slice(0, k), slice(k, None)):
+                    t = None if rev_ctx.task_ids is None else rev_ctx.task_ids[sl]
+                    parts.append(predict(rev[sl], PredictContext(task_ids=t)))
+            if not close(torch.cat(parts).flip(0)):
+                self.fail("check_no_peeking", "predictions depend on the rest of the batch (order or batch "
+                          "composition), not only on each input")  # fmt: skip
+
+
+def _instrument(cls: type[Method], mon: _Monitor) -> type[Method]:
+    """A subclass of ``cls`` whose hooks report to ``mon`` and see guarded experiences."""
+
+    class Monitored(cls):  # type: ignore[valid-type, misc]
+        def setup(self, info: StreamInfo, seed: int) -> None:
+            mon.method = self
+            with mon.inside("setup"):
+                super().setup(info, seed)
+
+        def begin_experience(self, exp: Experience) -> None:
+            mon.begin(exp)
+            with mon.inside("begin_experience"):
+                super().begin_experience(mon.guarded(exp))
+
+        def train_data(self, exp: Experience) -> TensorData | None:
+            with mon.inside("train_data"):
+                return super().train_data(mon.guarded(exp))
+
+        def observe(self, batch: Batch) -> dict[str, Any]:
+            mon.observe(batch)
+            with mon.inside("observe"):
+                out = super().observe(batch)
+            mon.memory(self)
+            return out
+
+        def end_experience(self, exp: Experience) -> None:
+            with mon.inside("end_experience"):
+                super().end_experience(mon.guarded(exp))
+            mon.memory(self)
+
+        def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
+            return mon.predict(self, super().predict, x, ctx)
+
+    Monitored.__name__ = Monitored.__qualname__ = f"Monitored{cls.__name__}"
+    return Monitored
+
+
+# -- the checks -----------------------------------------------------------------------------------------
+
+
+class _Context:
+    """What the checks of one method share: the method, a scratch directory, cached runs."""
+
+    def __init__(self, cls: type[Method], name: str, config: Mapping[str, Any], device: str,
+                 enabled: set[str], out: Path) -> None:  # fmt: skip
+        self.cls, self.name, self.config, self.device = cls, name, dict(config), device
+        self.enabled = enabled
+        self.out = out
+        self.setting = "task_il" if cls.caps.task_id_at_test else "class_il"
+        self.scenario = toy_scenario(self.setting)
+        self._cache: dict[str, Any] = {}
+
+    def spec(self, seed: int = 0) -> RunSpec:
+        return RunSpec(method=self.name, method_config=self.config, scenario="toy",
+                       scenario_config={"setting": self.setting}, protocol=PROTOCOL, seed=seed,
+                       device=self.device)  # fmt: skip
+
+    def _cached(self, key: str, fn: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            try:
+                self._cache[key] = (True, fn())
+            except Exception as err:
+                self._cache[key] = (False, err)
+        ok, value = self._cache[key]
+        if not ok:
+            raise value
+        return value
+
+    def plain_run(self, seed: int = 0, tag: str = "") -> dict[str, Any]:
+        """The completed record of an uninstrumented run (cached per seed and tag)."""
+        out = self.out / f"plain-{seed}{tag}"
+        return self._cached(f"plain-{seed}{tag}", lambda: run(self.spec(seed), out, method_cls=self.cls))
+
+    def monitored(self) -> tuple[_Monitor, dict[str, Any] | None, BaseException | None]:
+        """The monitor of one instrumented run, its record, and what stopped it (if anything)."""
+
+        def go() -> tuple[_Monitor, dict[str, Any] | None, BaseException | None]:
+            mon = _Monitor(self.cls.caps, self.enabled, self.scenario.n_classes, self.setting)
+            try:
+                record = run(self.spec(), self.out / "monitored", method_cls=_instrument(self.cls, mon))
+            except Exception as err:
+                return mon, None, err
+            return mon, record, None
+
+        return self._cached("monitored", go)
+
+    def monitored_check(self, check: str) -> str:
+        mon, _, err = self.monitored()
+        found = mon.violations.get(check)
+        if found:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise AssertionError(found[0] + more)
+        if err is not None:
+            if isinstance(err, ConformanceViolation):
+                raise _NotEvaluated(f"the monitored run was stopped by {err.check}")
+            if check == "check_protocol":
+                raise AssertionError(f"the protocol failed: {_short_error(err)}")
+            raise _NotEvaluated("the monitored run failed (see check_protocol)")
+        return ""
+
+
+class _NotEvaluated(Exception):
+    """A check could not be evaluated because a shared run failed for another reason."""
+
+
+def _short_error(err: BaseException) -> str:
+    tb = traceback.extract_tb(err.__traceback__)
+    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}{where}"
+
+
+def check_config_roundtrip(ctx: _Context) -> str:
+    """The config is a frozen dataclass with defaults and survives config_to_dict -> JSON -> build_config."""
+    cfg_cls = ctx.cls.Config
+    assert dataclasses.is_dataclass(cfg_cls), f"{ctx.cls.__name__}.Config is not a dataclass"
+    params = getattr(cfg_cls, "__dataclass_params__", None)
+    assert params is not None and params.frozen, f"{cfg_cls.__name__} must be a frozen dataclass"
+    owner = f"method {ctx.name!r}"
+    config = build_config(cfg_cls, ctx.config, owner)
+    try:
+        text = json.dumps(config_to_dict(config))
+    except TypeError as err:
+        raise AssertionError(f"config_to_dict of {cfg_cls.__name__} is not JSON-serialisable: {err}") from None
+    back = build_config(cfg_cls, json.loads(text), owner)
+    assert back == config, f"config changed through JSON: {config!r} -> {back!r}"
+    if ctx.name in METHODS and METHODS.get(ctx.name).obj is ctx.cls:
+        via_registry = METHODS.config(ctx.name, json.loads(text))
+        assert via_registry == config, f"METHODS.config gives {via_registry!r}, expected {config!r}"
+    method = ctx.cls(config)
+    assert method.config == config, "__init__ must store the config it is given (as self.config)"
+    return ""
+
+
+def check_protocol(ctx: _Context) -> str:
+    """The full protocol runs and predict returns finite logits of shape [N, n_classes]."""
+    msg = ctx.monitored_check("check_protocol")
+    mon = ctx.monitored()[0]
+    assert mon.predict_calls > 0, "predict was never called"
+    return msg
+
+
+def check_no_peeking(ctx: _Context) -> str:
+    """No test data, no future experience, no task ids without caps; predictions depend on x only."""
+    return ctx.monitored_check("check_no_peeking")
+
+
+def check_predict_pure(ctx: _Context) -> str:
+    """predict changes no state unless caps.adapts_at_test."""
+    if ctx.cls.caps.adapts_at_test:
+        return "not applicable: caps.adapts_at_test"
+    return ctx.monitored_check("check_predict_pure")
+
+
+def check_memory_budget(ctx: _Context) -> str:
+    """memory_size() respects caps.memory after every step and experience."""
+    return ctx.monitored_check("check_memory_budget")
+
+
+def check_deterministic(ctx: _Context) -> str:
+    """Two runs with the same seed give the same accuracy matrix."""
+    a = ctx.plain_run(0)["accuracy_matrix"]
+    b = ctx.plain_run(0, tag="-again")["accuracy_matrix"]
+    _assert_same_matrix(a, b, "a second run with the same seed")
+    return ""
+
+
+def check_resume(ctx: _Context) -> str:
+    """A run interrupted twice and resumed from its checkpoints ends with the uninterrupted run's matrix."""
+    expected = ctx.plain_run(0)["accuracy_matrix"]
+    out = ctx.out / "resume"
+    stops = 0
+    try:
+        record = run(ctx.spec(), out, checkpoint_every=RESUME_EVERY, method_cls=ctx.cls,
+                     stop_after=RESUME_STOPS[0])  # fmt: skip
+    except RunInterrupted:
+        stops += 1
+        run_dir = next(out.iterdir())
+        try:
+            record = resume(run_dir, method_cls=ctx.cls, stop_after=RESUME_STOPS[1])
+        except RunInterrupted:
+            stops += 1
+            record = resume(run_dir, method_cls=ctx.cls)
+    assert record["status"] == "completed", f"the resumed run ended {record['status']}"
+    _assert_same_matrix(expected, record["accuracy_matrix"], f"a run resumed {stops} time(s)")
+    return "" if stops else "not interrupted: the run has fewer training iterations than the stop points"
+
+
+def check_beats_chance(ctx: _Context) -> str:
+    """At each experience boundary, accuracy on that experience beats 1/#classes + CHANCE_MARGIN."""
+    matrix = matrix_of(ctx.plain_run(0))
+    accs = []
+    for exp in ctx.scenario:
+        acc = matrix.acc(matrix.boundary[exp.index], exp.index)
+        bar = 1 / len(exp.classes) + CHANCE_MARGIN
+        assert acc > bar, (
+            f"accuracy on experience {exp.index} right after training on it is {acc:.3f}, not above "
+            f"chance + {CHANCE_MARGIN} = {bar:.3f}"
+        )
+        accs.append(f"{acc:.2f}")
+    return f"accuracies {', '.join(accs)}"
+
+
+def _assert_same_matrix(a: dict[str, Any], b: dict[str, Any], what: str) -> None:
+    if a == b:
+        return
+    for key in ("iteration", "boundary"):
+        assert a[key] == b[key], f"{what} gives different {key}: {a[key]} vs {b[key]}"
+    for p, (ra, rb) in enumerate(zip(a["n_correct"], b["n_correct"], strict=False)):
+        if ra != rb:
+            raise AssertionError(
+                f"{what} gives a different accuracy matrix: first at eval point {p} (iteration "
+                f"{a['iteration'][p]}): correct counts {ra} vs {rb}"
+            )
+    raise AssertionError(f"{what} gives a different accuracy matrix")
+
+
+CHECKS: dict[str, Callable[[_Context], str]] = {
+    f.__name__: f
+    for f in (check_config_roundtrip, check_protocol, check_no_peeking, check_deterministic, check_resume,
+              check_predict_pure, check_memory_budget, check_beats_chance)  # fmt: skip
+}
+
+
+# -- the suite ------------------------------------------------------------------------------------------
+
+
+def _resolve(cls_or_name: type[Method] | str) -> tuple[type[Method], str]:
+    if isinstance(cls_or_name, str):
+        return METHODS.get(cls_or_name).obj, cls_or_name
+    cls = cls_or_name
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"check_method takes a Method subclass or a registered name, got {cls!r}")
+    return cls, cls.__dict__.get("name") or cls.__name__.lower()
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    # The toy networks are tiny: intra-op threads only add overhead (and, on a busy machine, stalls).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def check_method(
+    cls_or_name: type[Method] | str,
+    *,
+    device: str = "cpu",
+    config: Mapping[str, Any] | None = None,
+    checks: Iterable[str] | None = None,
+    raise_on_failure: bool = True,
+) -> ConformanceReport:
+    """Run the conformance suite on a method class (registered or not) or a registered name.
+
+    Args:
+        cls_or_name: The method class, or its name in ``METHODS``.
+        device: Where the runs happen.
+        config: Overrides of the method's config (defaults otherwise).
+        checks: Names of the checks to run (default: all of :data:`CHECKS`).
+        raise_on_failure: Raise :class:`ConformanceError` if any check fails.
+
+    Returns:
+        The report (every check passed or was skipped, unless ``raise_on_failure`` is False).
+
+    Raises:
+        ConformanceError: Naming the method and each failed check, with its message.
+    """
+    cls, name = _resolve(cls_or_name)
+    selected = list(CHECKS) if checks is None else list(checks)
+    unknown = [c for c in selected if c not in CHECKS]
+    if unknown:
+        raise ValueError(f"unknown checks {unknown}; the checks are {list(CHECKS)}")
+    report = ConformanceReport(name)
+    exempt: dict[str, str] = {}
+    for check, reason in cls.caps.exceptions:
+        if check not in CHECKS:
+            report.results.append(CheckResult(check, "error", f"caps.exceptions names no check {check!r}; "
+                                              f"the checks are {', '.join(CHECKS)}"))  # fmt: skip
+        elif not str(reason).strip():
+            report.results.append(CheckResult(check, "error", "declared exception without a reason; say why "
+                                              "the method is exempt"))  # fmt: skip
+            exempt[check] = ""
+        else:
+            exempt[check] = str(reason)
+    enabled = {c for c in selected if c not in exempt}
+    with tempfile.TemporaryDirectory(prefix="cl_bench_check_") as tmp, _one_thread():
+        ctx = _Context(cls, name, config or {}, device, enabled, Path(tmp))
+        for check in selected:
+            if check in exempt:
+                if exempt[check]:
+                    report.results.append(CheckResult(check, "skipped", f"declared exception: {exempt[check]}"))
+                continue
+            t0 = time.perf_counter()
+            try:
+                result = CheckResult(check, "passed", CHECKS[check](ctx))
+            except _NotEvaluated as err:
+                result = CheckResult(check, "error", f"not evaluated: {err}")
+            except AssertionError as err:
+                result = CheckResult(check, "failed", str(err))
+            except Exception as err:
+                result = CheckResult(check, "error", _short_error(err))
+            result.seconds = time.perf_counter() - t0
+            report.results.append(result)
+    if raise_on_failure and not report.ok:
+        raise ConformanceError(report)
+    return report
+
+
+__all__ = [
+    "CHECKS", "CheckResult", "ConformanceError", "ConformanceReport", "ConformanceViolation", "check_method",
+    "toy_scenario",
+]  # fmt: skip

@@ -1,0 +1,133 @@
+"""The command line, end to end: default run, list, config files, and user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cl_bench.cli import main, parse_sets
+from cl_bench.errors import UserError
+
+MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real ``cl-bench`` entry point in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "cl_bench.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+
+
+def test_default_run_writes_record_and_plot(tmp_path: Path) -> None:
+    proc = cli("--epochs", "2", cwd=tmp_path)  # bare flags mean `run`; fewer epochs keep the test quick
+    assert proc.returncode == 0, proc.stderr
+    assert "er on split_digits" in proc.stdout and "min_acc" in proc.stdout
+    record_path = tmp_path / proc.stdout.split("record: ")[1].split()[0]
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "completed"
+    assert record["method"]["name"] == "er" and record["scenario"]["name"] == "split_digits"
+    assert record["protocol"]["eval_every"] == 1 and record["protocol"]["setting"] == "class_il"
+    m = record["accuracy_matrix"]
+    assert len(m["boundary"]) == 5 and m["iteration"][0] == 0
+    assert len(m["iteration"]) == m["iteration"][-1] + 1  # before training + one point per iteration
+    png = record_path.parent / "accuracy.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(record_path.parent.glob(".*tmp"))
+
+
+def test_list_shows_names_descriptions_references(capsys: pytest.CaptureFixture[str]) -> None:
+    for what, expected in [("methods", "ewc"), ("scenarios", "split_mnist"), ("metrics", "wc_acc")]:
+        assert main(["list", what]) == 0
+        out = capsys.readouterr().out
+        assert expected in out and "ref:" in out
+    assert main(["list", "methods", "-v"]) == 0
+    assert "buffer_size: int" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--method", "ewcc"], "Did you mean 'ewc'"),
+        (["--scenario", "split_mnst"], "Did you mean 'split_mnist'"),
+        (["--method", "ewc", "--set", "lamda=3"], "Did you mean 'lambda'"),
+        (["--set", "lr=abc"], "'lr' of method 'er' must be float"),
+        (["--set", "buffer_size=1.5"], "must be int"),
+        (["--set", "scenario.n_experiences=11"], "n_experiences must be 1..10"),
+        (["--set", "bogus.x=1"], "prefix must be"),
+        (["--scenario", "split_mnist", "--set", "scenario.root=/nonexistent/dir"], "MNIST not found"),
+        (["--eval-every", "-1"], "eval_every must be >= 0"),
+        (["--resume", "/nonexistent/run"], "holds no run record"),
+    ],
+)
+def test_user_errors_exit_2_with_one_paragraph(tmp_path: Path, args: list[str], needle: str) -> None:
+    proc = cli("run", "--out", str(tmp_path / "out"), *args)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_corrupt_mnist_file_is_a_user_error(tmp_path: Path) -> None:
+    root = tmp_path / "mnist"
+    root.mkdir()
+    (root / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + (10).to_bytes(4, "big") * 3 + b"\x01" * 7)
+    (root / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + (10).to_bytes(4, "big") + b"\x01" * 10)
+    proc = cli("run", "--scenario", "split_mnist", "--set", f"scenario.root={root}", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert "truncated or corrupt" in proc.stderr and "t10k-images-idx3-ubyte" in proc.stderr
+
+
+def test_yaml_config_and_flag_precedence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "method: {name: finetune, lr: 0.05}\n"
+        "scenario: {name: split_digits, n_experiences: 2}\n"
+        "protocol: {eval_every: 5, epochs: 1}\n"
+        "seed: 4\n"
+    )
+    out = tmp_path / "runs"
+    argv = ["run", "--config", str(cfg), "--seed", "5", "--set", "protocol.eval_subset=50", "--out", str(out)]
+    assert main(argv) == 0
+    (run_dir,) = out.iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["method"]["name"] == "finetune" and record["method"]["config"]["lr"] == 0.05
+    assert record["seed"] == 5  # the flag wins over the file
+    assert record["protocol"]["eval_every"] == 5 and record["protocol"]["eval_subset"] == 50
+    assert len(record["accuracy_matrix"]["boundary"]) == 2
+    assert "finetune on split_digits" in capsys.readouterr().out
+
+
+def test_bad_yaml_config_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("methods: er\n")
+    assert main(["run", "--config", str(cfg)]) == 2
+    assert "unknown top-level keys ['methods']" in capsys.readouterr().err
+
+
+def test_parse_sets_sections() -> None:
+    sets = parse_sets(["lr=1e-3", "scenario.root=/data", "protocol.eval_every=10", "method.buffer_size=50"])
+    assert sets["method"] == {"lr": "1e-3", "buffer_size": 50}  # "1e-3" becomes a float when checked
+    assert sets["scenario"] == {"root": "/data"} and sets["protocol"] == {"eval_every": 10}
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        parse_sets(["novalue"])
+
+
+@pytest.mark.skipif(not MNIST.exists(), reason="needs ../shared/data/mnist")
+def test_issue_command_on_real_mnist(tmp_path: Path) -> None:
+    """The documented MNIST command, shortened to 2 experiences to stay quick."""
+    proc = cli("run", "--scenario", "split_mnist", "--method", "ewc", "--set", "lambda=100",
+               "--set", f"scenario.root={MNIST}", "--set", "scenario.n_experiences=2", "--eval-every", "1",
+               "--seed", "3", "--out", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = tmp_path.iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert "only the 10k test files were found" in record["scenario"]["spec"]["split"]
+    assert record["method"]["config"]["lambda"] == 100.0 and record["seed"] == 3
+    assert record["metrics"]["final_acc"] > 0.4  # two binary experiences: well above 1/4 chance
