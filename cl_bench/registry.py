@@ -102,6 +102,7 @@ class Registry(Generic[T]):
 
     def add(self, name: str, obj: T, *, reference: str, description: str | None = None) -> None:
         """Register ``obj`` directly (what :meth:`register` does)."""
+        self._load()  # so that a name is checked against the built-ins even before the first lookup
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         if not reference:
@@ -131,9 +132,17 @@ class Registry(Generic[T]):
                         f"the {self.kind} plug-in {ep.name!r} ({ep.value}) failed to import: {err}. "
                         f"Fix or uninstall the package that provides it."
                     ) from err
-                if not isinstance(loaded, types.ModuleType) and ep.name not in self._entries:
+                if isinstance(loaded, types.ModuleType):
+                    continue  # importing the module registered what it provides
+                existing = self._entries.get(ep.name)
+                if existing is None:
                     ref = getattr(loaded, "reference", "") or f"plug-in {ep.value}"
                     self.add(ep.name, loaded, reference=ref)
+                elif existing.obj is not loaded:  # the same object may also be registered by a decorator
+                    raise UserError(
+                        f"the {self.kind} plug-in {ep.name!r} ({ep.value}) uses a name that is already "
+                        f"registered; names must be unique. Rename the plug-in's entry point or uninstall it."
+                    )
             if self._sync is not None:
                 self._sync(self)
             self._loaded = True

@@ -368,6 +368,10 @@ def run_id_for(spec: RunSpec) -> str:
 def _drive(r: _Run, state: dict[str, Any] | None) -> dict[str, Any]:
     r._bar = None
     try:
+        if state is None:
+            # A "running" record from the start: a run killed right after its first checkpoint
+            # landed (before that checkpoint's record) is still resumable.
+            write_record(r.run_dir, r.record("running"))
         r.start(state)
         r.train()
     except BaseException as err:

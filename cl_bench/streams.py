@@ -50,7 +50,12 @@ def stratified_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[
 
     Returns:
         Sorted train indices and sorted test indices.
+
+    Raises:
+        ConfigError: If ``test_fraction`` is not strictly between 0 and 1.
     """
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
     gen = torch.Generator().manual_seed(seed)
     train, test = [], []
     for c in torch.unique(y).tolist():

@@ -21,6 +21,13 @@ check_memory_budget       ``memory_size()`` is 0 for ``caps.memory == "none"`` a
 check_beats_chance        after each experience, accuracy on it beats 1/#classes + 0.1
 ========================  =================================================================
 
+The method runs through the real runner (:func:`cl_bench.runner.run` / :func:`~cl_bench.runner.resume`
+with ``method_cls``) with per-iteration evaluation, class-incrementally unless it needs task ids at
+test time (or ``setting=`` says otherwise). One run uses a monitored subclass: its hooks see guarded
+views of each experience (touching test data, or training data before ``begin_experience``, raises),
+every ``predict`` call is checked, and so is the memory after every step. The other runs are plain.
+Everything runs on one intra-op thread; the toy networks are tiny.
+
 A method exempt from a check says so, with a reason, in its caps::
 
     caps = Caps(exceptions=(("check_beats_chance", "trains only at test time"),))
@@ -177,8 +184,10 @@ def _snapshot(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
-def _difference(a: Any, b: Any, path: str = "state") -> str | None:
+def _difference(a: Any, b: Any, path: str = "state", depth: int = 0) -> str | None:
     """Where two state dicts differ (a readable path), or None if they are equal."""
+    if depth > 64:  # a reference cycle, not a state dict: give up on this branch
+        return None
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
             return path
@@ -190,7 +199,7 @@ def _difference(a: Any, b: Any, path: str = "state") -> str | None:
         if set(a) != set(b):
             return f"{path} (keys {sorted(map(str, set(a) ^ set(b)))})"
         for k in a:
-            diff = _difference(a[k], b[k], f"{path}.{k}")
+            diff = _difference(a[k], b[k], f"{path}.{k}", depth + 1)
             if diff:
                 return diff
         return None
@@ -198,12 +207,14 @@ def _difference(a: Any, b: Any, path: str = "state") -> str | None:
         if len(a) != len(b):
             return f"{path} (length)"
         for i, (u, v) in enumerate(zip(a, b, strict=True)):
-            diff = _difference(u, v, f"{path}[{i}]")
+            diff = _difference(u, v, f"{path}[{i}]", depth + 1)
             if diff:
                 return diff
         return None
+    if type(a) is type(b) and hasattr(a, "__dict__") and not isinstance(a, type):
+        return _difference(vars(a), vars(b), path, depth + 1)  # e.g. TensorData objects kept in memory
     try:
-        return None if a == b else path
+        return None if bool(a == b) else path
     except Exception:  # objects without a usable ==
         return None
 
@@ -211,28 +222,31 @@ def _difference(a: Any, b: Any, path: str = "state") -> str | None:
 class _Monitor:
     """Watches one run of an instrumented method and records contract violations per check."""
 
-    def __init__(self, caps: Any, enabled: set[str], n_classes: int, setting: str) -> None:
+    def __init__(self, caps: Any, enabled: set[str], scenario: Scenario) -> None:
         self.caps = caps
         self.enabled = enabled
-        self.n_classes = n_classes
-        self.setting = setting
+        self.n_classes = scenario.n_classes
+        self.n_experiences = len(scenario)
+        self.setting = scenario.setting
         self.violations: dict[str, list[str]] = {}
         self.method: Method | None = None
         self.current = -1  # index of the latest experience whose begin_experience ran
-        self.hook = "setup"
+        self.hook = "outside the method's hooks"
         self.steps = 0
         self.predict_calls = 0
         self._guarded: dict[int, Experience] = {}
 
-    def fail(self, check: str, message: str, *, raise_: bool = False) -> None:
-        where = f" (in {self.hook}, experience {self.current}, after {self.steps} training steps)"
+    def fail(self, check: str, message: str, *, hook: str | None = None, raise_: bool = False) -> None:
+        when = "before training" if self.current < 0 else (
+            f"experience {self.current}, after {self.steps} training step(s)")  # fmt: skip
+        where = f" ({hook or self.hook}, {when})"
         self.violations.setdefault(check, []).append(message + where)
         if raise_:
             raise ConformanceViolation(check, message + where)
 
     @contextmanager
     def inside(self, hook: str) -> Iterator[None]:
-        outer, self.hook = self.hook, hook
+        outer, self.hook = self.hook, f"in {hook}"
         try:
             yield
         finally:
@@ -269,24 +283,31 @@ class _Monitor:
             self.fail("check_no_peeking", f"a training batch carries task ids in {self.setting}")
 
     # -- state checks -------------------------------------------------------------------------------------
-    def memory(self, method: Method) -> None:
+    def memory(self, method: Method, hook: str) -> None:
         if "check_memory_budget" not in self.enabled:
             return
         size, budget, kind = method.memory_size(), method.memory_budget(), self.caps.memory
+        problem = None
         if kind == "none" and size != 0:
-            self.fail("check_memory_budget", f"caps.memory is 'none' but memory_size() is {size}")
+            problem = f"caps.memory is 'none' but memory_size() is {size}"
         elif kind == "bounded" and budget is None:
-            self.fail("check_memory_budget", "caps.memory is 'bounded' but memory_budget() is None")
+            problem = "caps.memory is 'bounded' but memory_budget() is None"
         elif kind == "bounded" and budget is not None and size > budget:
-            self.fail("check_memory_budget", f"memory_size() is {size}, over memory_budget() {budget}")
+            problem = f"memory_size() is {size}, over memory_budget() {budget}"
+        if problem:
+            self.fail("check_memory_budget", problem, hook=f"after {hook}")
 
     def predict(self, method: Method, predict: Callable[..., torch.Tensor], x: torch.Tensor,
                 ctx: PredictContext) -> torch.Tensor:  # fmt: skip
         self.predict_calls += 1
+        with self.inside("predict"):
+            return self._predict(method, predict, x, ctx)
+
+    def _predict(self, method: Method, predict: Callable[..., torch.Tensor], x: torch.Tensor,
+                 ctx: PredictContext) -> torch.Tensor:  # fmt: skip
         pure = "check_predict_pure" in self.enabled and not self.caps.adapts_at_test
         before = _snapshot(method.state_dict()) if pure else None
-        with self.inside("predict"):
-            out = predict(x, ctx)
+        out = predict(x, ctx)
         if pure:
             diff = _difference(before, method.state_dict())
             if diff:
@@ -311,14 +332,14 @@ class _Monitor:
 
         if self.setting != "task_il" and ctx.task_ids is not None:
             self.fail("check_no_peeking", f"predict was given task ids in {self.setting}")
-        if not self.caps.task_id_at_test and ctx.task_ids is None:
-            fake = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        if not self.caps.task_id_at_test:
+            # Swap the task ids for none (task_il) or for made-up ones (class_il): nothing may change.
+            fake = torch.arange(len(x), device=x.device) % self.n_experiences  # every valid task id
             try:
-                with self.inside("predict"):
-                    other = predict(x, PredictContext(task_ids=fake))
+                other = predict(x, PredictContext(task_ids=None if ctx.task_ids is not None else fake))
             except Exception as err:
                 self.fail("check_no_peeking", f"predict reads ctx.task_ids without caps.task_id_at_test "
-                          f"(it raised {type(err).__name__}: {err} when given some)")  # fmt: skip
+                          f"(it raised {type(err).__name__}: {err} when they changed)")  # fmt: skip
                 return
             if not close(other):
                 self.fail("check_no_peeking", "predict's output depends on ctx.task_ids, but "
@@ -329,10 +350,9 @@ class _Monitor:
             rev = x.flip(0)
             rev_ctx = PredictContext(None if ctx.task_ids is None else ctx.task_ids.flip(0))
             parts = []
-            with self.inside("predict"):
-                for sl in (slice(0, k), slice(k, None)):
-                    t = None if rev_ctx.task_ids is None else rev_ctx.task_ids[sl]
-                    parts.append(predict(rev[sl], PredictContext(task_ids=t)))
+            for sl in (slice(0, k), slice(k, None)):
+                t = None if rev_ctx.task_ids is None else rev_ctx.task_ids[sl]
+                parts.append(predict(rev[sl], PredictContext(task_ids=t)))
             if not close(torch.cat(parts).flip(0)):
                 self.fail("check_no_peeking", "predictions depend on the rest of the batch (order or batch "
                           "composition), not only on each input")  # fmt: skip
@@ -360,13 +380,13 @@ def _instrument(cls: type[Method], mon: _Monitor) -> type[Method]:
             mon.observe(batch)
             with mon.inside("observe"):
                 out = super().observe(batch)
-            mon.memory(self)
+            mon.memory(self, "observe")
             return out
 
         def end_experience(self, exp: Experience) -> None:
             with mon.inside("end_experience"):
                 super().end_experience(mon.guarded(exp))
-            mon.memory(self)
+            mon.memory(self, "end_experience")
 
         def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
             return mon.predict(self, super().predict, x, ctx)
@@ -381,12 +401,12 @@ def _instrument(cls: type[Method], mon: _Monitor) -> type[Method]:
 class _Context:
     """What the checks of one method share: the method, a scratch directory, cached runs."""
 
-    def __init__(self, cls: type[Method], name: str, config: Mapping[str, Any], device: str,
+    def __init__(self, cls: type[Method], name: str, config: Mapping[str, Any], device: str, setting: str,
                  enabled: set[str], out: Path) -> None:  # fmt: skip
         self.cls, self.name, self.config, self.device = cls, name, dict(config), device
         self.enabled = enabled
         self.out = out
-        self.setting = "task_il" if cls.caps.task_id_at_test else "class_il"
+        self.setting = setting
         self.scenario = toy_scenario(self.setting)
         self._cache: dict[str, Any] = {}
 
@@ -415,7 +435,7 @@ class _Context:
         """The monitor of one instrumented run, its record, and what stopped it (if anything)."""
 
         def go() -> tuple[_Monitor, dict[str, Any] | None, BaseException | None]:
-            mon = _Monitor(self.cls.caps, self.enabled, self.scenario.n_classes, self.setting)
+            mon = _Monitor(self.cls.caps, self.enabled, self.scenario)
             try:
                 record = run(self.spec(), self.out / "monitored", method_cls=_instrument(self.cls, mon))
             except Exception as err:
@@ -554,11 +574,10 @@ def _assert_same_matrix(a: dict[str, Any], b: dict[str, Any], what: str) -> None
     raise AssertionError(f"{what} gives a different accuracy matrix")
 
 
-CHECKS: dict[str, Callable[[_Context], str]] = {
-    f.__name__: f
-    for f in (check_config_roundtrip, check_protocol, check_no_peeking, check_deterministic, check_resume,
-              check_predict_pure, check_memory_budget, check_beats_chance)  # fmt: skip
-}
+_ALL = (check_config_roundtrip, check_protocol, check_no_peeking, check_deterministic, check_resume,
+        check_predict_pure, check_memory_budget, check_beats_chance)  # fmt: skip
+#: Every check, by name, in the order the suite runs them.
+CHECKS: dict[str, Callable[[_Context], str]] = {f.__name__: f for f in _ALL}
 
 
 # -- the suite ------------------------------------------------------------------------------------------
@@ -589,6 +608,7 @@ def check_method(
     *,
     device: str = "cpu",
     config: Mapping[str, Any] | None = None,
+    setting: str | None = None,
     checks: Iterable[str] | None = None,
     raise_on_failure: bool = True,
 ) -> ConformanceReport:
@@ -598,6 +618,7 @@ def check_method(
         cls_or_name: The method class, or its name in ``METHODS``.
         device: Where the runs happen.
         config: Overrides of the method's config (defaults otherwise).
+        setting: "class_il" or "task_il" (default: task_il if ``caps.task_id_at_test``, else class_il).
         checks: Names of the checks to run (default: all of :data:`CHECKS`).
         raise_on_failure: Raise :class:`ConformanceError` if any check fails.
 
@@ -626,7 +647,8 @@ def check_method(
             exempt[check] = str(reason)
     enabled = {c for c in selected if c not in exempt}
     with tempfile.TemporaryDirectory(prefix="cl_bench_check_") as tmp, _one_thread():
-        ctx = _Context(cls, name, config or {}, device, enabled, Path(tmp))
+        setting = setting or ("task_il" if cls.caps.task_id_at_test else "class_il")
+        ctx = _Context(cls, name, config or {}, device, setting, enabled, Path(tmp))
         for check in selected:
             if check in exempt:
                 if exempt[check]:

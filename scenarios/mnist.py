@@ -10,7 +10,9 @@ fixed seed and says so in the scenario spec.
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,7 @@ def read_idx(path: Path) -> np.ndarray:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as fh:
             raw = fh.read()
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: corrupt deflate data inside a .gz
         raise DataError(f"cannot read {path} ({err}); the file is corrupt — delete it and fetch it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(
@@ -53,7 +55,7 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = raw[3]
     header = 4 + 4 * ndim
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)  # Python ints: a garbage header cannot overflow
     if len(raw) != expected:
         raise DataError(
             f"{path} is truncated or corrupt: its header announces {dims} ({expected} bytes) but it has "
@@ -139,6 +141,8 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, path: Path) -> None:
             f"{path} does not hold MNIST: images {images.shape} and labels {labels.shape} should be "
             f"(N, 28, 28) and (N,); fetch the original files again"
         )
+    if len(labels) == 0:
+        raise DataError(f"{path} holds no images; fetch the original MNIST files again")
     if labels.max(initial=0) > 9:
         raise DataError(f"labels beside {path} go up to {labels.max()}; MNIST labels are 0-9 — the file is corrupt")
 

@@ -1,0 +1,217 @@
+"""The conformance suite over every registered method, and proof that each of its checks can fail."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+from cl_bench.method import Caps, SupervisedMethod
+from cl_bench.registry import METHODS
+from cl_bench.testing import CHECKS, ConformanceError, check_method, toy_scenario
+from cl_bench.types import Batch, Experience, PredictContext
+
+METHODS_UNDER_TEST = METHODS.names()
+
+
+@pytest.mark.parametrize("name", METHODS_UNDER_TEST)
+def test_registered_method_conforms(name: str) -> None:
+    report = check_method(name)
+    assert report.ok
+    assert {r.name for r in report.results} == set(CHECKS)
+
+
+@pytest.mark.parametrize("name", METHODS_UNDER_TEST)
+def test_registered_method_runs_task_incremental(name: str) -> None:
+    check_method(name, setting="task_il", checks=["check_protocol", "check_no_peeking", "check_beats_chance"])
+
+
+def test_toy_scenario_is_a_small_learnable_stream() -> None:
+    s = toy_scenario()
+    assert (len(s), s.n_classes, s.setting, s.input_shape) == (3, 6, "class_il", (1, 4, 4))
+    assert [len(e.classes) for e in s] == [2, 2, 2]
+    assert sorted(c for e in s for c in e.classes) == list(range(6))
+    assert [len(e.train) for e in s] == [80, 80, 80] and [len(e.test) for e in s] == [40, 40, 40]
+    assert toy_scenario("task_il")[2].task_id == 2
+    assert toy_scenario(seed=1).spec_hash != s.spec_hash
+    assert torch.equal(toy_scenario()[0].train.x, s[0].train.x)  # same seed, same data
+
+
+# -- deliberately broken methods: each must fail the check named beside it --------------------------------
+
+
+class MutatingPredict(SupervisedMethod):
+    """predict nudges the weights (by too little to change any prediction)."""
+
+    def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
+        self.net.head.bias.add_(1e-6)
+        return super().predict(x, ctx)
+
+
+class OverBudget(SupervisedMethod):
+    """Claims a bounded memory of 10 examples but keeps every training example."""
+
+    caps: ClassVar[Caps] = Caps(memory="bounded")
+
+    def setup(self, info: Any, seed: int) -> None:
+        super().setup(info, seed)
+        self.kept = 0
+
+    def observe(self, batch: Batch) -> dict[str, Any]:
+        self.kept += len(batch.x)
+        return super().observe(batch)
+
+    def memory_size(self) -> int:
+        return self.kept
+
+    def memory_budget(self) -> int | None:
+        return 10
+
+
+class Hoarder(OverBudget):
+    """Stores examples while declaring caps.memory 'none'."""
+
+    caps: ClassVar[Caps] = Caps(memory="none")
+
+
+class TestPeeker(SupervisedMethod):
+    """Trains on the test set of each experience."""
+
+    __test__ = False  # not a pytest class
+
+    def begin_experience(self, exp: Experience) -> None:
+        super().begin_experience(exp)
+        x, y = exp.test.batch(slice(None))
+        self.step(x, y, None)
+
+
+class TaskIdReader(SupervisedMethod):
+    """Uses task ids at test time without declaring caps.task_id_at_test."""
+
+    def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
+        out = super().predict(x, ctx)
+        return out if ctx.task_ids is None else out + ctx.task_ids[:, None].float()
+
+
+class BatchDependent(SupervisedMethod):
+    """Normalises logits with statistics of the whole test batch (transductive)."""
+
+    def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
+        out = super().predict(x, ctx)
+        return out - out.mean(0, keepdim=True)
+
+
+class ForgetsBuffer(SupervisedMethod):
+    """Replays a memory that its state_dict leaves out, so a resumed run differs."""
+
+    def setup(self, info: Any, seed: int) -> None:
+        super().setup(info, seed)
+        self.mem: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def observe(self, batch: Batch) -> dict[str, Any]:
+        x, y = batch.x, batch.y
+        if self.mem is not None:
+            x, y = torch.cat([x, self.mem[0]]), torch.cat([y, self.mem[1]])
+        self.mem = (batch.x[:4].clone(), batch.y[:4].clone())
+        return {"loss": self.step(x, y, None)}
+
+
+class Nondeterministic(SupervisedMethod):
+    """Draws noise from an unseeded generator."""
+
+    def observe(self, batch: Batch) -> dict[str, Any]:
+        gen = torch.Generator().manual_seed(time.perf_counter_ns())
+        noise = 0.5 * torch.randn(batch.x.shape, generator=gen)
+        return {"loss": self.step(batch.x + noise, batch.y, None)}
+
+
+class Lazy(SupervisedMethod):
+    """Never learns."""
+
+    def observe(self, batch: Batch) -> dict[str, Any]:
+        return {"loss": torch.tensor(1.0)}
+
+
+class WrongShape(SupervisedMethod):
+    """Returns one logit too few."""
+
+    def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
+        return super().predict(x, ctx)[:, :-1]
+
+
+@dataclass  # not frozen
+class MutableConfig:
+    lr: float = 0.01
+
+
+class MutableConfigMethod(SupervisedMethod):
+    """Its Config is a plain (mutable) dataclass."""
+
+    Config: ClassVar[type] = MutableConfig
+
+
+BROKEN = [
+    (MutatingPredict, "check_predict_pure"),
+    (OverBudget, "check_memory_budget"),
+    (Hoarder, "check_memory_budget"),
+    (TestPeeker, "check_no_peeking"),
+    (TaskIdReader, "check_no_peeking"),
+    (BatchDependent, "check_no_peeking"),
+    (ForgetsBuffer, "check_resume"),
+    (Nondeterministic, "check_deterministic"),
+    (Lazy, "check_beats_chance"),
+    (WrongShape, "check_protocol"),
+    (MutableConfigMethod, "check_config_roundtrip"),
+]
+
+
+@pytest.mark.parametrize(("cls", "check"), BROKEN, ids=[c.__name__ for c, _ in BROKEN])
+def test_broken_method_fails_its_check(cls: type, check: str) -> None:
+    with pytest.raises(ConformanceError) as info:
+        check_method(cls, checks=[check])
+    assert info.value.report[check].status == "failed"
+    message = str(info.value)
+    assert cls.__name__.lower() in message and check in message
+
+
+def test_failure_is_specific_to_the_broken_check() -> None:
+    report = check_method(MutatingPredict, raise_on_failure=False)
+    assert [r.name for r in report.failures] == ["check_predict_pure"]
+    assert "predict changed state.net.head.bias" in report["check_predict_pure"].message
+
+
+def test_peeking_is_stopped_by_the_guard() -> None:
+    report = check_method(TestPeeker, raise_on_failure=False, checks=["check_no_peeking", "check_protocol"])
+    assert "touched the test data of experience 0 (in begin_experience" in report["check_no_peeking"].message
+    assert report["check_protocol"].status == "error"  # not evaluated: the run was stopped
+
+
+def test_declared_exception_skips_the_check() -> None:
+    class ExemptPredict(MutatingPredict):
+        caps: ClassVar[Caps] = Caps(exceptions=(("check_predict_pure", "nudges weights on purpose"),))
+
+    report = check_method(ExemptPredict, checks=["check_predict_pure", "check_protocol"])
+    assert report["check_predict_pure"].status == "skipped"
+    assert "nudges weights on purpose" in report["check_predict_pure"].message
+
+
+@pytest.mark.parametrize(
+    ("exceptions", "needle"),
+    [((("check_predict_pure", ""),), "without a reason"), ((("check_typo", "because"),), "names no check")],
+)
+def test_bad_exception_declarations_are_errors(exceptions: tuple[tuple[str, str], ...], needle: str) -> None:
+    class Declares(SupervisedMethod):
+        caps: ClassVar[Caps] = Caps(exceptions=exceptions)
+
+    with pytest.raises(ConformanceError, match=needle):
+        check_method(Declares, checks=["check_config_roundtrip"])
+
+
+def test_unknown_check_or_object_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown checks"):
+        check_method("finetune", checks=["check_nothing"])
+    with pytest.raises(TypeError, match="Method subclass"):
+        check_method(dict)  # type: ignore[arg-type]
