@@ -2,7 +2,8 @@
 
 The runner owns the loop (a method owns its network, optimiser and memory).
 Every source of randomness is either seeded from the run seed per
-(experience, epoch) or saved in checkpoints, so the same seed gives the same
+(experience, epoch) — per (experience, epoch, batch) for the training
+augmentation — or saved in checkpoints, so the same seed gives the same
 record on CPU and a run killed at any point resumes to the same result.
 """
 
@@ -119,6 +120,11 @@ def check_device(device: str) -> None:
 
 def _shuffle_seed(seed: int, experience: int, epoch: int) -> int:
     return (seed * 1_000_003 + experience * 10_007 + epoch) % (2**63)
+
+
+def _augment_seed(seed: int, experience: int, epoch: int, batch: int) -> int:
+    # Per-batch seed of the training augmentation: a resumed run redraws exactly the same crops and flips.
+    return (_shuffle_seed(seed, experience, epoch) * 1_000_033 + batch + 1) % (2**63)
 
 
 def _seed_everything(seed: int) -> None:
@@ -322,7 +328,10 @@ class _Run:
                     perm = torch.randperm(n, generator=gen).to(device)
                     first_b = start_b if (e == start_e and epoch == start_epoch) else 0
                     for b in range(first_b, n_batches):
-                        self._step(data, perm[b * bs : (b + 1) * bs], e, exp.task_id if task_il else None)
+                        aug = None
+                        if data.augment is not None:
+                            aug = torch.Generator().manual_seed(_augment_seed(self.spec.seed, e, epoch, b))
+                        self._step(data, perm[b * bs : (b + 1) * bs], e, exp.task_id if task_il else None, aug)
                         last = epoch == epochs - 1 and b == n_batches - 1
                         self.position = (e, epoch, b + 1) if b + 1 < n_batches else (e, epoch + 1, 0)
                         if self.evaluator.due(self.iteration) and not last:
@@ -336,9 +345,11 @@ class _Run:
             self.evaluator.matrix.mark_boundary(self.evaluator.matrix.n_points - 1)
             self.position, self.begun = (e + 1, 0, 0), False
 
-    def _step(self, data: Any, idx: torch.Tensor, e: int, task_id: int | None) -> None:
+    def _step(
+        self, data: Any, idx: torch.Tensor, e: int, task_id: int | None, aug: torch.Generator | None = None
+    ) -> None:
         t0 = time.perf_counter()
-        x, y = data.batch(idx)
+        x, y = data.batch(idx, generator=aug)
         task_ids = None
         if task_id is not None:
             task_ids = data.t[idx] if data.t is not None else torch.full_like(y, task_id)

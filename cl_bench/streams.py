@@ -7,20 +7,37 @@ classes the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import ConfigError
 from .types import Experience, Scenario, TensorData
 
 
+def _numpy_legacy_permutation(seed: int) -> Callable[[int], list[int]]:
+    # ``np.random.seed(seed); np.random.permutation(n)`` without touching numpy's global state.
+    return lambda n: np.random.RandomState(seed).permutation(n).tolist()
+
+
+NAMED_CLASS_ORDERS: dict[str, Callable[[int], list[int]]] = {
+    # PyCIL (Zhou et al., 2023; utils/data_manager.py) and PILOT shuffle with
+    # np.random.seed(1993); np.random.permutation(n_classes) — the order of most
+    # recent class-incremental CIFAR-100 / ImageNet-R tables.
+    "pycil1993": _numpy_legacy_permutation(1993),
+}
+"""Fixed class orders from papers' code, by name: each maps a class count to a permutation."""
+
+
 def resolve_class_order(order: str | tuple[int, ...], n_classes: int, seed: int) -> list[int]:
     """Turn a class-order request into a permutation of ``range(n_classes)``.
 
     Args:
-        order: "seeded" (a permutation drawn from ``seed``), "identity", or an
-            explicit sequence of every class once.
+        order: "seeded" (a permutation drawn from ``seed``), "identity", a name
+            in :data:`NAMED_CLASS_ORDERS` (fixed orders that do not depend on
+            ``seed``, e.g. "pycil1993"), or an explicit sequence of every class once.
         n_classes: Number of classes in the dataset.
         seed: Seed of the "seeded" permutation.
 
@@ -31,15 +48,16 @@ def resolve_class_order(order: str | tuple[int, ...], n_classes: int, seed: int)
         return list(range(n_classes))
     if order == "seeded":
         return torch.randperm(n_classes, generator=torch.Generator().manual_seed(seed)).tolist()
+    if isinstance(order, str) and order in NAMED_CLASS_ORDERS:
+        return NAMED_CLASS_ORDERS[order](n_classes)
     if isinstance(order, str) and "," in order:
         try:
             order = tuple(int(c) for c in order.split(","))
         except ValueError:
             pass
     if isinstance(order, str):
-        raise ConfigError(
-            f"class_order must be 'seeded', 'identity' or a list of all {n_classes} classes, got {order!r}"
-        )
+        names = ", ".join(repr(n) for n in ("seeded", "identity", *NAMED_CLASS_ORDERS))
+        raise ConfigError(f"class_order must be one of {names} or a list of all {n_classes} classes, got {order!r}")
     if sorted(order) != list(range(n_classes)):
         raise ConfigError(f"class_order must list each of the {n_classes} classes exactly once, got {list(order)}")
     return list(order)

@@ -156,6 +156,7 @@ class _GuardedData(TensorData):
         self._data = data
         self._check = check
         self.transform = data.transform
+        self.augment = data.augment
 
     @property  # type: ignore[override]
     def x(self) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Stream types: tensor datasets, experiences, scenarios, and what methods see.
 
 Data small enough for memory is held as tensors and batched by indexing (no
-per-sample ``Dataset.__getitem__`` on the hot path); the per-batch transform
-runs on whole batches, on the device.
+per-sample ``Dataset.__getitem__`` on the hot path); the per-batch augmentation
+(training only) and transform run on whole batches, on the device.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any, Literal
 import torch
 
 Setting = Literal["class_il", "task_il", "domain_il"]
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+"""A training batch augmentation: ``(stored-form batch, CPU generator) -> batch`` of the same form."""
 SETTINGS: tuple[str, ...] = ("class_il", "task_il", "domain_il")
 
 
@@ -48,6 +50,10 @@ class TensorData:
             :class:`Standardize`). Applied after indexing, on the batch's device.
         t: Per-example task ids, for data that mixes tasks (e.g. joint training
             in a task-incremental stream); None means "the experience's task".
+        augment: Training-time batch augmentation ``augment(x, generator)`` on
+            stored-form inputs (e.g. :class:`cl_bench.augment.CropFlip`), run
+            before ``transform`` only when :meth:`batch` is given a generator
+            (the runner passes one, seeded per batch, for training batches).
     """
 
     def __init__(
@@ -56,6 +62,7 @@ class TensorData:
         y: torch.Tensor,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         t: torch.Tensor | None = None,
+        augment: Augment | None = None,
     ) -> None:
         if len(x) != len(y) or (t is not None and len(t) != len(y)):
             raise ValueError(f"x, y (and t) must have one entry per example: {len(x)} vs {len(y)}")
@@ -63,6 +70,7 @@ class TensorData:
         self.y = y.to(torch.int64)
         self.transform = transform
         self.t = t
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.x)
@@ -72,23 +80,36 @@ class TensorData:
         xi = self.x[i : i + 1]
         return (self.transform(xi) if self.transform else xi)[0], int(self.y[i])
 
-    def batch(self, idx: torch.Tensor | slice, device: torch.device | str | None = None) -> tuple[
-        torch.Tensor, torch.Tensor
-    ]:
-        """Inputs (transformed) and labels at ``idx``, moved to ``device``."""
+    def batch(
+        self,
+        idx: torch.Tensor | slice,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs (transformed) and labels at ``idx``, moved to ``device``.
+
+        Args:
+            idx: Example indices or a slice.
+            device: Where the batch goes (default: where the data lives).
+            generator: CPU generator for the training augmentation; without one
+                (evaluation, per-sample access) no augmentation is applied.
+        """
         x, y = self.x[idx], self.y[idx]
         if device is not None:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if generator is not None and self.augment is not None:
+            x = self.augment(x, generator)
         return (self.transform(x) if self.transform else x), y
 
     def subset(self, idx: torch.Tensor) -> TensorData:
-        """The examples at ``idx`` (same transform)."""
-        return TensorData(self.x[idx], self.y[idx], self.transform, None if self.t is None else self.t[idx])
+        """The examples at ``idx`` (same transform and augmentation)."""
+        t = None if self.t is None else self.t[idx]
+        return TensorData(self.x[idx], self.y[idx], self.transform, t, self.augment)
 
     def to(self, device: torch.device | str) -> TensorData:
         """A copy whose tensors live on ``device``."""
         t = None if self.t is None else self.t.to(device)
-        return TensorData(self.x.to(device), self.y.to(device), self.transform, t)
+        return TensorData(self.x.to(device), self.y.to(device), self.transform, t, self.augment)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

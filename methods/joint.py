@@ -40,15 +40,15 @@ class Joint(SupervisedMethod):
         super().begin_experience(exp)
         if exp.train is not None:
             t = torch.full((len(exp.train),), exp.task_id if exp.task_id is not None else -1, dtype=torch.long)
-            self.seen.append(TensorData(exp.train.x, exp.train.y, exp.train.transform, t))
+            self.seen.append(TensorData(exp.train.x, exp.train.y, exp.train.transform, t, exp.train.augment))
 
     def train_data(self, exp: Experience) -> TensorData | None:
-        # One shared batch transform is assumed: every built-in stream stores its
+        # One shared batch transform (and augmentation) is assumed: every built-in stream stores its
         # experience-specific views (permutations, rotations) in the data itself.
         if not self.seen:
             return None
         x, y, t = (torch.cat([getattr(d, k) for d in self.seen]) for k in ("x", "y", "t"))
-        return TensorData(x, y, self.seen[-1].transform, t)
+        return TensorData(x, y, self.seen[-1].transform, t, self.seen[-1].augment)
 
     def memory_size(self) -> int:
         return sum(len(d) for d in self.seen[:-1])

@@ -1,0 +1,290 @@
+"""Corruption streams: one experience per corruption domain (domain-incremental, 10 or 100 classes).
+
+* ``digits_c`` and ``mnist_c`` generate the corruptions here (:mod:`cl_bench.scenarios.corruptions`,
+  CIFAR-scale parameters) on the held-out and training parts of Split-Digits' and MNIST's data. Each
+  experience carries the corrupted training split as ``train`` (so supervised continual methods run them as
+  a domain-incremental stream) and the corrupted held-out split as ``test``.
+* ``cifar10_c`` and ``cifar100_c`` read the released CIFAR-10-C / CIFAR-100-C files: test-only experiences
+  (``train`` is None), as used by continual test-time adaptation.
+
+The default order is :data:`~cl_bench.scenarios.corruptions.BENCHMARK_ORDER` (the continual TTA order of
+RMT / CoTTA) at severity 5.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cl_bench.errors import ConfigError, DataError
+from cl_bench.registry import SCENARIOS
+from cl_bench.types import Experience, Scenario, Standardize, TensorData
+
+from . import corruptions as C
+
+_TITLE = {"cifar10_c": "CIFAR-10-C", "cifar100_c": "CIFAR-100-C"}
+_CIFAR_TRANSFORM = Standardize(scale=255.0)  # [0, 1] inputs, the RobustBench convention for CIFAR-10-C models
+
+
+def _check_stream(corruptions: tuple[str, ...], severity: int) -> None:
+    if not corruptions:
+        raise ConfigError(f"corruptions must name at least one of: {', '.join(C.CORRUPTIONS)}")
+    for name in corruptions:
+        C.check(name, severity)
+
+
+def _domain_seed(seed: int, index: int, part: int) -> int:
+    return int(np.random.SeedSequence([seed, index, part]).generate_state(1)[0])
+
+
+def _corrupt_nchw(x: torch.Tensor, name: str, severity: int, seed: int, frost_dir: str | None) -> torch.Tensor:
+    out = C.corrupt(x.permute(0, 2, 3, 1).numpy(), name, severity, seed=seed, frost_dir=frost_dir)
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)))
+
+
+def corrupted_stream(
+    name: str,
+    train: TensorData,
+    test: TensorData,
+    *,
+    corruptions: tuple[str, ...],
+    severity: int,
+    seed: int,
+    frost_dir: str | None,
+    spec: dict[str, object],
+    protocol_defaults: dict[str, object] | None = None,
+) -> Scenario:
+    """A domain-incremental stream of ``train``/``test`` (uint8 NCHW, 0-255) under each corruption in turn.
+
+    Args:
+        name: Scenario name.
+        train: Clean training data (stored uint8 images with values 0-255).
+        test: Clean held-out data.
+        corruptions: Corruption names, one experience each, in this order.
+        severity: 1-5.
+        seed: Seeds the corruptions (each domain and split gets its own derived seed).
+        frost_dir: Folder with the original frost textures, or None (procedural, non-canonical).
+        spec: What the clean data is (dataset, split, transform).
+        protocol_defaults: Training-protocol defaults of the stream.
+
+    Raises:
+        ConfigError: Unknown corruption or severity outside 1-5.
+
+    References:
+        Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+            Perturbations" (ICLR 2019).
+    """
+    _check_stream(corruptions, severity)
+    n_classes = int(max(train.y.max(), test.y.max())) + 1
+    experiences = []
+    for i, corruption in enumerate(corruptions):
+        tx = _corrupt_nchw(train.x, corruption, severity, _domain_seed(seed, i, 0), frost_dir)
+        sx = _corrupt_nchw(test.x, corruption, severity, _domain_seed(seed, i, 1), frost_dir)
+        meta = {"corruption": corruption, "severity": severity}
+        tr_data, te_data = TensorData(tx, train.y, train.transform), TensorData(sx, test.y, test.transform)
+        experiences.append(Experience(i, tr_data, te_data, tuple(range(n_classes)), None, meta))
+    full_spec = {**spec, "corruptions": list(corruptions), "severity": severity, "seed": seed,
+                 "corruption_impl": "cl_bench.scenarios.corruptions (make_cifar_c.py CIFAR-scale parameters)",
+                 "frost": C.describe("frost", frost_dir) if "frost" in corruptions else None}  # fmt: skip
+    return Scenario(name, experiences, full_spec, n_classes, "domain_il", protocol_defaults)
+
+
+@SCENARIOS.register(
+    "digits_c",
+    reference="Hendrycks & Dietterich, 'Benchmarking Neural Network Robustness to Common Corruptions and "
+    "Perturbations' (ICLR 2019), CIFAR-scale parameters, on scikit-learn's 8x8 digits (Alpaydin & Kaynak 1998)",
+)
+def digits_c(
+    severity: int = 5,
+    corruptions: tuple[str, ...] = C.BENCHMARK_ORDER,
+    seed: int = 0,
+    frost_dir: str | None = None,
+    test_fraction: float = 0.2,
+) -> Scenario:
+    """Digits-C: sklearn's 8x8 digits under one corruption per experience (domain-incremental, 10 classes).
+
+    Pixel values 0-16 are rescaled to 0-255 before corrupting. The CIFAR-scale parameters are meant for
+    32 x 32 images, so on 8 x 8 digits the blurs are relatively much stronger.
+
+    Args:
+        severity: Corruption severity, 1-5.
+        corruptions: One experience per name, in order (default: the 15 benchmark corruptions).
+        seed: Seeds the corruptions.
+        frost_dir: Folder with frost1.png ... frost6.jpg; unset = procedural (non-canonical) frost.
+        test_fraction: Share of each class held out (the split of ``split_digits``).
+
+    References:
+        Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+            Perturbations" (ICLR 2019).
+        Alpaydin & Kaynak, "Optical Recognition of Handwritten Digits" (UCI, 1998).
+    """
+    from sklearn.datasets import load_digits
+
+    from cl_bench.streams import stratified_split
+
+    data = load_digits()
+    x = torch.tensor(np.round(data.images * 255.0 / 16.0), dtype=torch.uint8).unsqueeze(1)
+    y = torch.tensor(data.target, dtype=torch.int64)
+    tr, te = stratified_split(y, test_fraction, 0)
+    transform = Standardize(scale=255.0, mean=(0.3,), std=(0.4,))
+    spec = {"dataset": "sklearn_digits", "n_train": len(tr), "n_test": len(te), "test_fraction": test_fraction,
+            "split_seed": 0, "pixels": "0-16 rescaled to 0-255 (rounded)",
+            "transform": "x/255, standardize(0.3, 0.4)"}  # fmt: skip
+    return corrupted_stream("digits_c", TensorData(x[tr], y[tr], transform), TensorData(x[te], y[te], transform),
+                            corruptions=tuple(corruptions), severity=severity, seed=seed, frost_dir=frost_dir,
+                            spec=spec, protocol_defaults={"batch_size": 10, "epochs": 1})  # fmt: skip
+
+
+@SCENARIOS.register(
+    "mnist_c",
+    reference="Mu & Gilmer, 'MNIST-C: A Robustness Benchmark for Computer Vision' (ICML-W 2019) for the idea; "
+    "corruptions and CIFAR-scale parameters of Hendrycks & Dietterich (ICLR 2019), generated here",
+)
+def mnist_c(
+    root: str | None = None,
+    severity: int = 5,
+    corruptions: tuple[str, ...] = C.BENCHMARK_ORDER,
+    seed: int = 0,
+    frost_dir: str | None = None,
+    download: bool = True,
+) -> Scenario:
+    """MNIST under one generated corruption per experience (domain-incremental, 10 classes).
+
+    Not the released MNIST-C files (Mu & Gilmer use their own corruption set): this applies Hendrycks &
+    Dietterich's 15 corruptions at CIFAR-scale parameters to MNIST.
+
+    Args:
+        root: Folder with the MNIST IDX files (see ``split_mnist``).
+        severity: Corruption severity, 1-5.
+        corruptions: One experience per name, in order (default: the 15 benchmark corruptions).
+        seed: Seeds the corruptions.
+        frost_dir: Folder with frost1.png ... frost6.jpg; unset = procedural (non-canonical) frost.
+        download: Try torchvision's download when the files are missing.
+
+    References:
+        Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+            Perturbations" (ICLR 2019).
+        Mu & Gilmer, "MNIST-C: A Robustness Benchmark for Computer Vision" (ICML Workshop 2019).
+    """
+    from .mnist import load_mnist
+
+    _check_stream(tuple(corruptions), severity)
+    train, test, spec = load_mnist(root, download)
+    return corrupted_stream("mnist_c", train, test, corruptions=tuple(corruptions), severity=severity, seed=seed,
+                            frost_dir=frost_dir, spec=spec,
+                            protocol_defaults={"batch_size": 32, "epochs": 1})  # fmt: skip
+
+
+# -- released CIFAR-10-C / CIFAR-100-C files -------------------------------------------------------------------------
+def load_cifar_c(
+    root: str | None, dataset: str, corruptions: tuple[str, ...], severity: int
+) -> tuple[list[TensorData], dict[str, object]]:
+    """Test sets of the released ``<corruption>.npy`` files at one severity, plus a spec.
+
+    The released files hold 50,000 x 32 x 32 x 3 uint8 images (severities 1-5 stacked, 10,000 each, severity
+    s in rows (s-1)*10,000 .. s*10,000) and ``labels.npy``. Generally any 5 * k rows are accepted (severity s
+    = rows (s-1)*k .. s*k), so subsets written in the same layout load too.
+
+    Raises:
+        ConfigError: No root, unknown corruption or severity outside 1-5.
+        DataError: A missing file, or an array of the wrong shape or dtype (the message names what was expected).
+    """
+    _check_stream(corruptions, severity)
+    if root is None:
+        raise ConfigError(
+            f"{dataset} needs the released files: pass the folder holding labels.npy and <corruption>.npy with "
+            f"--set scenario.root=DIR (the {_TITLE[dataset]} files are on Hendrycks & Dietterich's Zenodo record)"
+        )
+    folder = Path(root).expanduser()
+    labels = _load(folder / "labels.npy", dataset)
+    if labels.ndim != 1 or len(labels) == 0 or len(labels) % 5:
+        raise DataError(
+            f"{folder / 'labels.npy'} has shape {labels.shape}; expected (50000,) (5 severities x 10,000 labels, or "
+            f"generally 5 * k)"
+        )
+    rows = len(labels) // 5
+    part = slice((severity - 1) * rows, severity * rows)
+    y = torch.from_numpy(np.asarray(labels[part]).astype(np.int64))
+    out = []
+    for name in corruptions:
+        path = folder / f"{name}.npy"
+        arr = _load(path, dataset)
+        if arr.shape != (len(labels), 32, 32, 3) or arr.dtype != np.uint8:
+            raise DataError(
+                f"{path} holds {arr.dtype} {arr.shape}; expected uint8 ({len(labels)}, 32, 32, 3) to match "
+                f"labels.npy (the released files are 50,000 x 32 x 32 x 3 uint8)"
+            )
+        x = torch.from_numpy(np.ascontiguousarray(np.asarray(arr[part]).transpose(0, 3, 1, 2)))
+        out.append(TensorData(x, y, _CIFAR_TRANSFORM))
+    spec: dict[str, object] = {"dataset": dataset, "source": "released .npy files", "rows_per_severity": rows,
+                               "transform": "x/255 (RobustBench convention, no normalisation)"}  # fmt: skip
+    return out, spec
+
+
+def _load(path: Path, dataset: str) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(
+            f"{path} not found: the {dataset} root must hold labels.npy and one <corruption>.npy per corruption "
+            f"({', '.join(C.CORRUPTIONS)}), as released by Hendrycks & Dietterich"
+        )
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {path} ({err}); the file is corrupt — fetch it again") from None
+
+
+def _cifar_c(name: str, n_classes: int, root: str | None, severity: int, corruptions: tuple[str, ...]) -> Scenario:
+    tests, spec = load_cifar_c(root, name, tuple(corruptions), severity)
+    for t in tests:
+        if len(t.y) and int(t.y.max()) >= n_classes:
+            raise DataError(f"labels.npy of {name} goes up to {int(t.y.max())}; expected labels 0-{n_classes - 1}")
+    experiences = [Experience(i, None, t, tuple(range(n_classes)), None, {"corruption": c, "severity": severity})
+                   for i, (c, t) in enumerate(zip(corruptions, tests, strict=True))]  # fmt: skip
+    spec = {**spec, "corruptions": list(corruptions), "severity": severity}
+    return Scenario(name, experiences, spec, n_classes, "domain_il", {"batch_size": 200})
+
+
+@SCENARIOS.register(
+    "cifar10_c",
+    reference="Hendrycks & Dietterich, 'Benchmarking Neural Network Robustness to Common Corruptions and "
+    "Perturbations' (ICLR 2019); released CIFAR-10-C files",
+)
+def cifar10_c(root: str | None = None, severity: int = 5, corruptions: tuple[str, ...] = C.BENCHMARK_ORDER) -> (
+    Scenario
+):  # fmt: skip
+    """CIFAR-10-C from the released files: one test-only experience per corruption (10,000 images each).
+
+    Args:
+        root: Folder with ``labels.npy`` and ``<corruption>.npy`` (50,000 x 32 x 32 x 3 uint8).
+        severity: Severity 1-5 (rows (s-1)*10,000 .. s*10,000).
+        corruptions: One experience per name, in order (default: the benchmark order).
+
+    References:
+        Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+            Perturbations" (ICLR 2019).
+    """
+    return _cifar_c("cifar10_c", 10, root, severity, corruptions)
+
+
+@SCENARIOS.register(
+    "cifar100_c",
+    reference="Hendrycks & Dietterich, 'Benchmarking Neural Network Robustness to Common Corruptions and "
+    "Perturbations' (ICLR 2019); released CIFAR-100-C files",
+)
+def cifar100_c(root: str | None = None, severity: int = 5, corruptions: tuple[str, ...] = C.BENCHMARK_ORDER) -> (
+    Scenario
+):  # fmt: skip
+    """CIFAR-100-C from the released files: one test-only experience per corruption (10,000 images each).
+
+    Args:
+        root: Folder with ``labels.npy`` and ``<corruption>.npy`` (50,000 x 32 x 32 x 3 uint8).
+        severity: Severity 1-5 (rows (s-1)*10,000 .. s*10,000).
+        corruptions: One experience per name, in order (default: the benchmark order).
+
+    References:
+        Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+            Perturbations" (ICLR 2019).
+    """
+    return _cifar_c("cifar100_c", 100, root, severity, corruptions)
