@@ -19,6 +19,7 @@ from .errors import UserError
 DEFAULT_METHOD = "er"
 DEFAULT_SCENARIO = "split_digits"
 _SECTIONS = ("method", "scenario", "protocol")
+COMMANDS = ("run", "list", "sweep", "leaderboard", "plot", "regress", "tune")
 _CONFIG_KEYS = {"method", "scenario", "protocol", "seed", "device", "out", "checkpoint_every"}
 
 
@@ -202,14 +203,87 @@ def make_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["methods", "scenarios", "metrics"])
     ls.add_argument("-v", "--verbose", action="store_true", help="also show each one's parameters")
     ls.set_defaults(func=cmd_list)
+    _add_report_commands(sub)
     return parser
+
+
+def _tolerances(items: Sequence[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise UserError(f"--tol takes METRIC=ABSOLUTE_TOLERANCE (e.g. --tol final_acc=0.03), got {item!r}")
+    return out
+
+
+def _add_report_commands(sub: Any) -> None:
+    """``sweep``, ``leaderboard``, ``plot``, ``regress`` and ``tune``; the work is in :mod:`cl_bench.commands`."""
+    from . import commands
+
+    def executor_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="local: a process pool (default); ray: a local Ray cluster, or --address")
+        p.add_argument("--workers", type=int, help="runs in parallel (default: CPU cores)")
+        p.add_argument("--address", help="address of an existing Ray cluster (with --executor ray)")
+
+    s = sub.add_parser("sweep", help="run a grid of methods x scenarios x seeds x overrides",
+                       description="Run the grid of a sweep spec (YAML). Restartable: completed runs are skipped, "
+                       "interrupted ones resume from their checkpoints.")
+    s.add_argument("spec", metavar="SPEC.yaml")
+    executor_flags(s)
+    s.add_argument("--max-retries", type=int, default=1, help="retries of runs whose worker died (default 1)")
+    s.add_argument("--dry-run", action="store_true", help="validate and list the runs and their state only")
+    s.set_defaults(func=lambda a: commands.sweep(a.spec, executor=a.executor, workers=a.workers, address=a.address,
+                                                 max_retries=a.max_retries, dry_run=a.dry_run))
+    lb = sub.add_parser("leaderboard", help="rank methods from run records; write Markdown, CSV and HTML",
+                        description="Group records by scenario spec and protocol, aggregate over seeds, rank.")
+    lb.add_argument("dirs", nargs="+", metavar="DIR", help="directories holding run records (searched recursively)")
+    lb.add_argument("--out", help="output directory (default DIR/leaderboard)")
+    lb.add_argument("--metrics", help="comma-separated metrics to show")
+    lb.add_argument("--rank-by", help="metric that ranks methods (default: the first shown)")
+    lb.add_argument("-q", "--quiet", action="store_true", help="do not print the Markdown board")
+    lb.set_defaults(func=lambda a: commands.leaderboard(a.dirs, out=a.out, metrics=a.metrics, rank_by=a.rank_by,
+                                                        quiet=a.quiet))
+    pl = sub.add_parser("plot", help="overlay the per-iteration accuracy curves of several runs")
+    pl.add_argument("records", nargs="+", metavar="RECORD", help="run.json files or directories holding them")
+    pl.add_argument("--out", default="overlay.png", help="PNG to write (default overlay.png)")
+    pl.add_argument("--experience", type=int, help="plot this experience's accuracy (stability gap view)")
+    pl.set_defaults(func=lambda a: commands.plot(a.records, out=a.out, experience=a.experience))
+    rg = sub.add_parser("regress", help="rerun the golden baselines and fail if a metric moved",
+                        description="Compare fresh runs of the golden records with them, metric by metric.")
+    rg.add_argument("--against", required=True, metavar="GOLDEN_DIR", help="e.g. results/golden")
+    rg.add_argument("--fresh", metavar="DIR", help="read fresh records from DIR instead of rerunning")
+    rg.add_argument("--out", help="keep the reruns in this directory (default: a temporary one)")
+    rg.add_argument("--workers", type=int, help="parallel reruns (default: CPU cores)")
+    rg.add_argument("--tol", action="append", default=[], metavar="METRIC=TOL", help="absolute tolerance override")
+    rg.add_argument("--spread", type=float, default=1.0, help="golden seed std multiples added to tolerances")
+    rg.add_argument("--only-worse", action="store_true", help="fail only on changes in the worse direction")
+    rg.add_argument("--metrics", help="comma-separated metrics to compare (default: all)")
+    rg.add_argument("--set", action="append", default=[], metavar="scenario.NAME=VALUE",
+                    help="override a scenario parameter of the reruns, e.g. scenario.root=DIR")
+    rg.add_argument("--update", action="store_true", help="regenerate the golden set and show the diff")
+    rg.add_argument("-v", "--verbose", action="store_true", help="show every comparison")
+    rg.set_defaults(func=lambda a: commands.regress(
+        a.against, fresh=a.fresh, out=a.out, workers=a.workers, tolerances=_tolerances(a.tol), spread=a.spread,
+        only_worse=a.only_worse, metrics=a.metrics, scenario_sets=parse_sets(a.set)["scenario"], update=a.update,
+        verbose=a.verbose))
+    tu = sub.add_parser("tune", help="two-phase hyper-parameter protocol: tune on one scenario, evaluate on another",
+                        description="Search hyper-parameters on a tuning scenario, then evaluate the chosen ones "
+                        "unchanged on an evaluation scenario of the same structure (Cha & Cho, arXiv:2403.09066).")
+    tu.add_argument("spec", metavar="TUNE.yaml")
+    executor_flags(tu)
+    tu.set_defaults(func=lambda a: commands.tune(a.spec, executor=a.executor, workers=a.workers, address=a.address))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``cl-bench``; returns the exit code."""
     parser = make_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("run", "list", "-h", "--help"):
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["run", *argv]  # bare flags mean `run`: `cl-bench --seed 1`
     args = parser.parse_args(argv)
     try:

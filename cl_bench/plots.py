@@ -50,3 +50,57 @@ def plot_accuracy_curves(record: dict[str, Any], path: str | Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def plot_overlay(
+    records: list[dict[str, Any]],
+    path: str | Path,
+    experience: int | None = None,
+    labels: list[str] | None = None,
+) -> Path:
+    """Overlay the per-iteration accuracy curves of several runs in one PNG.
+
+    Each run contributes one line: its mean accuracy over the experiences seen
+    so far (default), or its accuracy on one ``experience`` from the end of that
+    experience's training on, where the stability gap of De Lange et al. (ICLR
+    2023) shows. Dotted lines mark the experience boundaries of the first run.
+
+    Args:
+        records: Run records (see DESIGN.md).
+        path: Where the PNG is written.
+        experience: Plot this experience's accuracy instead of the seen-experience mean.
+        labels: Legend entries (default: method, seed and scenario of each record).
+
+    Returns:
+        The path written.
+    """
+    from .curves import boundary_iterations, experience_accuracy, seen_accuracy
+
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    cmap = plt.get_cmap("tab10" if len(records) <= 10 else "tab20")
+    for k, record in enumerate(records):
+        m = AccuracyMatrix.from_dict(record["accuracy_matrix"])
+        if experience is None:
+            xs, ys = seen_accuracy(m)
+        else:
+            xs, ys = experience_accuracy(m, experience, from_boundary=True)
+        label = labels[k] if labels else f"{record['method']['name']} s{record['seed']} ({record['scenario']['name']})"
+        ax.plot(xs, ys, lw=1.3, color=cmap(k % cmap.N), label=label)
+        if k == 0:
+            for it in boundary_iterations(m):
+                ax.axvline(it, color="0.5", ls=":", lw=1)
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel("test accuracy" + ("" if experience is None else f" on experience {experience}"))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("accuracy on the experiences seen so far" if experience is None
+                 else f"experience {experience} after it was learnt (stability gap)")  # fmt: skip
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
