@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint regress bench clean
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# Rerun the golden baselines (results/golden) and fail if a metric moved beyond its tolerance.
+# After an intended change: $(BIN)/cl-bench regress --against results/golden --update  (shows the diff)
+regress: $(STAMP)
+	$(BIN)/cl-bench regress --against results/golden
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e ".[test,bench]"

@@ -279,12 +279,14 @@ def tune_table(t: dict[str, Any]) -> tuple[str, str, list[str], list[list[str]]]
     note = (f"Hyper-parameters chosen on the tuning scenario by {metric} ({t['strategy']} search, budget "
             f"{t['budget']} per method), then evaluated unchanged on the evaluation scenario (Cha & Cho, "
             f"'Hyperparameters in Continual Learning: a Reality Check', arXiv:2403.09066).")  # fmt: skip
-    header = ["method", "chosen", f"tuning {metric}", f"evaluation {metric}", "n eval seeds"]
+    header = ["method", "chosen", f"tuning {metric}", f"evaluation {metric}", "eval seeds completed"]
     rows = []
     for m in t["methods"]:
         tune_c, eval_c = Cell.from_json(m["tune_score"]), Cell.from_json(m["eval_score"])
         chosen = ", ".join(f"{k}={v}" for k, v in m["chosen"].items()) or "(defaults)"
-        rows.append([m["method"], chosen, tune_c.text(), eval_c.text(), str(eval_c.n)])
+        n_eval = len(m.get("eval_run_ids", [])) or eval_c.n
+        done = f"{eval_c.n}/{n_eval}" + (" (others failed or diverged)" if eval_c.n < n_eval else "")
+        rows.append([m["method"], chosen, tune_c.text(), eval_c.text(), done])
     return title, note, header, rows
 
 

@@ -49,6 +49,10 @@ function sortTable(th){
   rows.forEach(r=>tbody.appendChild(r));
 }
 document.querySelectorAll('th').forEach(th=>th.addEventListener('click',()=>sortTable(th)));
+// ?sort=METRIC opens the page sorted by that column (in every table that has it).
+const wanted=new URLSearchParams(location.search).get('sort');
+if(wanted) document.querySelectorAll('table.board th').forEach(th=>{
+  if(th.textContent.trim().split(' ')[0]===wanted) sortTable(th);});
 """
 
 
@@ -91,11 +95,11 @@ def _charts(g: Group) -> str:
             sg: Cell = r.cell("stability_gap")
             gap.append(Series(f"{r.label} (gap {sg.mean:.2f})" if sg.n else r.label, gx, gy, color))
     n = len(rows[0].records) if rows else 0
-    seeds_note = f"mean over seeds ({n} for the top row)" if n > 1 else "one seed"
+    seeds_note = f"mean of {n} seeds" if n > 1 else "one seed"
     out = ['<div class="charts">',
-           line_chart(seen, title=f"Accuracy on experiences seen so far ({seeds_note})", vlines=vlines)]  # fmt: skip
+           line_chart(seen, title=f"Accuracy on the experiences seen so far ({seeds_note})", vlines=vlines)]
     if gap:
-        out.append(line_chart(gap, title="Stability gap: accuracy on experience 0 after it was learnt",
+        out.append(line_chart(gap, title="Stability gap: experience 0 after it was learnt",
                               vlines=vlines[1:]))  # fmt: skip
     out.append("</div>")
     out.append('<p class="note">Dashed lines: experience boundaries. A dip of the right-hand curves just after a '

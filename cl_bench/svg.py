@@ -44,7 +44,7 @@ def line_chart(
     ylabel: str = "accuracy",
     vlines: Sequence[float] = (),
     ylim: tuple[float, float] = (0.0, 1.0),
-    width: int = 580,
+    width: int = 590,
     height: int = 300,
 ) -> str:
     """An SVG line chart with axes, ticks, dotted vertical markers and a legend.
@@ -62,7 +62,7 @@ def line_chart(
     Returns:
         An ``<svg>`` element as a string.
     """
-    left, right, top, bottom = 46, 190, 26, 40
+    left, right, top, bottom = 46, 235, 26, 40
     pw, ph = width - left - right, height - top - bottom
     xs_all = [x for s in series for x in s.xs] + list(vlines)
     x0, x1 = (min(xs_all), max(xs_all)) if xs_all else (0.0, 1.0)
@@ -108,7 +108,7 @@ def line_chart(
     for k, s in enumerate(series):
         y = top + 8 + 16 * k
         out.append(f'<line x1="{left + pw + 10}" x2="{left + pw + 28}" y1="{y}" y2="{y}" stroke="{s.color}" '
-                   f'stroke-width="3"/><text x="{left + pw + 32}" y="{y + 4}" font-size="11">'
-                   f"{esc(s.label if len(s.label) <= 30 else s.label[:29] + '…')}</text>")  # fmt: skip
+                   f'stroke-width="3"/><text x="{left + pw + 32}" y="{y + 4}" font-size="10.5">'
+                   f"{esc(s.label if len(s.label) <= 34 else s.label[:33] + '…')}</text>")  # fmt: skip
     out.append("</svg>")
     return "\n".join(out)

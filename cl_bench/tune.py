@@ -268,9 +268,11 @@ def _score(out: Path, specs: list[Any], metric: str) -> Cell:
     values = []
     for s in specs:
         try:
-            values.append(load_record(out / run_id_for(s))["metrics"].get(metric))
+            record = load_record(out / run_id_for(s))
         except RecordError:
-            values.append(None)
+            continue
+        if record["status"] == "completed":
+            values.append(record["metrics"].get(metric))
     return Cell.of(values)
 
 
