@@ -484,6 +484,10 @@ def resume(
     spec = spec_from_record(record)
     every = checkpoint_every if checkpoint_every is not None else record["request"].get("checkpoint_every", 0)
     r = _Run(spec, run_dir, every, progress, method_cls, stop_after)
+    # A process killed inside an atomic write leaves its temporary file; the write it belonged to
+    # never landed, so the file is garbage and the resumed run rewrites what it held.
+    for stale in run_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
     return _drive(r, r.load_checkpoint(ckpt))
 
 
