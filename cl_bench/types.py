@@ -206,6 +206,10 @@ class StreamInfo:
         n_experiences: Number of experiences in the stream.
         setting: "class_il", "task_il" or "domain_il".
         device: Where batches arrive.
+        source_model: Test-time adaptation only: the network trained on the clean source domain
+            (shared by every method on a stream; a method deep-copies it before changing it).
+        source_data: Test-time adaptation only: the labelled clean source training data, for methods
+            that use source statistics (Fisher information, class prototypes, source replay).
     """
 
     input_shape: tuple[int, ...]
@@ -213,6 +217,8 @@ class StreamInfo:
     n_experiences: int
     setting: str
     device: str = "cpu"
+    source_model: torch.nn.Module | None = None
+    source_data: TensorData | None = None
 
 
 @dataclass
