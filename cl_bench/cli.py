@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .config import read_yaml_file
 from .errors import UserError
 
 DEFAULT_METHOD = "er"
@@ -54,13 +55,7 @@ def parse_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def _load_yaml_config(path: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist") from None
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read config file {path}: {err}") from None
-    data = data or {}
+    data = read_yaml_file(path, "config file") or {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must be a mapping with method:, scenario: and protocol: sections")
     unknown = set(data) - _CONFIG_KEYS

@@ -15,9 +15,12 @@ import keyword
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from .errors import ConfigError
+import yaml
+
+from .errors import ConfigError, UserError
 
 
 def public_name(field_name: str) -> str:
@@ -158,3 +161,17 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         value = getattr(config, f.name)
         out[public_name(f.name)] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """The parsed content of a YAML file the user named (``what`` says which, for the error).
+
+    Raises:
+        UserError: If the file is missing, unreadable or not valid YAML.
+    """
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read {what} {path}: {err}") from None

@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .config import read_yaml_file
 from .errors import UserError
 
 SPEC_KEYS = ("methods", "scenarios", "seeds", "overrides", "protocol", "out", "checkpoint_every", "device")
@@ -184,12 +183,7 @@ def validate(spec: SweepSpec, build_scenarios: bool = True) -> list[str]:
 def load_sweep_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep spec YAML file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"sweep spec {path} does not exist") from None
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read sweep spec {path}: {err}") from None
+    data = read_yaml_file(path, "sweep spec")
     return parse_sweep_spec(data, f"sweep spec {path}")
 
 

@@ -41,8 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .config import read_yaml_file
 from .errors import UserError
 from .leaderboard import TUNE_FILE, Cell, higher_is_better
 
@@ -248,12 +247,7 @@ def _structure_errors(tune_sc: Mapping[str, Any], eval_sc: Mapping[str, Any]) ->
 def load_tune_spec(path: str | Path) -> TuneSpec:
     """Read and validate a tune spec YAML file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"tune spec {path} does not exist") from None
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read tune spec {path}: {err}") from None
+    data = read_yaml_file(path, "tune spec")
     return parse_tune_spec(data, f"tune spec {path}")
 
 
