@@ -54,6 +54,9 @@ class Method:
     Config: ClassVar[type] = NoConfig
     caps: ClassVar[Caps] = Caps()
     name: ClassVar[str] = ""
+    #: Config overrides the conformance suite starts from (e.g. a tiny randomly
+    #: initialised backbone, so the suite stays fast and never needs weight files).
+    conformance_config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.Config()

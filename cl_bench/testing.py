@@ -618,7 +618,7 @@ def check_method(
     Args:
         cls_or_name: The method class, or its name in ``METHODS``.
         device: Where the runs happen.
-        config: Overrides of the method's config (defaults otherwise).
+        config: Overrides of the method's config, on top of ``cls.conformance_config``.
         setting: "class_il" or "task_il" (default: task_il if ``caps.task_id_at_test``, else class_il).
         checks: Names of the checks to run (default: all of :data:`CHECKS`).
         raise_on_failure: Raise :class:`ConformanceError` if any check fails.
@@ -649,7 +649,8 @@ def check_method(
     enabled = {c for c in selected if c not in exempt}
     with tempfile.TemporaryDirectory(prefix="cl_bench_check_") as tmp, _one_thread():
         setting = setting or ("task_il" if cls.caps.task_id_at_test else "class_il")
-        ctx = _Context(cls, name, config or {}, device, setting, enabled, Path(tmp))
+        merged = {**cls.conformance_config, **(config or {})}
+        ctx = _Context(cls, name, merged, device, setting, enabled, Path(tmp))
         for check in selected:
             if check in exempt:
                 if exempt[check]:

@@ -215,3 +215,22 @@ def test_unknown_check_or_object_is_rejected() -> None:
         check_method("finetune", checks=["check_nothing"])
     with pytest.raises(TypeError, match="Method subclass"):
         check_method(dict)  # type: ignore[arg-type]
+
+
+class NeedsTinySetting(SupervisedMethod):
+    """Only runs with a hidden size its ``conformance_config`` supplies (like a tiny test backbone)."""
+
+    conformance_config: ClassVar[dict[str, Any]] = {"hidden_size": 13}
+
+    def setup(self, info: Any, seed: int) -> None:
+        if self.config.hidden_size != 13:
+            raise RuntimeError(f"expected the conformance hidden size, got {self.config.hidden_size}")
+        super().setup(info, seed)
+
+
+def test_conformance_config_is_the_suites_starting_point() -> None:
+    assert check_method(NeedsTinySetting, checks=["check_protocol"]).ok
+    report = check_method(NeedsTinySetting, config={"hidden_size": 12}, checks=["check_protocol"],
+                          raise_on_failure=False)  # fmt: skip
+    assert report["check_protocol"].status == "failed"
+    assert "expected the conformance hidden size" in report["check_protocol"].message
