@@ -194,3 +194,61 @@ def test_resized_crop_flip_matches_torchvision_distribution() -> None:
     assert 0.35 < float(flipped) < 0.65  # about half mirrored
     full = torch.equal(ResizedCropFlip(size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0)(x, gen), x)
     assert full  # the whole image, unscaled, comes back unchanged
+
+
+TINY = ["n01443537", "n01629819", "n01641577", "n01644900"]
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    root = tmp_path / "tiny-imagenet-200"
+    root.mkdir()
+    (root / "wnids.txt").write_text("\n".join(reversed(TINY)) + "\n")  # not sorted, as released
+    lines = []
+    for c, w in enumerate(TINY):
+        for k in range(3):
+            _image(root / "train" / w / "images" / f"{w}_{k}.JPEG", c, k)
+        (root / "train" / w / f"{w}_boxes.txt").write_text("")
+        for k in range(2):
+            name = f"val_{2 * c + k}.JPEG"
+            _image(root / "val" / "images" / name, c, k + 3)
+            lines.append(f"{name}\t{w}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_tinyimagenet_from_cli(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rec = _run(capsys, "--scenario", "split_tinyimagenet", "--set", f"scenario.root={tiny.parent}", "--set",
+               "scenario.n_experiences=2", "--set", f"scenario.cache_dir={tmp_path / 'cache'}", "--method",
+               "finetune", "--set", "model=cnn", "--epochs", "1", "--batch-size", "4", "--eval-every", "1", "--out",
+               str(tmp_path / "runs"))  # fmt: skip
+    spec = rec["scenario"]["spec"]
+    assert rec["status"] == "completed" and spec["n_train"] == 12 and spec["n_test"] == 8
+    assert spec["n_experiences"] == 2 and spec["class_order"] and spec["seed"] == 0
+    assert rec["accuracy_matrix"]["iteration"][-1] == 4  # 6 images per experience, batch 4
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    s = SCENARIOS.create("split_tinyimagenet", root=str(tiny), n_experiences=2, class_order="identity")
+    assert s.input_shape == (3, 64, 64) and s[0].classes == (0, 1)
+    assert s[0].train.x.dtype == torch.uint8 and s[0].train.augment is not None
+    val = s[1].test  # labels follow the annotations: val_4, val_5 are class 2 (sorted wnid index)
+    assert sorted(val.y.tolist()) == [2, 2, 3, 3]
+
+
+@pytest.mark.parametrize(
+    "breakage, needle",
+    [
+        (lambda r: (r / "wnids.txt").unlink(), "wnids.txt is missing"),
+        (lambda r: [p.unlink() for p in (r / "train" / TINY[1] / "images").iterdir()], f"class {TINY[1]}"),
+        (lambda r: (r / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn99999999\t0\t0\t1\t1\n"),
+         "n99999999, which wnids.txt does not list"),
+        (lambda r: (r / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn01443537\t0\t0\t1\t1\n"),
+         "has no image of class(es) n01629819"),
+        (lambda r: (r / "val" / "images" / "val_3.JPEG").unlink(), "val_3.JPEG, which does not exist"),
+    ],
+)  # fmt: skip
+def test_tinyimagenet_layout_errors(breakage, needle: str, tiny: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    breakage(tiny)
+    code = main(["run", "--scenario", "split_tinyimagenet", "--set", f"scenario.root={tiny}", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err

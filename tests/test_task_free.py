@@ -116,3 +116,11 @@ def test_online_default_leaves_run_ids_and_records_unchanged() -> None:
     assert run_id_for(spec) == run_id_for(RunSpec(protocol=Protocol(epochs=2, online=False)))
     assert run_id_for(spec) != run_id_for(RunSpec(protocol=Protocol(online=True)))
     assert Protocol(online=True).to_dict()["online"] is True
+
+
+def test_list_shows_the_new_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "scenarios", "-v"]) == 0
+    out = capsys.readouterr().out
+    for name in ("blurry", "power_law", "split_imagenet_r", "split_tinyimagenet"):
+        assert name in out
+    assert "Gandhi" in out and "CODA-Prompt" in out and "base_args: mapping" in out
