@@ -252,3 +252,29 @@ def test_tinyimagenet_layout_errors(breakage, needle: str, tiny: Path, tmp_path:
     code = main(["run", "--scenario", "split_tinyimagenet", "--set", f"scenario.root={tiny}", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_imagenet_r_run_resumes_to_the_same_record(imagenet_r: Path, tmp_path: Path) -> None:
+    # Worker-decoded, augmented batches must not depend on where a run was interrupted.
+    from cl_bench.runner import Protocol, RunInterrupted, RunSpec, resume, run
+
+    spec = RunSpec(method="er", method_config={"model": "cnn", "buffer_size": 10}, scenario="split_imagenet_r",
+                   scenario_config={"root": str(imagenet_r), "n_experiences": 2, "image_size": 16, "workers": 1},
+                   protocol=Protocol(epochs=2, batch_size=4, eval_every=2), seed=3)  # fmt: skip
+    full = run(spec, tmp_path / "a")
+    with pytest.raises(RunInterrupted):
+        run(spec, tmp_path / "b", checkpoint_every=3, stop_after=7)
+    resumed = resume(next((tmp_path / "b").iterdir()), checkpoint_every=3)
+    keep = ("accuracy_matrix", "metrics", "scenario", "protocol")
+    assert {k: resumed[k] for k in keep} == {k: full[k] for k in keep}
+    assert full["accuracy_matrix"]["iteration"][-1] == 12  # 12 images per experience, batch 4, 2 epochs
+
+
+def test_wrappers_over_a_file_backed_stream(imagenet_r: Path) -> None:
+    args = {"root": str(imagenet_r), "n_experiences": 3, "image_size": 16, "workers": 0}
+    b = SCENARIOS.create("blurry", base="split_imagenet_r", base_args=args, window=2.0, seed=1)
+    assert isinstance(b[1].train, FileData) and sum(map(sum, b.spec["composition"])) == 24
+    assert sorted(p for e in b for p in e.train.paths) == sorted(
+        p for e in SCENARIOS.create("split_imagenet_r", **args) for p in e.train.paths)  # fmt: skip
+    p = SCENARIOS.create("power_law", base="split_imagenet_r", base_args=args, exponent=0.0, rehearsal_fraction=0.5)
+    assert len(p[2].train) == 8 + 4 + 4 and p[2].train.batch(torch.arange(16))[0].shape == (16, 3, 16, 16)
