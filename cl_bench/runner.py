@@ -60,7 +60,8 @@ class Protocol:
             continual learning", NeurIPS 2019; Mai et al., "Online continual learning in image
             classification: an empirical survey", Neurocomputing 2022): every training example is seen
             exactly once (one epoch, whatever the scenario's default), ``eval_every`` still counts
-            training iterations. ``epochs`` other than 1 is refused.
+            training iterations. ``epochs`` other than 1 is refused. Experiences whose ``meta`` sets
+            ``stream_order`` (the ``blurry`` stream) are consumed in their stored order instead of shuffled.
     """
 
     eval_every: int = 1
@@ -353,6 +354,9 @@ class _Run:
                 for epoch in range(first_epoch, epochs):
                     gen = torch.Generator().manual_seed(_shuffle_seed(self.spec.seed, e, epoch))
                     perm = torch.randperm(n, generator=gen).to(device)
+                    if self.protocol.online and exp.meta.get("stream_order"):
+                        # A task-free stream that defines its order (e.g. blurry boundaries) is consumed in it.
+                        perm = torch.arange(n, device=device)
                     first_b = start_b if (e == start_e and epoch == start_epoch) else 0
                     ahead = self._prefetch(data, perm, range(first_b, n_batches), e, epoch)
                     for b in range(first_b, n_batches):

@@ -66,8 +66,9 @@ def blurry(
     examples therefore rises linearly from 0 to 1 across a window of ``W`` examples centred on each boundary
     (a box-blurred step), and the experiences keep their sizes. Each experience keeps its base test set;
     ``meta["from_experience"]`` counts where its training examples came from. Experience data stays in the
-    blended order, so a consumer reading it sequentially sees the ramp; the runner shuffles within an
-    experience as for any stream (use ``--online`` for a single pass).
+    blended order and ``meta["stream_order"]`` is set: under the online protocol (``--online``) the runner
+    feeds it in that order, so the boundary ramp happens in time; with epochs it shuffles within an
+    experience as for any stream.
 
     Args:
         base: Registered scenario to blur (class- or domain-incremental).
@@ -108,7 +109,7 @@ def blurry(
             counts[j] += b - a
         train = type(parts[0]).concat(parts)
         composition.append(counts)
-        meta = {**exp.meta, "from_experience": {j: c for j, c in enumerate(counts) if c}}
+        meta = {**exp.meta, "from_experience": {j: c for j, c in enumerate(counts) if c}, "stream_order": True}
         experiences.append(Experience(i, train, exp.test, _classes(train.y), None, meta))
     spec = {**_base_spec(base, scenario, base_args), "window": window, "window_examples": round(width, 3),
             "seed": seed, "n_experiences": len(scenario), "composition": composition}  # fmt: skip

@@ -124,3 +124,26 @@ def test_list_shows_the_new_scenarios(capsys: pytest.CaptureFixture[str]) -> Non
     for name in ("blurry", "power_law", "split_imagenet_r", "split_tinyimagenet"):
         assert name in out
     assert "Gandhi" in out and "CODA-Prompt" in out and "base_args: mapping" in out
+
+
+def test_online_blurry_is_consumed_in_stream_order(tmp_path: Path) -> None:
+    from cl_bench.registry import METHODS
+    from cl_bench.runner import run
+
+    seen: list[list[int]] = []
+
+    class Recorder(METHODS.get("finetune").obj):  # type: ignore[misc, name-defined]
+        def observe(self, batch):  # type: ignore[no-untyped-def]
+            seen.append(batch.y.tolist())
+            return super().observe(batch)
+
+    cfg = {"base_args": {"n_experiences": 3, "class_order": "identity"}, "window": 1.0}
+    spec = RunSpec(method="finetune", scenario="blurry", scenario_config=cfg,
+                   protocol=Protocol(online=True, eval_every=0, batch_size=20))  # fmt: skip
+    run(spec, tmp_path, method_cls=Recorder)
+    s = SCENARIOS.create("blurry", **cfg)
+    first = sum(seen[: -(-len(s[0].train) // 20)], [])
+    assert first == s[0].train.y.tolist()  # the stored (blended) order, not a shuffle
+    late = sum(c >= 3 for c in first[-60:])
+    early = sum(c >= 3 for c in first[:60])
+    assert early == 0 and late > 10  # experience 1 (classes 3-5) arrives towards the boundary
