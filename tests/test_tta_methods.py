@@ -77,6 +77,10 @@ def batches(test_x: torch.Tensor, n: int, size: int = 64) -> list[torch.Tensor]:
 
 
 FAST = {"tent": {}, "eata": {"fisher_samples": 400}, "sar": {}, "rdumb": {}}
+TEACHER = {"cotta": {"n_augmentations": 4, "flip": False},
+           "rmt": {"warmup_samples": 400, "source_batch_size": 100, "flip": False},
+           "psmt": {"n_augmentations": 4, "fisher_samples": 400, "flip": False}}  # fmt: skip
+ALL = {**FAST, **TEACHER}
 
 
 def test_source_model_is_good_on_clean_and_worse_on_corrupted(digits, source_model) -> None:
@@ -181,16 +185,16 @@ def test_rdumb_resets_after_its_period(digits, source_model) -> None:
     assert rd.n_resets == 1
 
 
-@pytest.mark.parametrize("name", sorted(FAST))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_state_dict_resume_equals_uninterrupted(name, digits, source_model) -> None:
     src, test_x, _ = digits
     xs = batches(test_x, 4)
-    a = build(name, source_model, src, seed=3, **FAST[name])
+    a = build(name, source_model, src, seed=3, **ALL[name])
     for x in xs[:2]:
         a.adapt(x)
     state = copy.deepcopy(a.state_dict())
     expected = [a.adapt(x) for x in xs[2:]]
-    b = build(name, source_model, src, seed=3, **FAST[name])
+    b = build(name, source_model, src, seed=3, **ALL[name])
     b.load_state_dict(state)
     for x, e in zip(xs[2:], expected, strict=True):
         torch.testing.assert_close(b.adapt(x), e, rtol=0, atol=0)
@@ -199,9 +203,9 @@ def test_state_dict_resume_equals_uninterrupted(name, digits, source_model) -> N
 def test_methods_reject_models_without_batch_norm_or_a_source_model(digits) -> None:
     src, _, _ = digits
     plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    for name in FAST:
+    for name in ALL:
         with pytest.raises(ConfigError, match="BatchNorm"):
-            build(name, plain, src, fisher_alpha=0.0) if name == "eata" else build(name, plain, src)
+            build(name, plain, src, fisher_alpha=0.0) if name in ("eata", "psmt") else build(name, plain, src)
         with pytest.raises(ConfigError, match="source model"):
             build(name, None, src)  # type: ignore[arg-type]
 
@@ -220,3 +224,70 @@ def test_augmentation_is_seeded_and_flips_are_optional(digits) -> None:
     always = TTAugment(hflip=1.0, degrees=0.0, translate=0.0, scale=(1.0, 1.0), brightness=(1.0, 1.0),
                        contrast=(1.0, 1.0), gamma=(1.0, 1.0), blur_sigma=(1e-3, 1e-3), noise_std=0.0)  # fmt: skip
     torch.testing.assert_close(always(x, torch.Generator().manual_seed(0)), x.flip(3), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(TEACHER))
+def test_mean_teacher_methods_return_the_pre_update_prediction(name, digits, source_model) -> None:
+    src, test_x, _ = digits
+    extra = {} if name == "rmt" else {"confidence_threshold": 0.0}  # no augmentation averaging
+    method = build(name, source_model, src, **{**TEACHER[name], **extra})
+    x = test_x[:64]
+    before = method.predict(x, None)
+    teacher = [p.clone() for p in method.teacher.model.parameters()]
+    torch.testing.assert_close(method.adapt(x), before)
+    assert not torch.equal(method.predict(x, None), before)
+    assert any(not torch.equal(p, q) for p, q in zip(method.teacher.model.parameters(), teacher, strict=True))
+
+
+def test_cotta_restores_weights_at_its_rate_and_averages_augmentations_when_unsure(digits, source_model) -> None:
+    src, test_x, _ = digits
+    x = test_x[:64]
+    source = dict(source_model.named_parameters())
+
+    def restored_fraction(prob: float) -> float:
+        m = build("cotta", source_model, src, restore_prob=prob, confidence_threshold=0.0)
+        m.adapt(x)
+        same = sum(int((p == source[k]).sum()) for k, p in m.model.named_parameters())
+        return same / sum(p.numel() for p in m.model.parameters())
+
+    assert restored_fraction(1.0) == 1.0
+    assert restored_fraction(0.0) < 0.05
+    assert 0.2 < restored_fraction(0.3) < 0.4
+    sure = build("cotta", source_model, src, confidence_threshold=0.0, n_augmentations=4, flip=False)
+    unsure = build("cotta", source_model, src, confidence_threshold=1.0, n_augmentations=4, flip=False)
+    out_sure, out_unsure = sure.adapt(x), unsure.adapt(x)
+    assert (sure.n_averaged, unsure.n_averaged) == (0, 1)
+    assert not torch.allclose(out_sure, out_unsure)
+
+
+def test_rmt_loss_components_warmup_and_source_free_variant(digits, source_model) -> None:
+    src, test_x, _ = digits
+    rmt = build("rmt", source_model, src, **TEACHER["rmt"])
+    assert rmt.prototypes is not None and rmt.prototypes.shape == (10, 16)
+    warmed = any(not torch.equal(p, q) for p, q in zip(rmt.model.parameters(), source_model.parameters(), strict=True))
+    assert warmed  # the warm-up on source images already moved the student
+    rmt.adapt(test_x[:64])
+    assert set(rmt.last_losses) == {"sce", "contrastive", "ce_src"}
+    assert all(math.isfinite(v) and v > 0 for v in rmt.last_losses.values())
+    free = build("rmt", source_model, None, **TEACHER["rmt"])
+    assert free.source_free and free.prototypes is None
+    assert all(torch.equal(p, q) for p, q in zip(free.model.parameters(), source_model.parameters(), strict=True))
+    free.adapt(test_x[:64])
+    assert set(free.last_losses) == {"sce", "contrastive"}
+    no_cont = build("rmt", source_model, src, **{**TEACHER["rmt"], "lambda_cont": 0.0, "warmup_samples": 0})
+    no_cont.adapt(test_x[:64])
+    assert set(no_cont.last_losses) == {"sce", "ce_src"}
+
+
+def test_psmt_holds_the_low_fisher_quantile_of_teacher_weights(digits, source_model) -> None:
+    src, test_x, _ = digits
+    psmt = build("psmt", source_model, src, **TEACHER["psmt"], teacher_momentum=0.9)
+    teacher = [p.clone() for p in psmt.teacher.model.parameters()]
+    psmt.adapt(test_x[:64])
+    assert 0.01 < psmt.last_mask_fraction < 0.06
+    held = sum(int((p == q).sum()) for p, q in zip(psmt.teacher.model.parameters(), teacher, strict=True))
+    total = sum(p.numel() for p in teacher)
+    assert abs(held / total - psmt.last_mask_fraction) < 0.02
+    with pytest.raises(ConfigError, match="fisher_alpha=0"):
+        build("psmt", source_model, None, **TEACHER["psmt"])
+    build("psmt", source_model, None, **{**TEACHER["psmt"], "fisher_alpha": 0.0}).adapt(test_x[:64])

@@ -37,15 +37,14 @@ class EMATeacher:
 
         Args:
             student: The network whose current parameters are averaged in.
-            hold: Optional per-parameter masks (same order as ``parameters()``): where a mask is
-                1 the teacher takes the student's value directly instead of averaging (PSMT
-                sets it for weights restored to the source).
+            hold: Optional per-parameter boolean masks (same order as ``parameters()``): where a
+                mask is true the teacher keeps its value (PSMT's masked EMA update).
         """
         m = self.momentum
         params = zip(self.model.parameters(), student.parameters(), strict=True)
         for i, (t, s) in enumerate(params):
-            avg = t.mul(m).add_(s.detach(), alpha=1.0 - m)
-            t.copy_(avg if hold is None else torch.where(hold[i].bool(), s.detach(), avg))
+            avg = t.mul(m).add(s.detach(), alpha=1.0 - m)
+            t.copy_(avg if hold is None else torch.where(hold[i], t, avg))
         for tb, sb in zip(self.model.buffers(), student.buffers(), strict=True):
             tb.copy_(sb)
 
