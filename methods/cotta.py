@@ -5,7 +5,8 @@ below ``confidence_threshold`` the teacher's prediction is averaged over ``n_aug
 augmented copies. The student (all parameters, batch norm on batch statistics) takes one step on
 the cross-entropy to that prediction, the teacher is updated as an EMA of the student, and each
 student weight is restored to its source value with probability ``restore_prob`` (stochastic
-restoration against forgetting). The teacher's prediction is the output.
+restoration against forgetting). The teacher's prediction is the output; ``predict`` gives the same
+(with the augmentations ``adapt`` would draw next, without consuming them).
 
 References:
     Wang, Fink, Van Gool & Dai. "Continual Test-Time Domain Adaptation". CVPR 2022.
@@ -26,6 +27,7 @@ from cl_bench.components import (
     clone_source,
     cross_entropy_to,
     generator,
+    generator_copy,
     make_augment,
     make_optimizer,
     require_bn,
@@ -86,18 +88,19 @@ class CoTTA(Method):
         self.gen = generator(seed)
         self.n_averaged = 0
 
-    def teacher_target(self, x: torch.Tensor) -> torch.Tensor:
-        """The teacher's prediction, augmentation-averaged when the source model is unsure."""
+    def teacher_target(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, bool]:
+        """The teacher's prediction, augmentation-averaged (drawing from ``gen``) when the source model
+        is unsure; and whether it was averaged."""
         with torch.no_grad():
             confidence = self.anchor(x).softmax(1).amax(1).mean()
             if confidence >= self.config.confidence_threshold:
-                return self.teacher(x)
-            self.n_averaged += 1
-            outs = [self.teacher(self.augment(x, self.gen)) for _ in range(self.config.n_augmentations)]
-            return torch.stack(outs).mean(0)
+                return self.teacher(x), False
+            outs = [self.teacher(self.augment(x, gen)) for _ in range(self.config.n_augmentations)]
+            return torch.stack(outs).mean(0), True
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
-        target = self.teacher_target(x)
+        target, averaged = self.teacher_target(x, self.gen)
+        self.n_averaged += int(averaged)
         with torch.enable_grad():
             loss = cross_entropy_to(self.model(x), target).mean()
             self.opt.zero_grad(set_to_none=True)
@@ -117,8 +120,7 @@ class CoTTA(Method):
             p.copy_(torch.where(mask, self.source[name], p))
 
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
-        # the standard teacher prediction: augmentation averaging would consume the generator
-        return self.teacher(x)
+        return self.teacher_target(x, generator_copy(self.gen))[0]
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "teacher": self.teacher.state_dict(),

@@ -38,6 +38,7 @@ from cl_bench.components import (
     TTAOptimConfig,
     clone_source,
     generator,
+    generator_copy,
     make_augment,
     make_optimizer,
     need_source_data,
@@ -117,16 +118,16 @@ class PSMT(Method):
             self.penalty.consolidate(self.model, pseudo_label_fisher(self.model, named, batches))
         self.last_mask_fraction = 0.0
 
-    def teacher_target(self, x: torch.Tensor) -> torch.Tensor:
-        """The teacher's prediction, augmentation-averaged when the source model is unsure."""
+    def teacher_target(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The teacher's prediction, augmentation-averaged (drawing from ``gen``) when the source model is unsure."""
         with torch.no_grad():
             if self.anchor(x).softmax(1).amax(1).mean() >= self.config.confidence_threshold:
                 return self.teacher(x)
-            return torch.stack([self.teacher(self.augment(x, self.gen))
+            return torch.stack([self.teacher(self.augment(x, gen))
                                 for _ in range(self.config.n_augmentations)]).mean(0)  # fmt: skip
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
-        target = self.teacher_target(x)
+        target = self.teacher_target(x, self.gen)
         with torch.enable_grad():
             out = self.model(x)
             out_aug = self.model(self.augment(x, self.gen))
@@ -146,8 +147,8 @@ class PSMT(Method):
         return (out.detach() + target).detach()
 
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model(x) + self.teacher(x)
+        with torch.no_grad():  # the augmentations adapt would draw next, without consuming them
+            return self.model(x) + self.teacher_target(x, generator_copy(self.gen))
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "teacher": self.teacher.state_dict(),

@@ -226,13 +226,16 @@ def test_augmentation_is_seeded_and_flips_are_optional(digits) -> None:
     torch.testing.assert_close(always(x, torch.Generator().manual_seed(0)), x.flip(3), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", sorted(TEACHER))
-def test_mean_teacher_methods_return_the_pre_update_prediction(name, digits, source_model) -> None:
+@pytest.mark.parametrize("name, threshold", [("cotta", 0.0), ("cotta", 1.0), ("rmt", None), ("psmt", 0.0),
+                                             ("psmt", 1.0)])  # fmt: skip
+def test_mean_teacher_methods_return_the_pre_update_prediction(name, threshold, digits, source_model) -> None:
     src, test_x, _ = digits
-    extra = {} if name == "rmt" else {"confidence_threshold": 0.0}  # no augmentation averaging
+    extra = {} if threshold is None else {"confidence_threshold": threshold}  # 1.0: always augment-average
     method = build(name, source_model, src, **{**TEACHER[name], **extra})
     x = test_x[:64]
+    state = copy.deepcopy(method.state_dict())
     before = method.predict(x, None)
+    torch.testing.assert_close(method.state_dict(), state, rtol=0, atol=0)  # predict changed nothing
     teacher = [p.clone() for p in method.teacher.model.parameters()]
     torch.testing.assert_close(method.adapt(x), before)
     assert not torch.equal(method.predict(x, None), before)

@@ -90,3 +90,11 @@ def generator(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+def generator_copy(g: torch.Generator) -> torch.Generator:
+    """A new generator in ``g``'s current state: ``predict`` draws the augmentations ``adapt`` will
+    draw next without advancing ``g`` (so it changes no state and matches ``adapt``'s output)."""
+    copy_ = torch.Generator()
+    copy_.set_state(g.get_state())
+    return copy_
