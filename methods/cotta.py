@@ -24,14 +24,12 @@ import torch
 from cl_bench.components import (
     EMATeacher,
     TTAOptimConfig,
-    clone_source,
+    adaptable_copy,
     cross_entropy_to,
     generator,
     generator_copy,
     make_augment,
     make_optimizer,
-    require_bn,
-    use_batch_stats,
 )
 from cl_bench.method import Caps, Method
 from cl_bench.registry import METHODS
@@ -77,10 +75,8 @@ class CoTTA(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         cfg = self.config
-        self.model = use_batch_stats(clone_source(info, self.name)).eval()
-        require_bn(self.model, self.name)
-        self.model.requires_grad_(True)
-        self.opt = make_optimizer(self.model.parameters(), cfg)
+        self.model, params = adaptable_copy(info, self.name, "all")
+        self.opt = make_optimizer(params.values(), cfg)
         self.teacher = EMATeacher(self.model, cfg.teacher_momentum)
         self.anchor = copy.deepcopy(self.model).requires_grad_(False)
         self.source = {k: v.detach().clone() for k, v in self.model.named_parameters()}

@@ -22,16 +22,12 @@ from cl_bench.components import (
     FisherPenalty,
     ReliableEntropy,
     TTAOptimConfig,
-    adapt_only,
-    bn_affine_params,
-    clone_source,
+    adaptable_copy,
     generator,
     make_optimizer,
     need_source_data,
     pseudo_label_fisher,
-    require_bn,
     source_batches,
-    use_batch_stats,
 )
 from cl_bench.method import Caps, Method
 from cl_bench.registry import METHODS
@@ -80,10 +76,8 @@ class EATA(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         cfg = self.config
-        self.model = use_batch_stats(clone_source(info, self.name)).eval()
-        require_bn(self.model, self.name)
-        named = dict(bn_affine_params(self.model))
-        self.opt = make_optimizer(adapt_only(self.model, list(named.values())), cfg)
+        self.model, named = adaptable_copy(info, self.name, "norm")
+        self.opt = make_optimizer(named.values(), cfg)
         self.selector = ReliableEntropy(info.n_classes, cfg.e_margin, cfg.d_margin)
         # EATA's loss is alpha * sum F (theta - theta*)^2; FisherPenalty computes strength/2 * the same sum
         self.penalty = FisherPenalty(2.0 * cfg.fisher_alpha)

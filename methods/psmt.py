@@ -36,17 +36,15 @@ from cl_bench.components import (
     EMATeacher,
     FisherPenalty,
     TTAOptimConfig,
-    clone_source,
+    adaptable_copy,
     generator,
     generator_copy,
     make_augment,
     make_optimizer,
     need_source_data,
     pseudo_label_fisher,
-    require_bn,
     source_batches,
     symmetric_cross_entropy,
-    use_batch_stats,
 )
 from cl_bench.method import Caps, Method
 from cl_bench.registry import METHODS
@@ -98,10 +96,8 @@ class PSMT(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         cfg = self.config
-        self.model = use_batch_stats(clone_source(info, self.name)).eval()
-        require_bn(self.model, self.name)
-        self.model.requires_grad_(True)
-        self.opt = make_optimizer(self.model.parameters(), cfg)
+        self.model, named = adaptable_copy(info, self.name, "all")
+        self.opt = make_optimizer(named.values(), cfg)
         self.teacher = EMATeacher(self.model, cfg.teacher_momentum)
         self.anchor = copy.deepcopy(self.model).requires_grad_(False)
         self.augment = make_augment(cfg.flip)
@@ -114,7 +110,6 @@ class PSMT(Method):
             assert info.source_data is not None
             batches = source_batches(info.source_data, cfg.fisher_samples, cfg.source_batch_size,
                                      torch.device(info.device), generator(seed + 1))  # fmt: skip
-            named = dict(self.model.named_parameters())
             self.penalty.consolidate(self.model, pseudo_label_fisher(self.model, named, batches))
         self.last_mask_fraction = 0.0
 

@@ -23,12 +23,8 @@ import torch
 from cl_bench.components import (
     ReliableEntropy,
     TTAOptimConfig,
-    adapt_only,
-    bn_affine_params,
-    clone_source,
+    adaptable_copy,
     make_optimizer,
-    require_bn,
-    use_batch_stats,
 )
 from cl_bench.method import Caps, Method
 from cl_bench.registry import METHODS
@@ -72,9 +68,8 @@ class RDumb(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         cfg = self.config
-        self.model = use_batch_stats(clone_source(info, self.name)).eval()
-        require_bn(self.model, self.name)
-        self.opt = make_optimizer(adapt_only(self.model, [p for _, p in bn_affine_params(self.model)]), cfg)
+        self.model, params = adaptable_copy(info, self.name, "norm")
+        self.opt = make_optimizer(params.values(), cfg)
         self.selector = ReliableEntropy(info.n_classes, cfg.e_margin, cfg.d_margin)
         self.initial = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()))
         self.n_updates = 0

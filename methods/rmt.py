@@ -29,14 +29,12 @@ from torch import nn
 from cl_bench.components import (
     EMATeacher,
     TTAOptimConfig,
-    clone_source,
+    adaptable_copy,
     generator,
     make_augment,
     make_optimizer,
-    require_bn,
     source_batches,
     symmetric_cross_entropy,
-    use_batch_stats,
 )
 from cl_bench.errors import ConfigError
 from cl_bench.method import Caps, Method
@@ -111,9 +109,7 @@ class RMT(Method):
         cfg = self.config
         self.device = torch.device(info.device)
         self.source_free = cfg.source_free or info.source_data is None
-        self.model = use_batch_stats(clone_source(info, self.name)).eval()
-        require_bn(self.model, self.name)
-        self.model.requires_grad_(True)
+        self.model, _ = adaptable_copy(info, self.name, "all")
         self.teacher = EMATeacher(self.model, cfg.teacher_momentum)  # before the hook: the teacher has none
         self.gen = generator(seed)
         self._features: torch.Tensor | None = None

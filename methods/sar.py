@@ -24,13 +24,9 @@ import torch
 
 from cl_bench.components import (
     TTAOptimConfig,
-    adapt_only,
-    bn_affine_params,
-    clone_source,
+    adaptable_copy,
     make_optimizer,
-    require_bn,
     softmax_entropy,
-    use_batch_stats,
 )
 from cl_bench.method import Caps, Method
 from cl_bench.registry import METHODS
@@ -72,9 +68,8 @@ class SAR(Method):
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
-        self.model = use_batch_stats(clone_source(info, self.name)).eval()
-        require_bn(self.model, self.name)
-        self.params = adapt_only(self.model, [p for _, p in bn_affine_params(self.model)])
+        self.model, named = adaptable_copy(info, self.name, "norm")
+        self.params = list(named.values())
         self.opt = make_optimizer(self.params, self.config)
         self.margin = self.config.e_margin * math.log(info.n_classes)
         self.initial = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()))

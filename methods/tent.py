@@ -18,13 +18,9 @@ import torch
 
 from cl_bench.components import (
     TTAOptimConfig,
-    adapt_only,
-    bn_affine_params,
-    clone_source,
+    adaptable_copy,
     make_optimizer,
-    require_bn,
     softmax_entropy,
-    use_batch_stats,
 )
 from cl_bench.method import Caps, Method
 from cl_bench.registry import METHODS
@@ -47,10 +43,8 @@ class Tent(Method):
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
-        self.model = use_batch_stats(clone_source(info, self.name)).eval()
-        require_bn(self.model, self.name)
-        params = adapt_only(self.model, [p for _, p in bn_affine_params(self.model)])
-        self.opt = make_optimizer(params, self.config)
+        self.model, params = adaptable_copy(info, self.name, "norm")
+        self.opt = make_optimizer(params.values(), self.config)
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():

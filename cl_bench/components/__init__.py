@@ -17,10 +17,18 @@ from .tta_losses import (
     source_batches,
     symmetric_cross_entropy,
 )
-from .tta_setup import TTAOptimConfig, clone_source, generator, generator_copy, make_optimizer, need_source_data
+from .tta_setup import (
+    TTAOptimConfig,
+    adaptable_copy,
+    clone_source,
+    generator,
+    generator_copy,
+    make_optimizer,
+    need_source_data,
+)
 
 __all__ = ["ReservoirBuffer", "FisherPenalty", "diagonal_fisher"]
 __all__ += ["EMATeacher", "TTAugment", "make_augment", "ReliableEntropy", "cross_entropy_to", "pseudo_label_fisher",
-            "softmax_entropy", "source_batches", "symmetric_cross_entropy", "TTAOptimConfig", "clone_source",
-            "generator", "generator_copy", "make_optimizer", "need_source_data", "adapt_only", "bn_affine_params",
-            "bn_layers", "require_bn", "use_batch_stats"]  # fmt: skip
+            "softmax_entropy", "source_batches", "symmetric_cross_entropy", "TTAOptimConfig", "adaptable_copy",
+            "clone_source", "generator", "generator_copy", "make_optimizer", "need_source_data", "adapt_only",
+            "bn_affine_params", "bn_layers", "require_bn", "use_batch_stats"]  # fmt: skip

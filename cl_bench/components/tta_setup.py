@@ -19,6 +19,8 @@ from torch import nn
 from cl_bench.errors import ConfigError
 from cl_bench.types import StreamInfo
 
+from .norm import adapt_only, bn_affine_params, require_bn, use_batch_stats
+
 
 @dataclass(frozen=True)
 class TTAOptimConfig:
@@ -66,6 +68,35 @@ def clone_source(info: StreamInfo, method: str) -> nn.Module:
             "TTA protocol), which trains or loads the source model before the stream starts."
         )
     return copy.deepcopy(info.source_model).to(info.device)
+
+
+def adaptable_copy(
+    info: StreamInfo, method: str, train: Literal["norm", "all"]
+) -> tuple[nn.Module, dict[str, nn.Parameter]]:
+    """The source model prepared for adaptation: a private copy normalising with test-batch statistics.
+
+    Args:
+        info: The stream description (its ``source_model`` is copied, never changed).
+        method: Method name, for messages.
+        train: "norm" makes only the batch-norm affine parameters trainable (Tent family);
+            "all" every parameter (mean-teacher family).
+
+    Returns:
+        The model, in eval mode (no dropout noise; batch norm uses batch statistics regardless),
+        and its trainable parameters by name.
+
+    Raises:
+        ConfigError: No source model, or no batch norm in it.
+    """
+    model = clone_source(info, method)
+    require_bn(model, method)
+    model = use_batch_stats(model).eval()
+    if train == "norm":
+        named = dict(bn_affine_params(model))
+        adapt_only(model, list(named.values()))
+        return model, named
+    model.requires_grad_(True)
+    return model, dict(model.named_parameters())
 
 
 def need_source_data(info: StreamInfo, method: str, what: str, disable: str) -> None:
