@@ -19,15 +19,11 @@ from typing import Any, ClassVar
 import torch
 
 from cl_bench.components import (
-    FisherPenalty,
     ReliableEntropy,
     TTAOptimConfig,
     adaptable_copy,
-    generator,
     make_optimizer,
-    need_source_data,
-    pseudo_label_fisher,
-    source_batches,
+    source_fisher_penalty,
 )
 from cl_bench.method import Caps, Method
 from cl_bench.registry import METHODS
@@ -79,15 +75,9 @@ class EATA(Method):
         self.model, named = adaptable_copy(info, self.name, "norm")
         self.opt = make_optimizer(named.values(), cfg)
         self.selector = ReliableEntropy(info.n_classes, cfg.e_margin, cfg.d_margin)
-        # EATA's loss is alpha * sum F (theta - theta*)^2; FisherPenalty computes strength/2 * the same sum
-        self.penalty = FisherPenalty(2.0 * cfg.fisher_alpha)
-        if cfg.fisher_alpha > 0:
-            need_source_data(info, self.name, "the Fisher information of its anti-forgetting penalty",
-                             "method.fisher_alpha=0 (the ETA variant)")  # fmt: skip
-            assert info.source_data is not None
-            batches = source_batches(info.source_data, cfg.fisher_samples, cfg.source_batch_size,
-                                     torch.device(info.device), generator(seed))  # fmt: skip
-            self.penalty.consolidate(self.model, pseudo_label_fisher(self.model, named, batches))
+        self.penalty = source_fisher_penalty(self.model, named, info, alpha=cfg.fisher_alpha, seed=seed,
+                                             n_samples=cfg.fisher_samples, batch_size=cfg.source_batch_size,
+                                             method=self.name)  # fmt: skip
         self.n_reliable = 0
         self.n_used = 0
 

@@ -34,16 +34,13 @@ import torch
 
 from cl_bench.components import (
     EMATeacher,
-    FisherPenalty,
     TTAOptimConfig,
     adaptable_copy,
     generator,
     generator_copy,
     make_augment,
     make_optimizer,
-    need_source_data,
-    pseudo_label_fisher,
-    source_batches,
+    source_fisher_penalty,
     symmetric_cross_entropy,
 )
 from cl_bench.method import Caps, Method
@@ -102,15 +99,9 @@ class PSMT(Method):
         self.anchor = copy.deepcopy(self.model).requires_grad_(False)
         self.augment = make_augment(cfg.flip)
         self.gen = generator(seed)
-        # PSMT's loss is alpha * sum F (theta - theta*)^2; FisherPenalty computes strength/2 * the same sum
-        self.penalty = FisherPenalty(2.0 * cfg.fisher_alpha)
-        if cfg.fisher_alpha > 0:
-            need_source_data(info, self.name, "the Fisher information of its penalty towards the source",
-                             "method.fisher_alpha=0")  # fmt: skip
-            assert info.source_data is not None
-            batches = source_batches(info.source_data, cfg.fisher_samples, cfg.source_batch_size,
-                                     torch.device(info.device), generator(seed + 1))  # fmt: skip
-            self.penalty.consolidate(self.model, pseudo_label_fisher(self.model, named, batches))
+        self.penalty = source_fisher_penalty(self.model, named, info, alpha=cfg.fisher_alpha, seed=seed + 1,
+                                             n_samples=cfg.fisher_samples, batch_size=cfg.source_batch_size,
+                                             method=self.name)  # fmt: skip
         self.last_mask_fraction = 0.0
 
     def teacher_target(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -25,10 +25,12 @@ from .tta_setup import (
     generator_copy,
     make_optimizer,
     need_source_data,
+    source_fisher_penalty,
 )
 
 __all__ = ["ReservoirBuffer", "FisherPenalty", "diagonal_fisher"]
 __all__ += ["EMATeacher", "TTAugment", "make_augment", "ReliableEntropy", "cross_entropy_to", "pseudo_label_fisher",
             "softmax_entropy", "source_batches", "symmetric_cross_entropy", "TTAOptimConfig", "adaptable_copy",
-            "clone_source", "generator", "generator_copy", "make_optimizer", "need_source_data", "adapt_only",
-            "bn_affine_params", "bn_layers", "require_bn", "use_batch_stats"]  # fmt: skip
+            "clone_source", "generator", "generator_copy", "make_optimizer", "need_source_data",
+            "source_fisher_penalty", "adapt_only", "bn_affine_params", "bn_layers", "require_bn",
+            "use_batch_stats"]  # fmt: skip

@@ -20,6 +20,8 @@ from cl_bench.errors import ConfigError
 from cl_bench.types import StreamInfo
 
 from .norm import adapt_only, bn_affine_params, require_bn, use_batch_stats
+from .penalty import FisherPenalty
+from .tta_losses import pseudo_label_fisher, source_batches
 
 
 @dataclass(frozen=True)
@@ -129,3 +131,32 @@ def generator_copy(g: torch.Generator) -> torch.Generator:
     copy_ = torch.Generator()
     copy_.set_state(g.get_state())
     return copy_
+
+
+def source_fisher_penalty(
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    info: StreamInfo,
+    *,
+    alpha: float,
+    n_samples: int,
+    batch_size: int,
+    seed: int,
+    method: str,
+) -> FisherPenalty:
+    """EATA/PSMT's anti-forgetting term ``alpha * sum F (theta - theta_source)^2`` over ``params``.
+
+    F is :func:`pseudo_label_fisher` on ``n_samples`` source images (a seeded random subset). With
+    ``alpha = 0`` the penalty is empty and no source data is needed.
+
+    Raises:
+        ConfigError: ``alpha > 0`` on a source-free stream.
+    """
+    penalty = FisherPenalty(2.0 * alpha)  # FisherPenalty computes strength/2 * sum F (theta - theta*)^2
+    if alpha > 0:
+        need_source_data(info, method, "the Fisher information of its penalty towards the source weights",
+                         "method.fisher_alpha=0")  # fmt: skip
+        assert info.source_data is not None
+        batches = source_batches(info.source_data, n_samples, batch_size, torch.device(info.device), generator(seed))
+        penalty.consolidate(model, pseudo_label_fisher(model, params, batches))
+    return penalty
