@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from cl_bench.components import TTAugment, softmax_entropy
+from cl_bench.components import EMATeacher, ReliableEntropy, TTAugment, softmax_entropy
 from cl_bench.errors import ConfigError
 from cl_bench.registry import METHODS
 from cl_bench.scenarios.corruptions import corrupt
@@ -294,3 +294,27 @@ def test_psmt_holds_the_low_fisher_quantile_of_teacher_weights(digits, source_mo
     with pytest.raises(ConfigError, match="fisher_alpha=0"):
         build("psmt", source_model, None, **TEACHER["psmt"])
     build("psmt", source_model, None, **{**TEACHER["psmt"], "fisher_alpha": 0.0}).adapt(test_x[:64])
+
+
+def test_reliable_entropy_filters_uncertain_and_redundant_samples() -> None:
+    sel = ReliableEntropy(n_classes=4, e_margin_fraction=0.4, d_margin=0.4)
+    confident = torch.tensor([[8.0, 0, 0, 0], [0, 8.0, 0, 0]])
+    uniform = torch.zeros(1, 4)  # entropy ln 4 > 0.4 ln 4: unreliable
+    loss, n_reliable, n_used = sel(torch.cat([confident, uniform]))
+    assert (n_reliable, n_used) == (2, 2) and loss > 0
+    torch.testing.assert_close(sel.mean_probs, confident.softmax(1).mean(0))
+    # a sample predicting class 0 again has cosine similarity ~0.7 > 0.4 to the running average: redundant
+    _, n_reliable, n_used = sel(torch.tensor([[8.0, 0, 0, 0], [0, 0, 0, 8.0]]))
+    assert (n_reliable, n_used) == (2, 1)
+
+
+def test_ema_teacher_averages_and_holds_masked_weights() -> None:
+    student = nn.Linear(2, 1)
+    teacher = EMATeacher(student, momentum=0.75)
+    start = student.weight.detach().clone()
+    with torch.no_grad():
+        student.weight.add_(4.0)
+    teacher.update(student, hold=[torch.tensor([[True, False]]), torch.tensor([False])])
+    expected = torch.stack([start[0, 0], start[0, 1] + 1.0]).view(1, 2)  # 0.75 * w + 0.25 * (w + 4)
+    torch.testing.assert_close(teacher.model.weight, expected)
+    assert not teacher.model.weight.requires_grad
