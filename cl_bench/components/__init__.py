@@ -1,9 +1,11 @@
-"""Plain components methods call directly (no plugin system): memory, penalties, TTA building blocks.
+"""Plain components methods call directly (no plugin system): memory, penalties, test-batch BatchNorm,
+test-time adaptation building blocks.
 
 References:
     See each component's docstring.
 """
 
+from .batchnorm import PriorBatchNorm, batch_norm_layers, use_test_batch_stats
 from .buffer import ReservoirBuffer
 from .ema import EMATeacher
 from .norm import adapt_only, bn_affine_params, bn_layers, require_bn, use_batch_stats
@@ -29,6 +31,7 @@ from .tta_setup import (
 )
 
 __all__ = ["ReservoirBuffer", "FisherPenalty", "diagonal_fisher"]
+__all__ += ["PriorBatchNorm", "batch_norm_layers", "use_test_batch_stats"]
 __all__ += ["EMATeacher", "TTAugment", "make_augment", "ReliableEntropy", "cross_entropy_to", "pseudo_label_fisher",
             "softmax_entropy", "source_batches", "symmetric_cross_entropy", "TTAOptimConfig", "adaptable_copy",
             "clone_source", "generator", "generator_copy", "make_optimizer", "need_source_data",
