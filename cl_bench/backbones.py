@@ -88,11 +88,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "weight file") -> None:
+def load_weights(
+    model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "weight file", hint: str | None = None
+) -> None:
     """Load ``state`` into ``model`` after checking that keys and shapes fit exactly.
 
     Classifier keys of the checkpoint (``head.*``, ``fc.*``, ``classifier.*``) are ignored when the
-    model has no such layer (backbones are built without a classifier).
+    model has no such layer (backbones are built without a classifier). ``hint`` replaces the advice
+    that ends the error message.
 
     Raises:
         ConfigError: Listing missing keys, unexpected keys and shape mismatches.
@@ -113,8 +116,8 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
                  f"{len(shapes)} of another shape ({few(shapes)})" if shapes else ""]  # fmt: skip
         raise ConfigError(
             f"the {source} does not fit the architecture {type(model).__name__}: "
-            f"{'; '.join(p for p in parts if p)}. Check that --set backbone names the architecture the weights "
-            f"were trained for."
+            f"{'; '.join(p for p in parts if p)}. "
+            + (hint or "Check that --set backbone names the architecture the weights were trained for.")
         )
     model.load_state_dict(state, strict=True)
 

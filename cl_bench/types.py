@@ -167,6 +167,8 @@ class Scenario(Sequence[Experience]):
         setting: "class_il", "task_il" or "domain_il".
         protocol_defaults: Training-protocol values this stream is usually run
             with (e.g. ``{"epochs": 5}``); explicit protocol values win.
+        source: Test-time adaptation streams only: the clean source domain and how the
+            source model is obtained (see :class:`SourceDomain`); None for other streams.
     """
 
     def __init__(
@@ -177,6 +179,7 @@ class Scenario(Sequence[Experience]):
         n_classes: int,
         setting: str,
         protocol_defaults: dict[str, Any] | None = None,
+        source: SourceDomain | None = None,
     ) -> None:
         if setting not in SETTINGS:
             raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
@@ -186,6 +189,7 @@ class Scenario(Sequence[Experience]):
         self.n_classes = n_classes
         self.setting = setting
         self.protocol_defaults = dict(protocol_defaults or {})
+        self.source = source
 
     @property
     def spec_hash(self) -> str:
@@ -205,6 +209,30 @@ class Scenario(Sequence[Experience]):
     def input_shape(self) -> tuple[int, ...]:
         """Model input shape (after the batch transform)."""
         return self.experiences[0].test.input_shape
+
+
+@dataclass(frozen=True)
+class SourceDomain:
+    """The clean source side of a test-time adaptation stream.
+
+    Attributes:
+        train: Labelled clean source training data (None when only a checkpoint is available).
+        test: Clean held-out source data: accuracy on it after the stream measures forgetting
+            (None when unavailable).
+        model: Source architecture name (``cl_bench.models.SOURCE_MODELS``; "auto" picks by input shape).
+        weights: Checkpoint file of the source model; None = train it on ``train`` in the source phase.
+        epochs: Epochs of the source phase when training.
+        free: Source-free mode: methods get no source data (``StreamInfo.source_data`` is None).
+        reset_each_shift: The runner resets the method (``setup`` again) at each domain shift.
+    """
+
+    train: TensorData | None
+    test: TensorData | None
+    model: str = "auto"
+    weights: str | None = None
+    epochs: int = 5
+    free: bool = False
+    reset_each_shift: bool = False
 
 
 @dataclass(frozen=True)
