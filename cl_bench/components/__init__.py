@@ -6,5 +6,6 @@ References:
 
 from .buffer import ReservoirBuffer
 from .penalty import FisherPenalty, diagonal_fisher
+from .prompts import CodaPrompt, PromptedViT, PromptPool
 
-__all__ = ["ReservoirBuffer", "FisherPenalty", "diagonal_fisher"]
+__all__ = ["ReservoirBuffer", "FisherPenalty", "diagonal_fisher", "CodaPrompt", "PromptedViT", "PromptPool"]
