@@ -258,7 +258,7 @@ class _Run:
     def start(self, state: dict[str, Any] | None) -> None:
         info = StreamInfo(
             self.scenario.input_shape, self.scenario.n_classes, len(self.scenario), self.scenario.setting,
-            self.spec.device,
+            self.spec.device, input_transform=self.scenario[0].test.transform,
         )  # fmt: skip
         _seed_everything(self.spec.seed)
         self.method.setup(info, self.spec.seed)
