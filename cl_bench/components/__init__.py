@@ -6,6 +6,10 @@ References:
 
 from .backbone_input import BackboneInput
 from .buffer import ReservoirBuffer
+from .feature_cache import FeatureCache
 from .penalty import FisherPenalty, diagonal_fisher
+from .pretrained import Encoder, PretrainedConfig
+from .prototypes import PrototypeHead
 
-__all__ = ["BackboneInput", "ReservoirBuffer", "FisherPenalty", "diagonal_fisher"]
+__all__ = ["BackboneInput", "Encoder", "FeatureCache", "FisherPenalty", "PretrainedConfig", "PrototypeHead",
+           "ReservoirBuffer", "diagonal_fisher"]
