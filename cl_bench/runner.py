@@ -210,7 +210,8 @@ class _Run:
             "schema_version": SCHEMA_VERSION,
             "run_id": self.run_dir.name,
             "status": status,
-            "method": {"name": self.spec.method, "config": config_to_dict(self.method_config)},
+            "method": {"name": self.spec.method, "config": config_to_dict(self.method_config),
+                       **self.method.record_extras()},
             "scenario": {"name": self.spec.scenario, "spec": self.scenario.spec, "spec_hash": self.scenario.spec_hash},
             "protocol": {**dataclasses.asdict(self.protocol), "setting": self.scenario.setting},
             "seed": self.spec.seed,
@@ -258,7 +259,7 @@ class _Run:
     def start(self, state: dict[str, Any] | None) -> None:
         info = StreamInfo(
             self.scenario.input_shape, self.scenario.n_classes, len(self.scenario), self.scenario.setting,
-            self.spec.device,
+            self.spec.device, input_transform=self.scenario[0].test.transform,
         )  # fmt: skip
         _seed_everything(self.spec.seed)
         self.method.setup(info, self.spec.seed)

@@ -4,4 +4,4 @@ Importing this package registers every built-in method; this module list is
 the one place that names them. Each module holds one method family's whole logic.
 """
 
-from . import agem, coda_prompt, dualprompt, er, ewc, finetune, joint, l2, l2_vit, l2p, lwf, one_prompt  # noqa: F401
+from . import agem, coda_prompt, dualprompt, er, ewc, finetune, joint, l2, l2_vit, l2p, lwf, ncm, one_prompt  # noqa: F401

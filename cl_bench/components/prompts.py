@@ -21,7 +21,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.backbones import create_backbone
+from cl_bench.backbones import backbone_tag, check_backbone_name, create_backbone
+from cl_bench.components.backbone_input import BackboneInput
 from cl_bench.errors import ConfigError
 from cl_bench.method import Caps, Method
 from cl_bench.types import Batch, Experience, PredictContext, StreamInfo
@@ -321,27 +322,13 @@ class ViTConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 (or None for the architecture's own), got {value}")
+        check_backbone_name(self.backbone)  # unknown names fail before any run starts
 
     def backbone_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``timm.create_model`` from the set overrides."""
         names = {"img_size": self.image_size, "patch_size": self.patch_size, "depth": self.depth,
                  "embed_dim": self.embed_dim, "num_heads": self.num_heads}  # fmt: skip
         return {k: v for k, v in names.items() if v is not None}
-
-
-def backbone_input(vit: nn.Module, info: StreamInfo, image_size: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Stream batches -> what ``vit`` expects (size, channels, normalisation)."""
-    try:
-        from cl_bench.components.backbone_input import BackboneInput
-    except ImportError:  # TEMPORARY until the `pretrained` branch (BackboneInput) is merged
-        size = image_size or vit.patch_embed.img_size[0]
-
-        def adapt(x: torch.Tensor) -> torch.Tensor:
-            x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-            return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-
-        return adapt
-    return BackboneInput.for_backbone(vit, image_size).for_stream(getattr(info, "input_transform", None))
 
 
 class ViTPromptMethod(Method):
@@ -370,7 +357,8 @@ class ViTPromptMethod(Method):
         self.device = torch.device(info.device)
         vit = create_backbone(cfg.backbone, cfg.weights, **cfg.backbone_kwargs())
         require_vit(vit, self.name or type(self).__name__, cfg.backbone)
-        self.adapt_input = backbone_input(vit, info, cfg.image_size)
+        # Stream batches -> the backbone's input size, channels and normalisation.
+        self.adapt_input = BackboneInput.for_backbone(vit, cfg.image_size).for_stream(info.input_transform)
         self.vit = PromptedViT(vit, frozen=self.frozen_backbone).to(self.device)
         self.head = nn.Linear(self.vit.embed_dim, info.n_classes).to(self.device)
         self.build(info)
@@ -379,6 +367,9 @@ class ViTPromptMethod(Method):
         self.seen = torch.zeros(info.n_classes, dtype=torch.bool, device=self.device)
         self.current = torch.zeros(info.n_classes, dtype=torch.bool, device=self.device)
         self.task = -1
+
+    def record_extras(self) -> dict[str, Any]:
+        return {"backbone": backbone_tag(self.config.backbone, self.config.weights)}
 
     # -- hooks for the methods --------------------------------------------------------------------------
     def build(self, info: StreamInfo) -> None:
@@ -439,4 +430,4 @@ class ViTPromptMethod(Method):
 
 
 __all__ = ["TINY_VIT", "CodaPrompt", "PromptPool", "PromptedViT", "Prefixes", "ViTConfig", "ViTPromptMethod",
-           "backbone_input", "gram_schmidt_", "merge_prefixes", "ortho_penalty", "require_vit"]  # fmt: skip
+           "gram_schmidt_", "merge_prefixes", "ortho_penalty", "require_vit"]  # fmt: skip
