@@ -253,7 +253,8 @@ class _Run:
             "schema_version": SCHEMA_VERSION,
             "run_id": self.run_dir.name,
             "status": status,
-            "method": {"name": self.spec.method, "config": config_to_dict(self.method_config)},
+            "method": {"name": self.spec.method, "config": config_to_dict(self.method_config),
+                       **self.method.record_extras()},
             "scenario": {"name": self.spec.scenario, "spec": self.scenario.spec, "spec_hash": self.scenario.spec_hash},
             "protocol": {**self.protocol.to_dict(), "setting": self.scenario.setting},
             "seed": self.spec.seed,
@@ -303,7 +304,7 @@ class _Run:
     def start(self, state: dict[str, Any] | None) -> None:
         info = StreamInfo(
             self.scenario.input_shape, self.scenario.n_classes, len(self.scenario), self.scenario.setting,
-            self.spec.device,
+            self.spec.device, input_transform=self.scenario[0].test.transform,
         )  # fmt: skip
         if self.tta:
             info = self._tta_info(info)

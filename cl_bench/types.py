@@ -249,6 +249,8 @@ class StreamInfo:
             (shared by every method on a stream; a method deep-copies it before changing it).
         source_data: Test-time adaptation only: the labelled clean source training data, for methods
             that use source statistics (Fisher information, class prototypes, source replay).
+        input_transform: The stream's batch transform (e.g. a :class:`Standardize`), so methods on
+            pretrained backbones can undo the stream's normalisation and apply the backbone's.
     """
 
     input_shape: tuple[int, ...]
@@ -258,6 +260,7 @@ class StreamInfo:
     device: str = "cpu"
     source_model: torch.nn.Module | None = None
     source_data: TensorData | None = None
+    input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass

@@ -4,4 +4,27 @@ Importing this package registers every built-in method; this module list is
 the one place that names them. Each module holds one method family's whole logic.
 """
 
-from . import agem, bn_adapt, cotta, eata, er, ewc, finetune, joint, l2, lwf, psmt, rdumb, rmt, sar, source, tent  # noqa: F401
+from . import (  # noqa: F401
+    agem,
+    bn_adapt,
+    coda_prompt,
+    cotta,
+    dualprompt,
+    eata,
+    er,
+    ewc,
+    finetune,
+    joint,
+    l2,
+    l2_vit,
+    l2p,
+    lwf,
+    ncm,
+    one_prompt,
+    psmt,
+    rdumb,
+    rmt,
+    sar,
+    source,
+    tent,
+)
