@@ -25,6 +25,10 @@ from cl_bench.types import StreamInfo
 from .backbone_input import BackboneInput
 from .feature_cache import FeatureCache
 
+#: Config overrides for the conformance suite: a tiny randomly initialised timm backbone (fast, no file).
+TINY_RANDOM_BACKBONE: dict[str, Any] = {"backbone": "test_resnet", "weights": None, "image_size": 16,
+                                        "feature_cache": False}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class PretrainedConfig:
@@ -119,4 +123,4 @@ class Encoder:
             self.cache.flush()
 
 
-__all__ = ["Encoder", "PretrainedConfig"]
+__all__ = ["TINY_RANDOM_BACKBONE", "Encoder", "PretrainedConfig"]
