@@ -159,3 +159,27 @@ def test_ranpac_readout_is_the_ridge_solution_over_all_experiences(tiny_weights:
     h, onehot = torch.cat(hs), torch.nn.functional.one_hot(torch.cat(ys), scenario.n_classes).double()
     expected = torch.linalg.solve(h.T @ h + method.ridge * torch.eye(32, dtype=torch.float64), h.T @ onehot)
     torch.testing.assert_close(method.readout, expected.float(), atol=1e-4, rtol=1e-3)
+
+
+# -- SLCA ------------------------------------------------------------------------------------------------------------
+def test_slca_alignment_logits_are_divided_by_the_mean_per_task_norm() -> None:
+    from cl_bench.methods.slca import SLCA
+
+    method = SLCA.__new__(SLCA)
+    method.config = SLCA.Config(backbone="test_resnet", weights=None, ca_temperature=0.5)
+    method.head = torch.nn.Linear(2, 4, bias=False)
+    with torch.no_grad():
+        method.head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 2.0]]))
+    method.seen = torch.tensor([True, True, True, False])
+    method.task_of = torch.tensor([0, 0, 1, -1])
+    f = torch.tensor([[3.0, 4.0]])
+    # logits of seen classes 3, 4, 6; task norms 5 and 6 -> mean 5.5; then / 0.5
+    torch.testing.assert_close(method._normalised_logits(f), torch.tensor([[3.0, 4.0, 6.0]]) / 5.5 / 0.5)
+
+
+def test_slca_rejects_a_feature_cache() -> None:
+    from cl_bench.errors import ConfigError
+    from cl_bench.registry import METHODS
+
+    with pytest.raises(ConfigError, match="cannot be cached"):
+        METHODS.config("slca", {"feature_cache": True})

@@ -104,7 +104,8 @@ class Encoder:
         return self.backbone(self.input(x))
 
     @torch.no_grad()
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def extract(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of ``x`` under no_grad, in chunks of ``feature_batch_size``, bypassing the cache."""
         if len(x) == 0:
             return torch.zeros(0, self.dim, device=x.device)
         return torch.cat([self.backbone(self.input(x[i : i + self.batch_size]))
@@ -114,8 +115,8 @@ class Encoder:
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Frozen features of ``x`` (N, dim), from the cache where possible."""
         if self.cache is None:
-            return self._forward(x)
-        return self.cache.lookup(x, self._forward).to(x.device)
+            return self.extract(x)
+        return self.cache.lookup(x, self.extract).to(x.device)
 
     def flush(self) -> None:
         """Persist new cached features (call at experience boundaries)."""
