@@ -22,9 +22,11 @@ from . import (  # noqa: F401
     ncm,
     one_prompt,
     psmt,
+    ranpac,
     rdumb,
     rmt,
     sar,
+    slca,
     source,
     tent,
 )

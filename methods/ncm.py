@@ -22,13 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.components import Encoder, PretrainedConfig, PrototypeHead
+from cl_bench.components.pretrained import TINY_RANDOM_BACKBONE
 from cl_bench.method import Caps, Method
 from cl_bench.registry import METHODS
 from cl_bench.types import Batch, Experience, PredictContext, StreamInfo
-
-#: A tiny random backbone for the conformance suite (fast, no weight file).
-TINY_BACKBONE: dict[str, Any] = {"backbone": "test_resnet", "weights": None, "image_size": 16,
-                                 "feature_cache": False}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,7 @@ class NCM(Method):
 
     Config: ClassVar[type] = NCMConfig
     caps: ClassVar[Caps] = Caps(memory="none", pretrained_backbone=True)
-    conformance_config: ClassVar[dict[str, Any]] = TINY_BACKBONE
+    conformance_config: ClassVar[dict[str, Any]] = TINY_RANDOM_BACKBONE
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)

@@ -120,3 +120,66 @@ def test_cached_run_equals_uncached_run_and_reuses_features(
     assert first["accuracy_matrix"] == plain["accuracy_matrix"]
     assert second["metrics"]["final_acc"] > 0.5
     assert first["method"]["backbone"]["weights_sha256"] == second["method"]["backbone"]["weights_sha256"]
+
+
+# -- RanPAC ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [40, 400])  # fewer rows than features (dual form) and more (primal form)
+def test_ridge_search_prefers_small_ridge_for_signal_and_large_for_noise(n: int) -> None:
+    from cl_bench.methods.ranpac import RIDGES, select_ridge
+
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(n, 50, generator=gen, dtype=torch.float64)
+    signal = torch.nn.functional.one_hot((h @ torch.randn(50, 3, generator=gen, dtype=torch.float64)).argmax(1), 3)
+    noise = torch.nn.functional.one_hot(torch.randint(0, 3, (n,), generator=gen), 3)
+    small = select_ridge(h, signal.double(), RIDGES, torch.Generator().manual_seed(1))
+    large = select_ridge(h, noise.double(), RIDGES, torch.Generator().manual_seed(1))
+    assert small < large and large >= 1.0
+
+
+def test_ranpac_readout_is_the_ridge_solution_over_all_experiences(tiny_weights: Path) -> None:
+    from cl_bench.methods.ranpac import RanPAC
+    from cl_bench.registry import METHODS, SCENARIOS
+    from cl_bench.types import Batch, StreamInfo
+
+    scenario = SCENARIOS.create("toy")
+    cfg = METHODS.config("ranpac", {"backbone": "test_resnet", "weights": str(tiny_weights), "image_size": 16,
+                                    "projection_dim": 32, "feature_cache": False})  # fmt: skip
+    method = RanPAC(cfg)
+    info = StreamInfo(scenario.input_shape, scenario.n_classes, len(scenario), scenario.setting,
+                      input_transform=scenario[0].test.transform)  # fmt: skip
+    method.setup(info, seed=0)
+    hs, ys = [], []
+    for exp in scenario:
+        x, y = exp.train.batch(slice(None))
+        for i in range(0, len(x), 16):
+            method.observe(Batch(x[i : i + 16], y[i : i + 16], None, exp.index))
+        method.end_experience(exp)
+        hs.append(method._project(x).double())
+        ys.append(y)
+    h, onehot = torch.cat(hs), torch.nn.functional.one_hot(torch.cat(ys), scenario.n_classes).double()
+    expected = torch.linalg.solve(h.T @ h + method.ridge * torch.eye(32, dtype=torch.float64), h.T @ onehot)
+    torch.testing.assert_close(method.readout, expected.float(), atol=1e-4, rtol=1e-3)
+
+
+# -- SLCA ------------------------------------------------------------------------------------------------------------
+def test_slca_alignment_logits_are_divided_by_the_mean_per_task_norm() -> None:
+    from cl_bench.methods.slca import SLCA
+
+    method = SLCA.__new__(SLCA)
+    method.config = SLCA.Config(backbone="test_resnet", weights=None, ca_temperature=0.5)
+    method.head = torch.nn.Linear(2, 4, bias=False)
+    with torch.no_grad():
+        method.head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 2.0]]))
+    method.seen = torch.tensor([True, True, True, False])
+    method.task_of = torch.tensor([0, 0, 1, -1])
+    f = torch.tensor([[3.0, 4.0]])
+    # logits of seen classes 3, 4, 6; task norms 5 and 6 -> mean 5.5; then / 0.5
+    torch.testing.assert_close(method._normalised_logits(f), torch.tensor([[3.0, 4.0, 6.0]]) / 5.5 / 0.5)
+
+
+def test_slca_rejects_a_feature_cache() -> None:
+    from cl_bench.errors import ConfigError
+    from cl_bench.registry import METHODS
+
+    with pytest.raises(ConfigError, match="cannot be cached"):
+        METHODS.config("slca", {"feature_cache": True})

@@ -25,6 +25,10 @@ from cl_bench.types import StreamInfo
 from .backbone_input import BackboneInput
 from .feature_cache import FeatureCache
 
+#: Config overrides for the conformance suite: a tiny randomly initialised timm backbone (fast, no file).
+TINY_RANDOM_BACKBONE: dict[str, Any] = {"backbone": "test_resnet", "weights": None, "image_size": 16,
+                                        "feature_cache": False}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class PretrainedConfig:
@@ -100,7 +104,8 @@ class Encoder:
         return self.backbone(self.input(x))
 
     @torch.no_grad()
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def extract(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of ``x`` under no_grad, in chunks of ``feature_batch_size``, bypassing the cache."""
         if len(x) == 0:
             return torch.zeros(0, self.dim, device=x.device)
         return torch.cat([self.backbone(self.input(x[i : i + self.batch_size]))
@@ -110,8 +115,8 @@ class Encoder:
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Frozen features of ``x`` (N, dim), from the cache where possible."""
         if self.cache is None:
-            return self._forward(x)
-        return self.cache.lookup(x, self._forward).to(x.device)
+            return self.extract(x)
+        return self.cache.lookup(x, self.extract).to(x.device)
 
     def flush(self) -> None:
         """Persist new cached features (call at experience boundaries)."""
@@ -119,4 +124,4 @@ class Encoder:
             self.cache.flush()
 
 
-__all__ = ["Encoder", "PretrainedConfig"]
+__all__ = ["TINY_RANDOM_BACKBONE", "Encoder", "PretrainedConfig"]

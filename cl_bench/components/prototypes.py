@@ -15,6 +15,18 @@ import torch
 import torch.nn.functional as F
 
 
+def rank_unseen_last(logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """``logits`` with every class outside ``seen`` set one below the row's lowest seen logit.
+
+    Keeps logits finite (the conformance suite and cross-entropy need that) while no unseen class can
+    win the argmax; unchanged when nothing or everything has been seen.
+    """
+    if bool(seen.all()) or not bool(seen.any()):
+        return logits
+    floor = logits[:, seen].min(dim=1, keepdim=True).values - 1
+    return torch.where(seen.unsqueeze(0), logits, floor)
+
+
 class PrototypeHead:
     """Exact class means of every feature offered so far, however the data is batched.
 
@@ -59,9 +71,7 @@ class PrototypeHead:
             scores = F.normalize(features, dim=1) @ F.normalize(means, dim=1).T
         else:
             scores = -torch.cdist(features, means).pow(2)
-        seen = self.seen.to(features.device)
-        floor = scores[:, seen].min(dim=1, keepdim=True).values - 1
-        return torch.where(seen.unsqueeze(0), scores, floor)
+        return rank_unseen_last(scores, self.seen.to(features.device))
 
     def state_dict(self) -> dict[str, Any]:
         return {"sums": self.sums.clone(), "counts": self.counts.clone()}
@@ -71,4 +81,4 @@ class PrototypeHead:
         self.counts.copy_(state["counts"])
 
 
-__all__ = ["PrototypeHead"]
+__all__ = ["PrototypeHead", "rank_unseen_last"]
