@@ -60,10 +60,10 @@ class ResizedCropFlip:
     Per sample the same distribution as torchvision's ``RandomResizedCrop(size, scale, ratio)`` followed by
     ``RandomHorizontalFlip(flip_p)`` (Szegedy et al., "Going deeper with convolutions", CVPR 2015): up to
     10 draws of an area share in ``scale`` and a log-uniform aspect ratio in ``ratio``, the first box that
-    fits is used, else the central crop with the ratio clamped. All boxes are resampled in one
-    ``torchvision.ops.roi_align`` call (bilinear at each output pixel centre, no antialiasing), so pixel values
-    differ slightly from torchvision's per-image resize. It runs on stored-form batches (e.g. the 224 x 224
-    uint8 images of a file-backed dataset), not on the original files.
+    fits is used, else the central crop with the ratio clamped. Each crop is resized with
+    ``F.interpolate(mode="bilinear", antialias=True)`` (uint8 stays uint8), the tensor path of torchvision's
+    resize. It runs on stored-form batches (e.g. the 224 x 224 uint8 images of a file-backed dataset), not on
+    the original files, and draws all random numbers for the batch from ``generator`` up front.
 
     Attributes:
         size: Output side (None = the input's height).
@@ -80,8 +80,6 @@ class ResizedCropFlip:
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment ``x`` (N, C, H, W); boxes and flips come from ``generator``."""
         import math
-
-        from torchvision.ops import roi_align
 
         n, _, h, w = x.shape
         tries = 10
@@ -105,13 +103,20 @@ class ResizedCropFlip:
         u = torch.rand(n, 2, generator=generator)
         top = torch.where(has, torch.floor(u[:, 0] * (h - ch + 1)), ((h - ch) / 2).floor())
         left = torch.where(has, torch.floor(u[:, 1] * (w - cw + 1)), ((w - cw) / 2).floor())
-        flip = torch.rand(n, generator=generator) < self.flip_p
-        boxes = torch.stack([rows.to(torch.float32), left, top, left + cw, top + ch], 1).to(x.device)
+        flip = (torch.rand(n, generator=generator) < self.flip_p).tolist()
         size = self.size or h
-        out = roi_align(x.to(torch.float32), boxes, (size, size), spatial_scale=1.0, sampling_ratio=1, aligned=True)
-        out = torch.where(flip.to(x.device)[:, None, None, None], out.flip(3), out)
-        if x.dtype == torch.uint8:
-            out = out.round_().clamp_(0, 255).to(torch.uint8)
+        boxes = torch.stack([top, left, ch, cw], 1).to(torch.int64).tolist()
+        # One resize per image: per-image crops differ in shape, and uint8 bilinear resize is fast on CPU
+        # (much faster than one batched roi_align over float32).
+        out = torch.empty((n, x.shape[1], size, size), dtype=x.dtype, device=x.device)
+        for i, (t, left_, hh, ww) in enumerate(boxes):
+            crop = x[i : i + 1, :, t : t + hh, left_ : left_ + ww]
+            if not (crop.dtype.is_floating_point or (crop.dtype == torch.uint8 and crop.device.type == "cpu")):
+                crop = crop.to(torch.float32)  # uint8 antialiased resize exists on CPU only
+            img = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            if img.dtype != out.dtype:
+                img = img.round_().clamp_(0, 255).to(out.dtype)
+            out[i] = img[0].flip(2) if flip[i] else img[0]
         return out
 
     def describe(self) -> str:

@@ -175,6 +175,10 @@ def split_imagenet_r(
     if image_size < 8 or workers < 0:
         raise ConfigError(f"image_size must be >= 8 and workers >= 0, got {image_size} and {workers}")
     base = Path(root).expanduser() if root else _default_root()
+    if not base.is_dir():
+        raise DataError(f"ImageNet-R root {base} does not exist; expected the ImageFolder tree that imagenet-r.tar "
+                        f"(github.com/hendrycks/imagenet-r) unpacks to, ROOT/<wnid>/<image> such as {_EXAMPLE}. "
+                        f"Pass the folder with --set scenario.root=DIR")  # fmt: skip
     classes = _scan(base)
     spec: dict[str, Any] = {"dataset": "imagenet_r", "n_classes_found": len(classes), "image_size": image_size,
                             "stored": f"RGB uint8 resized to {image_size}x{image_size} (bilinear)",

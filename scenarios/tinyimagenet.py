@@ -41,8 +41,8 @@ def _default_root() -> Path:
 
 def _locate(root: Path) -> Path:
     if not root.is_dir():
-        raise DataError(f"Tiny ImageNet root {root} does not exist; expected {_LAYOUT}. Pass the folder with "
-                        f"--set scenario.root=DIR")  # fmt: skip
+        raise DataError(f"Tiny ImageNet root {root} does not exist; expected {_LAYOUT}, from "
+                        f"cs231n.stanford.edu/tiny-imagenet-200.zip. Pass the folder with --set scenario.root=DIR")
     for folder in (root, root / "tiny-imagenet-200"):
         if (folder / "wnids.txt").is_file():
             return folder

@@ -183,7 +183,7 @@ def test_filedata_workers_and_cache_give_the_same_batches(imagenet_r: Path, tmp_
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 3 and not list((tmp_path / "cache").glob(".*"))
 
 
-def test_resized_crop_flip_matches_torchvision_distribution() -> None:
+def test_resized_crop_flip_is_seeded_and_exact_at_full_scale() -> None:
     x = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8).repeat(400, 3, 1, 1).to(torch.uint8)
     gen = torch.Generator().manual_seed(0)
     out = ResizedCropFlip(size=8)(x, gen)
@@ -194,6 +194,9 @@ def test_resized_crop_flip_matches_torchvision_distribution() -> None:
     assert 0.35 < float(flipped) < 0.65  # about half mirrored
     full = torch.equal(ResizedCropFlip(size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0)(x, gen), x)
     assert full  # the whole image, unscaled, comes back unchanged
+    crops = ResizedCropFlip(size=4, flip_p=0.0)(x, gen)  # smaller output: antialiased downscale, still uint8
+    assert crops.shape == (400, 3, 4, 4) and crops.dtype == torch.uint8
+    assert len({tuple(c[0].flatten().tolist()) for c in crops}) > 100  # boxes vary per image
 
 
 TINY = ["n01443537", "n01629819", "n01641577", "n01644900"]
