@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -194,6 +192,8 @@ def test_source_model_is_cached_and_seeded(tmp_path: Path, monkeypatch: pytest.M
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not torch.equal(a.state_dict()["head.weight"], c.state_dict()["head.weight"])
     assert not a.training and a is not b
+    gradual = source_model(SCENARIOS.create("toy_tta", n_domains=1, setting="gradual"), seed=3)
+    assert torch.equal(gradual.state_dict()["head.weight"], a.state_dict()["head.weight"])  # one per source data
 
 
 # -- the runner's TTA path ---------------------------------------------------------------------------------------------
@@ -327,10 +327,11 @@ def test_bn_adapt_beats_source_on_corrupted_mnist(tmp_path: Path) -> None:
     assert err["bn_adapt"] < err["source"] - 0.05
 
 
-def test_cli_bad_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+def test_cli_bad_checkpoint_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cl_bench.cli import main
+
     torch.save({"nothing": torch.zeros(1)}, tmp_path / "w.pt")
-    out = subprocess.run([sys.executable, "-m", "cl_bench.cli", "run", "--scenario", "toy_tta", "--method", "source",
-                          "--set", f"scenario.source_weights={tmp_path / 'w.pt'}", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert out.returncode == 2, out.stderr
-    assert "does not fit the architecture" in out.stderr and "Traceback" not in out.stderr
+    code = main(["run", "--scenario", "toy_tta", "--method", "source", "--set",
+                 f"scenario.source_weights={tmp_path / 'w.pt'}", "--out", str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "does not fit the architecture SmallCNN" in err and "Traceback" not in err
