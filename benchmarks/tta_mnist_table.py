@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     head = ["method", *[c[2] for c in COLUMNS if c[0] in args.settings], "seconds (all runs)"]
     print(f"\nOnline error (%) on generated MNIST-C (15 corruptions), {args.n_per_domain or 2000} images per "
           f"domain, batch {args.batch_size}, lenet_bn source ({args.source_epochs} epochs), mean ± sd over "
-          f"seeds {args.seeds}; last column: clean accuracy (%).\n")
+          f"seeds {args.seeds}; 'clean acc.' is an accuracy (%), 'seconds' includes the source phase.\n")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for method in methods:

@@ -63,6 +63,8 @@ def test_tta_metrics_by_hand() -> None:
     assert got["online_error_clean"] == pytest.approx(0.05)
     assert got["clean_acc_after"] == pytest.approx(0.9)
     assert online_errors(m) == pytest.approx([0.1, 0.5, 0.3, 0.05])
+    everything = compute_all(m)  # continual-learning metrics are undefined on an online matrix
+    assert everything["wf_10"] is None and everything["final_acc"] is None and everything["online_error"] is not None
     # an unfinished stream is scored on the finished experiences
     part = _online([(90, 100), (50, 100)], [5, 5], [])
     part.n_experiences = 3
@@ -335,3 +337,6 @@ def test_cli_bad_checkpoint_is_a_user_error(tmp_path: Path, capsys: pytest.Captu
                  f"scenario.source_weights={tmp_path / 'w.pt'}", "--out", str(tmp_path)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "does not fit the architecture SmallCNN" in err and "Traceback" not in err
+    assert main(["run", "--scenario", "toy_tta", "--method", "bn_adapt", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "online_error " in table and "clean_acc_after" in table and "forgetting" not in table
