@@ -255,6 +255,7 @@ def source_model(scenario: Scenario, seed: int, device: str = "cpu") -> nn.Modul
     if key not in _MEMORY:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # seeded initialisation, independent of whatever ran before
+            net = build_source_model(src.model, scenario.input_shape, scenario.n_classes)
             train_source(net, src.train, src.epochs, seed)
         state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         _MEMORY[key] = state

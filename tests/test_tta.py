@@ -340,3 +340,29 @@ def test_cli_bad_checkpoint_is_a_user_error(tmp_path: Path, capsys: pytest.Captu
     assert main(["run", "--scenario", "toy_tta", "--method", "bn_adapt", "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "online_error " in table and "clean_acc_after" in table and "forgetting" not in table
+
+
+@pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), reason="real MNIST not available")
+def test_corrupted_wraps_an_image_scenario() -> None:
+    sc = SCENARIOS.create("corrupted", base="split_mnist", root=str(MNIST_DIR), corruptions=("fog", "contrast"),
+                          n_per_domain=100, setting="gradual")  # fmt: skip
+    assert len(sc) == 18 and sc[3].meta == {"corruption": "fog", "severity": 4} and sc.spec["base"] == "split_mnist"
+    assert sc.source is not None and len(sc.source.train) == 8000 and len(sc.source.test) == 2000  # type: ignore[arg-type]
+    labels = sc[0].test.y
+    assert int((labels[1:] != labels[:-1]).sum()) > 50  # pooled class-split data is shuffled, not class-sorted
+    with pytest.raises(ConfigError, match="uint8 0-255"):
+        SCENARIOS.create("corrupted", base="split_digits")
+    with pytest.raises(ConfigError, match="cannot wrap itself"):
+        SCENARIOS.create("corrupted", base="corrupted")
+
+
+def test_source_training_does_not_depend_on_the_global_rng(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cl_bench import tta
+
+    weights = []
+    for noise in (0, 1):
+        monkeypatch.setenv("CL_BENCH_CACHE", str(tmp_path / str(noise)))
+        tta._MEMORY.clear()
+        torch.manual_seed(noise)  # whatever ran before in the process
+        weights.append(source_model(SCENARIOS.create("toy_tta", n_domains=1), seed=0).state_dict()["head.weight"])
+    assert torch.equal(weights[0], weights[1])
