@@ -366,3 +366,23 @@ def test_source_training_does_not_depend_on_the_global_rng(tmp_path: Path, monke
         torch.manual_seed(noise)  # whatever ran before in the process
         weights.append(source_model(SCENARIOS.create("toy_tta", n_domains=1), seed=0).state_dict()["head.weight"])
     assert torch.equal(weights[0], weights[1])
+
+
+def test_prior_batch_norm_interpolates_between_batch_and_source_statistics() -> None:
+    from cl_bench.components import PriorBatchNorm, use_test_batch_stats
+
+    bn = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([1.0, -1.0, 0.5]))
+        bn.running_var.copy_(torch.tensor([2.0, 0.5, 1.0]))
+        bn.weight.copy_(torch.tensor([1.5, 0.5, 1.0]))
+    x = torch.randn(8, 3, 5, 5) * 3 + 2
+    batch = torch.nn.functional.batch_norm(x, None, None, bn.weight, bn.bias, training=True)
+    assert torch.allclose(PriorBatchNorm(bn, 0.0)(x), batch, atol=1e-5)
+    assert torch.allclose(PriorBatchNorm(bn, 1e9)(x), bn.eval()(x), atol=1e-4)
+    net = use_test_batch_stats(torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3)))
+    before = copy.deepcopy(net.state_dict())
+    net(torch.randn(4, 1, 6, 6))
+    assert isinstance(net[1], PriorBatchNorm) and all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        use_test_batch_stats(torch.nn.Linear(2, 2))
