@@ -113,10 +113,15 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 def format_metrics(record: dict[str, Any]) -> str:
     """The metric table printed after a run."""
+    from cl_bench.metrics import METRIC_SPECS
+
     from .registry import METRICS
 
     rows = []
+    kind = "tta" if record["accuracy_matrix"].get("online") else "cl"
     for name, value in record["metrics"].items():
+        if name in METRIC_SPECS and METRIC_SPECS[name].kind != kind:
+            continue  # undefined for this kind of run (e.g. forgetting curves of a TTA run)
         entry = METRICS.get(name) if name in METRICS else None
         arrow = "" if entry is None else ("(higher is better)" if _higher(name) else "(lower is better)")
         shown = "n/a" if value is None else (f"{value:.1f}" if name.endswith("recovery") else f"{value:.4f}")
@@ -188,7 +193,8 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-every", type=int, help="evaluate every K iterations (1 = per iteration, 0 = boundaries)")
     r.add_argument("--eval-subset", type=int, help="test examples per experience between boundaries (0 = all)")
     r.add_argument("--epochs", type=int, help="passes over each experience (default: the scenario's)")
-    r.add_argument("--batch-size", type=int, help="training batch size (default: the scenario's)")
+    r.add_argument("--batch-size", type=int,
+                   help="training batch size, or a TTA run's test batch size (default: the scenario's; TTA 200)")
     r.add_argument("--online", action="store_true", help="single-pass online protocol: each example seen once")
     r.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     r.add_argument("--out", help="directory for run directories (default ./runs)")

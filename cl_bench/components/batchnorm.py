@@ -20,7 +20,6 @@ References:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -55,7 +54,14 @@ class PriorBatchNorm(nn.Module):
             a = self.prior_strength / (self.prior_strength + len(x))
             mean = a * self.running_mean + (1 - a) * mean
             var = a * self.running_var + (1 - a) * var
-        return F.batch_norm(x, mean, var, self.weight, self.bias, training=False, eps=self.eps)
+        # Written out (not F.batch_norm) so gradients flow through the batch statistics, as in training mode.
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.weight is not None:
+            out = out * self.weight.view(shape)
+        if self.bias is not None:
+            out = out + self.bias.view(shape)
+        return out
 
 
 def batch_norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
