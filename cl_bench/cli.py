@@ -111,10 +111,15 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 def format_metrics(record: dict[str, Any]) -> str:
     """The metric table printed after a run."""
+    from cl_bench.metrics import METRIC_SPECS
+
     from .registry import METRICS
 
     rows = []
+    kind = "tta" if record["accuracy_matrix"].get("online") else "cl"
     for name, value in record["metrics"].items():
+        if name in METRIC_SPECS and METRIC_SPECS[name].kind != kind:
+            continue  # undefined for this kind of run (e.g. forgetting curves of a TTA run)
         entry = METRICS.get(name) if name in METRICS else None
         arrow = "" if entry is None else ("(higher is better)" if _higher(name) else "(lower is better)")
         shown = "n/a" if value is None else (f"{value:.1f}" if name.endswith("recovery") else f"{value:.4f}")

@@ -30,6 +30,7 @@ References:
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 from collections.abc import Callable
@@ -181,19 +182,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CL_BENCH_CACHE") or Path.home() / ".cache" / "cl_bench") / "source_models"
 
 
-def source_key(scenario: Scenario, seed: int) -> str:
-    """Identity of a stream's source model: the scenario spec, the architecture, and how it was obtained."""
-    src = scenario.source
-    assert src is not None
-    how: dict[str, Any] = {"spec": scenario.spec, "input_shape": list(scenario.input_shape),
-                           "n_classes": scenario.n_classes, "model": src.model}  # fmt: skip
-    if src.weights is not None:
-        from .backbones import weights_sha256
+def _data_digest(data: TensorData) -> str:
+    h = hashlib.sha256()
+    for t in (data.x, data.y):
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(repr(data.transform).encode())
+    return h.hexdigest()
 
-        how["weights_sha256"] = weights_sha256(src.weights) if Path(src.weights).is_file() else str(src.weights)
-    else:
-        how.update(seed=seed, epochs=src.epochs, lr=SOURCE_LR, batch=SOURCE_BATCH, torch=torch.__version__)
-    return spec_hash(how)
+
+def source_key(scenario: Scenario, seed: int) -> str:
+    """Identity of a trained source model: the clean training data itself (not the stream around it: every
+    setting of a stream shares its source model), the architecture, the recipe and the seed."""
+    src = scenario.source
+    assert src is not None and src.train is not None
+    return spec_hash({"data": _data_digest(src.train), "input_shape": list(scenario.input_shape),
+                      "n_classes": scenario.n_classes, "model": src.model, "seed": seed, "epochs": src.epochs,
+                      "lr": SOURCE_LR, "batch": SOURCE_BATCH, "torch": torch.__version__})  # fmt: skip
 
 
 def train_source(net: nn.Module, data: TensorData, epochs: int, seed: int) -> None:
@@ -250,6 +255,7 @@ def source_model(scenario: Scenario, seed: int, device: str = "cpu") -> nn.Modul
     if key not in _MEMORY:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # seeded initialisation, independent of whatever ran before
+            net = build_source_model(src.model, scenario.input_shape, scenario.n_classes)
             train_source(net, src.train, src.epochs, seed)
         state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         _MEMORY[key] = state

@@ -25,6 +25,8 @@ class MetricSpec:
         higher_is_better: Direction used by leaderboards and regression checks.
         description: One line for ``cl-bench list metrics``.
         reference: The paper the definition comes from.
+        kind: "cl" for continual-learning matrices, "tta" for the online matrices of test-time
+            adaptation runs; a metric is NaN on a matrix of the other kind.
     """
 
     name: str
@@ -32,20 +34,23 @@ class MetricSpec:
     higher_is_better: bool
     description: str
     reference: str
+    kind: str = "cl"
 
 
 METRIC_SPECS: dict[str, MetricSpec] = {}
 
 
 def metric(
-    name: str, *, higher_is_better: bool, description: str, reference: str
+    name: str, *, higher_is_better: bool, description: str, reference: str, kind: str = "cl"
 ) -> Callable[[MetricFn], MetricFn]:
-    """Register ``fn`` as metric ``name``; duplicate names raise ``ValueError``."""
+    """Register ``fn`` as metric ``name`` for matrices of ``kind``; duplicate names raise ``ValueError``."""
 
     def wrap(fn: MetricFn) -> MetricFn:
         if name in METRIC_SPECS:
             raise ValueError(f"metric {name!r} is registered twice")
-        METRIC_SPECS[name] = MetricSpec(name, fn, higher_is_better, description, reference)
+        if kind not in ("cl", "tta"):
+            raise ValueError(f"metric kind must be 'cl' or 'tta', got {kind!r}")
+        METRIC_SPECS[name] = MetricSpec(name, fn, higher_is_better, description, reference, kind)
         return fn
 
     return wrap
@@ -59,7 +64,10 @@ def compute_all(matrix: AccuracyMatrix, names: list[str] | None = None) -> dict[
         names: Metrics to compute (default: every registered metric).
     """
     out: dict[str, float | None] = {}
+    kind = "tta" if matrix.online else "cl"
     for name in names if names is not None else list(METRIC_SPECS):
-        value = float(METRIC_SPECS[name].fn(matrix))
+        spec = METRIC_SPECS[name]
+        # e.g. windowed forgetting of an online matrix would read 0 (one point per experience), not "undefined"
+        value = float(spec.fn(matrix)) if spec.kind == kind else math.nan
         out[name] = None if math.isnan(value) else value
     return out

@@ -41,7 +41,7 @@ def _mean_where(m: AccuracyMatrix, keep: list[bool]) -> float:
     return math.fsum(errs) / len(errs)
 
 
-@metric("online_error", higher_is_better=False, reference=RMT,
+@metric("online_error", higher_is_better=False, reference=RMT, kind="tta",
         description="TTA: mean error over corrupted experiences of predictions made before adapting")  # fmt: skip
 def online_error(m: AccuracyMatrix) -> float:
     if not m.online or not m.boundary:
@@ -50,7 +50,7 @@ def online_error(m: AccuracyMatrix) -> float:
     return _mean_where(m, [e < done and m.severity[e] > 0 for e in range(m.n_experiences)])
 
 
-@metric("online_error_max_severity", higher_is_better=False, reference=RMT,
+@metric("online_error_max_severity", higher_is_better=False, reference=RMT, kind="tta",
         description="TTA: online error over the experiences at the highest severity (gradual streams: 5)")  # fmt: skip
 def online_error_max_severity(m: AccuracyMatrix) -> float:
     if not m.online or not m.boundary:
@@ -62,7 +62,7 @@ def online_error_max_severity(m: AccuracyMatrix) -> float:
     return _mean_where(m, [e < done and m.severity[e] == top for e in range(m.n_experiences)])
 
 
-@metric("online_error_clean", higher_is_better=False, reference=COTTA,
+@metric("online_error_clean", higher_is_better=False, reference=COTTA, kind="tta",
         description="TTA: online error on clean source images inserted between domains (forgetting)")  # fmt: skip
 def online_error_clean(m: AccuracyMatrix) -> float:
     if not m.online or not m.boundary:
@@ -71,7 +71,7 @@ def online_error_clean(m: AccuracyMatrix) -> float:
     return _mean_where(m, [e < done and m.severity[e] == 0 for e in range(m.n_experiences)])
 
 
-@metric("clean_acc_after", higher_is_better=True, reference=COTTA,
+@metric("clean_acc_after", higher_is_better=True, reference=COTTA, kind="tta",
         description="TTA: accuracy of the adapted model on the clean source test set after the stream")  # fmt: skip
 def clean_acc_after(m: AccuracyMatrix) -> float:
     if not m.online or len(m.clean_after) != 2 or m.clean_after[1] == 0:

@@ -457,3 +457,86 @@ def cifar100_c(
     tta = TTAOptions(setting, n_per_domain, concentration, insert_clean, source_model, source_weights,
                      source_epochs, source_free)
     return _cifar_c("cifar100_c", 100, root, severity, corruptions, clean_root, seed, tta)
+
+
+@SCENARIOS.register(
+    "corrupted",
+    reference="Hendrycks & Dietterich, 'Benchmarking Neural Network Robustness to Common Corruptions and "
+    "Perturbations' (ICLR 2019), corruptions generated on any image scenario's data",
+)
+def corrupted(
+    base: str = "split_cifar10",
+    root: str | None = None,
+    severity: int = 5,
+    corruptions: tuple[str, ...] = C.BENCHMARK_ORDER,
+    seed: int = 0,
+    frost_dir: str | None = None,
+    setting: str = "continual",
+    n_per_domain: int = 0,
+    concentration: float = 0.1,
+    insert_clean: bool = False,
+    source_model: str = "auto",
+    source_weights: str | None = None,
+    source_epochs: int = 5,
+    source_free: bool = False,
+    train_domains: bool = False,
+) -> Scenario:
+    """Any image scenario as a corruption stream: its pooled clean data is the source domain.
+
+    The training sets of every experience of ``base`` form the clean source training data, their test sets
+    the clean test data that each corruption domain corrupts. The images must be stored as uint8 0-255
+    (N, C, H, W), as ``split_cifar10``, ``split_cifar100`` and ``split_mnist`` store them.
+
+    Args:
+        base: Registered image scenario to wrap (e.g. split_cifar10).
+        root: Data folder passed to ``base`` (its ``root``), if set.
+        severity: Corruption severity, 1-5.
+        corruptions: One domain per name, in order (default: the 15 benchmark corruptions).
+        seed: Seeds the corruptions, the image subset and the mixed/correlated orders.
+        frost_dir: Folder with frost1.png ... frost6.jpg; unset = procedural (non-canonical) frost.
+        setting: TTA stream setting: continual, gradual, mixed_domains, reset_each_shift or correlated.
+        n_per_domain: Test images per domain (0 = all).
+        concentration: Dirichlet concentration of the correlated setting.
+        insert_clean: Insert the clean test images between corruption domains.
+        source_model: Source architecture: auto, lenet_bn, cnn_bn or wrn28_10.
+        source_weights: Source checkpoint (state dict or RobustBench file); unset = train on the clean data.
+        source_epochs: Epochs of the source phase.
+        source_free: Give TTA methods no source data.
+        train_domains: In the continual setting, also corrupt the training data (supervised methods).
+
+    Raises:
+        ConfigError: Unknown base, corruption or severity, or a base whose data are not 0-255 images.
+
+    References:
+        Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+            Perturbations" (ICLR 2019).
+    """
+    if base == "corrupted":
+        raise ConfigError("corrupted cannot wrap itself; pass an image scenario, e.g. scenario.base=split_cifar10")
+    _check_stream(tuple(corruptions), severity)
+    inner = SCENARIOS.create(base, **({"root": root} if root is not None else {}))
+    trains = [e.train for e in inner if e.train is not None]
+    tests = [e.test for e in inner]
+    if not trains:
+        raise ConfigError(f"corrupted needs a base scenario with training data (the clean source); {base!r} has none")
+    sample = tests[0]
+    scale = getattr(sample.transform, "scale", 255.0)
+    if sample.x.dtype != torch.uint8 or sample.x.dim() != 4 or sample.x.shape[1] not in (1, 3) or scale != 255.0:
+        raise ConfigError(
+            f"corrupted wraps image scenarios whose images are stored as uint8 0-255 (N, C, H, W) with C = 1 or 3; "
+            f"{base!r} stores {sample.x.dtype} {tuple(sample.x.shape)} scaled by 1/{scale:g}. Use split_cifar10, "
+            f"split_cifar100 or split_mnist (or digits_c for the 8x8 digits)."
+        )
+
+    def pool(parts: list[TensorData]) -> TensorData:
+        return TensorData(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), parts[0].transform)
+
+    # Class-split experiences pool into class-sorted data: shuffle once so the i.i.d. settings are i.i.d.
+    clean_test = pool(tests)
+    clean_test = clean_test.subset(torch.randperm(len(clean_test), generator=torch.Generator().manual_seed(seed)))
+    spec = {"base": base, "base_spec_hash": inner.spec_hash, "base_spec": inner.spec, "test_order": "seeded shuffle"}
+    return corrupted_stream("corrupted", pool(trains), clean_test, corruptions=tuple(corruptions), severity=severity,
+                            seed=seed, frost_dir=frost_dir, spec=spec,
+                            protocol_defaults={"batch_size": 32, "epochs": 1},
+                            tta=TTAOptions(setting, n_per_domain, concentration, insert_clean, source_model,
+                                           source_weights, source_epochs, source_free, train_domains))  # fmt: skip

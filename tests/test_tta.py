@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -65,6 +63,8 @@ def test_tta_metrics_by_hand() -> None:
     assert got["online_error_clean"] == pytest.approx(0.05)
     assert got["clean_acc_after"] == pytest.approx(0.9)
     assert online_errors(m) == pytest.approx([0.1, 0.5, 0.3, 0.05])
+    everything = compute_all(m)  # continual-learning metrics are undefined on an online matrix
+    assert everything["wf_10"] is None and everything["final_acc"] is None and everything["online_error"] is not None
     # an unfinished stream is scored on the finished experiences
     part = _online([(90, 100), (50, 100)], [5, 5], [])
     part.n_experiences = 3
@@ -194,6 +194,8 @@ def test_source_model_is_cached_and_seeded(tmp_path: Path, monkeypatch: pytest.M
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not torch.equal(a.state_dict()["head.weight"], c.state_dict()["head.weight"])
     assert not a.training and a is not b
+    gradual = source_model(SCENARIOS.create("toy_tta", n_domains=1, setting="gradual"), seed=3)
+    assert torch.equal(gradual.state_dict()["head.weight"], a.state_dict()["head.weight"])  # one per source data
 
 
 # -- the runner's TTA path ---------------------------------------------------------------------------------------------
@@ -327,10 +329,40 @@ def test_bn_adapt_beats_source_on_corrupted_mnist(tmp_path: Path) -> None:
     assert err["bn_adapt"] < err["source"] - 0.05
 
 
-def test_cli_bad_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+def test_cli_bad_checkpoint_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cl_bench.cli import main
+
     torch.save({"nothing": torch.zeros(1)}, tmp_path / "w.pt")
-    out = subprocess.run([sys.executable, "-m", "cl_bench.cli", "run", "--scenario", "toy_tta", "--method", "source",
-                          "--set", f"scenario.source_weights={tmp_path / 'w.pt'}", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert out.returncode == 2, out.stderr
-    assert "does not fit the architecture" in out.stderr and "Traceback" not in out.stderr
+    code = main(["run", "--scenario", "toy_tta", "--method", "source", "--set",
+                 f"scenario.source_weights={tmp_path / 'w.pt'}", "--out", str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "does not fit the architecture SmallCNN" in err and "Traceback" not in err
+    assert main(["run", "--scenario", "toy_tta", "--method", "bn_adapt", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "online_error " in table and "clean_acc_after" in table and "forgetting" not in table
+
+
+@pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), reason="real MNIST not available")
+def test_corrupted_wraps_an_image_scenario() -> None:
+    sc = SCENARIOS.create("corrupted", base="split_mnist", root=str(MNIST_DIR), corruptions=("fog", "contrast"),
+                          n_per_domain=100, setting="gradual")  # fmt: skip
+    assert len(sc) == 18 and sc[3].meta == {"corruption": "fog", "severity": 4} and sc.spec["base"] == "split_mnist"
+    assert sc.source is not None and len(sc.source.train) == 8000 and len(sc.source.test) == 2000  # type: ignore[arg-type]
+    labels = sc[0].test.y
+    assert int((labels[1:] != labels[:-1]).sum()) > 50  # pooled class-split data is shuffled, not class-sorted
+    with pytest.raises(ConfigError, match="uint8 0-255"):
+        SCENARIOS.create("corrupted", base="split_digits")
+    with pytest.raises(ConfigError, match="cannot wrap itself"):
+        SCENARIOS.create("corrupted", base="corrupted")
+
+
+def test_source_training_does_not_depend_on_the_global_rng(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cl_bench import tta
+
+    weights = []
+    for noise in (0, 1):
+        monkeypatch.setenv("CL_BENCH_CACHE", str(tmp_path / str(noise)))
+        tta._MEMORY.clear()
+        torch.manual_seed(noise)  # whatever ran before in the process
+        weights.append(source_model(SCENARIOS.create("toy_tta", n_domains=1), seed=0).state_dict()["head.weight"])
+    assert torch.equal(weights[0], weights[1])
