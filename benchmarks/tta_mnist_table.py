@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source-epochs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", default="runs/tta_mnist", help="where run records go")
+    ap.add_argument("--no-flip", action="store_true",
+                    help="flip=false for methods whose augmentation flips images (cotta, rmt, psmt): flips are "
+                    "wrong for digits")  # fmt: skip
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     methods = args.methods or tta_methods()
@@ -89,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                       "source_epochs": args.source_epochs}  # fmt: skip
             for method in methods:
                 t0 = time.perf_counter()
-                spec = RunSpec(method=method, scenario="mnist_c", scenario_config=config,
+                fields = getattr(METHODS.get(method).config_cls, "__dataclass_fields__", {})
+                method_config = {"flip": False} if args.no_flip and "flip" in fields else {}
+                spec = RunSpec(method=method, method_config=method_config, scenario="mnist_c", scenario_config=config,
                                protocol=Protocol(batch_size=args.batch_size), seed=seed)  # fmt: skip
                 rec = run(spec, args.out)
                 dt = time.perf_counter() - t0

@@ -84,7 +84,7 @@ class PSMTConfig(TTAOptimConfig):
 
 @METHODS.register("psmt", reference="Tian & Lyu, 'Parameter-Selective Continual Test-Time Adaptation' (ACCV 2024)")
 class PSMT(Method):
-    """PSMT: mean teacher whose updates are restricted to weights with a high current Fisher information."""
+    """PSMT: mean teacher with a source-Fisher penalty on the student and a Fisher-masked EMA teacher update."""
 
     Config: ClassVar[type] = PSMTConfig
     caps: ClassVar[Caps] = Caps(adapts_at_test=True)

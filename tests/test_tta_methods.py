@@ -318,3 +318,22 @@ def test_ema_teacher_averages_and_holds_masked_weights() -> None:
     expected = torch.stack([start[0, 0], start[0, 1] + 1.0]).view(1, 2)  # 0.75 * w + 0.25 * (w + 4)
     torch.testing.assert_close(teacher.model.weight, expected)
     assert not teacher.model.weight.requires_grad
+
+
+def test_test_batch_norm_is_differentiable_like_training_mode_batch_norm() -> None:
+    from cl_bench.components import PriorBatchNorm
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3, track_running_stats=False)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    prior = PriorBatchNorm(bn)
+    x = torch.randn(8, 3, 4, 4, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    bn(x).pow(2).sum().backward()
+    prior(x2).pow(2).sum().backward()
+    torch.testing.assert_close(x2.grad, x.grad)
+    torch.testing.assert_close(prior.weight.grad, bn.weight.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(prior(x), bn(x))

@@ -10,7 +10,7 @@ from .batchnorm import PriorBatchNorm, batch_norm_layers, use_test_batch_stats
 from .buffer import ReservoirBuffer
 from .ema import EMATeacher
 from .feature_cache import FeatureCache
-from .norm import adapt_only, bn_affine_params, bn_layers, require_bn, use_batch_stats
+from .norm import adapt_only, bn_affine_params, require_bn
 from .penalty import FisherPenalty, diagonal_fisher
 from .pretrained import Encoder, PretrainedConfig
 from .prompts import CodaPrompt, PromptedViT, PromptPool
@@ -41,5 +41,4 @@ __all__ += ["PriorBatchNorm", "batch_norm_layers", "use_test_batch_stats"]
 __all__ += ["EMATeacher", "TTAugment", "make_augment", "ReliableEntropy", "cross_entropy_to", "pseudo_label_fisher",
             "softmax_entropy", "source_batches", "symmetric_cross_entropy", "TTAOptimConfig", "adaptable_copy",
             "clone_source", "generator", "generator_copy", "make_optimizer", "need_source_data",
-            "source_fisher_penalty", "adapt_only", "bn_affine_params", "bn_layers", "require_bn",
-            "use_batch_stats"]  # fmt: skip
+            "source_fisher_penalty", "adapt_only", "bn_affine_params", "require_bn"]  # fmt: skip

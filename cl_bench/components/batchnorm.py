@@ -54,14 +54,15 @@ class PriorBatchNorm(nn.Module):
             a = self.prior_strength / (self.prior_strength + len(x))
             mean = a * self.running_mean + (1 - a) * mean
             var = a * self.running_var + (1 - a) * var
-        # Written out (not F.batch_norm) so gradients flow through the batch statistics, as in training mode.
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.weight is not None:
-            out = out * self.weight.view(shape)
-        if self.bias is not None:
-            out = out + self.bias.view(shape)
-        return out
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            # F.batch_norm cannot differentiate through statistics passed as arguments; gradient-based TTA
+            # methods (Tent, EATA, ...) need the gradient through the batch statistics, so spell it out
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+            if self.weight is not None:
+                out = out * self.weight.view(shape)
+            return out + self.bias.view(shape) if self.bias is not None else out
+        return F.batch_norm(x, mean, var, self.weight, self.bias, training=False, eps=self.eps)
 
 
 def batch_norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

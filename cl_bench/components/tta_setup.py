@@ -19,7 +19,8 @@ from torch import nn
 from cl_bench.errors import ConfigError
 from cl_bench.types import StreamInfo
 
-from .norm import adapt_only, bn_affine_params, require_bn, use_batch_stats
+from .batchnorm import use_test_batch_stats
+from .norm import adapt_only, bn_affine_params, require_bn
 from .penalty import FisherPenalty
 from .tta_losses import pseudo_label_fisher, source_batches
 
@@ -92,7 +93,7 @@ def adaptable_copy(
     """
     model = clone_source(info, method)
     require_bn(model, method)
-    model = use_batch_stats(model).eval()
+    model = use_test_batch_stats(model).eval()
     if train == "norm":
         named = dict(bn_affine_params(model))
         adapt_only(model, list(named.values()))
