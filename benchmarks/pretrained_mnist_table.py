@@ -73,14 +73,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="runs/pretrained_mnist")
     parser.add_argument("--methods", nargs="+", default=["ncm", "ranpac", "slca", "finetune"])
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    backbone = {**BACKBONE, "image_size": args.image_size}
     protocol = Protocol(eval_every=0, eval_subset=0, batch_size=32, epochs=1)
     configs: dict[str, tuple[str, dict[str, Any], type[Method] | None]] = {
-        "ncm": ("ncm", dict(BACKBONE), None),
-        "ranpac": ("ranpac", {**BACKBONE, "projection_dim": 2000}, None),
-        "slca": ("slca", dict(BACKBONE), None),
-        "finetune": ("finetune_pretrained", {**BACKBONE, "feature_cache": False}, PretrainedFinetune),
+        "ncm": ("ncm", dict(backbone), None),
+        "ranpac": ("ranpac", {**backbone, "projection_dim": 2000}, None),
+        "slca": ("slca", dict(backbone), None),
+        "finetune": ("finetune_pretrained", {**backbone, "feature_cache": False}, PretrainedFinetune),
     }
     rows = []
     for label in args.methods:
