@@ -50,15 +50,16 @@ def main() -> None:
     parser.add_argument("--scenario", default="split_digits", choices=["split_digits", "split_mnist"])
     parser.add_argument("--mnist", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     scenario_cfg = {"root": args.mnist, "download": False} if args.scenario == "split_mnist" else {}
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["CL_BENCH_CACHE"] = str(Path(tmp) / "cache")
         uncached, m_plain = sweep(args.scenario, scenario_cfg, args.image_size, False, Path(tmp))
         cached, m_cached = sweep(args.scenario, scenario_cfg, args.image_size, True, Path(tmp))
     same = all(a == b for a, b in zip(m_plain, m_cached, strict=True))
-    print(f"{args.scenario}, {len(SWEEP)} runs, EfficientNet-Lite0 at {args.image_size} px, CPU threads 2")
+    print(f"{args.scenario}, {len(SWEEP)} runs, EfficientNet-Lite0 at {args.image_size} px, {args.threads} threads")
     print(f"uncached {uncached:.1f} s, cached {cached:.1f} s: cached is {uncached / cached:.2f}x faster "
           f"(metrics identical: {same})")  # fmt: skip
 
