@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 #: Rows above this count are computed but not stored (augmented training data would only fill the cache).
-MAX_ROWS = 1_000_000
+MAX_ROWS = 200_000
 
 
 def cache_dir() -> Path:
@@ -76,8 +76,8 @@ class FeatureCache:
         self.path: Path | None = (directory or cache_dir()) / f"{digest}.pt" if persist else None
         self.max_rows = max_rows
         self.index: dict[tuple[int, int], int] = {}
-        self.chunks: list[torch.Tensor] = []
-        self.features: torch.Tensor | None = None
+        # Rows live in a buffer that doubles when full: appending stays amortised O(rows added).
+        self.buffer = torch.zeros(0, 0)
         self.hashes: list[tuple[int, int]] = []
         self.dirty = False
         self.hits = 0
@@ -98,18 +98,20 @@ class FeatureCache:
         new = [i for i, h in enumerate(listed) if h not in self.index]
         if not new:
             return
-        base = len(self.hashes)
+        base, need = len(self.hashes), len(self.hashes) + len(new)
+        if self.buffer.shape[1] != features.shape[1] or need > len(self.buffer):
+            with torch.inference_mode(False):  # a normal tensor: evaluation and training both append to it
+                grown = torch.zeros(max(need, 2 * len(self.buffer), 1024), features.shape[1])
+            if base:
+                grown[:base] = self.buffer[:base]
+            self.buffer = grown
+        self.buffer[base:need] = features[new].to(torch.float32)
         for j, i in enumerate(new):
             self.index[listed[i]] = base + j  # type: ignore[index]
             self.hashes.append(listed[i])  # type: ignore[arg-type]
-        self.chunks.append(features[new].to(torch.float32))
-        self.features = None
 
     def _table(self) -> torch.Tensor:
-        if self.features is None:
-            self.features = torch.cat(self.chunks) if self.chunks else torch.zeros(0, 0)
-            self.chunks = [self.features]
-        return self.features
+        return self.buffer[: len(self.hashes)]
 
     def __len__(self) -> int:
         return len(self.hashes)
