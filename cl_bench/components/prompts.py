@@ -48,22 +48,22 @@ TINY_VIT: dict[str, Any] = {"backbone": "vit_tiny_patch16_224", "image_size": 8,
 _VIT_MODULES = ("timm.models.vision_transformer", "timm.models.deit", "timm.models.vision_transformer_hybrid")
 
 
-def _not_a_vit(method: str, backbone: str, kind: str) -> ConfigError:
+def _not_a_vit(who: str, backbone: str, kind: str) -> ConfigError:
     return ConfigError(
-        f"method {method!r} prompts the attention blocks of a Vision Transformer, but backbone {backbone!r} is "
+        f"{who} works on the attention blocks of a Vision Transformer, but backbone {backbone!r} is "
         f"{kind}. Choose a timm ViT of the VisionTransformer family with a [CLS] token, e.g. "
         f"--set backbone=vit_base_patch16_224 (ViT-B/16, as in the papers) or vit_tiny_patch16_224, with "
         f"--set weights=PATH to its weight file."
     )
 
 
-def require_vit_name(backbone: str, method: str = "this prompt method") -> None:
+def require_vit_name(backbone: str, who: str = "this method") -> None:
     """Raise ConfigError unless timm builds ``backbone`` in its VisionTransformer modules."""
     from timm.models import model_entrypoint
 
     module = model_entrypoint(backbone).__module__
     if module not in _VIT_MODULES:
-        raise _not_a_vit(method, backbone, f"a {module.rsplit('.', 1)[-1]} model")
+        raise _not_a_vit(who, backbone, f"a {module.rsplit('.', 1)[-1]} model")
 
 
 def require_vit(model: nn.Module, method: str, backbone: str) -> None:
@@ -71,7 +71,7 @@ def require_vit(model: nn.Module, method: str, backbone: str) -> None:
     from timm.models.vision_transformer import VisionTransformer
 
     if not (isinstance(model, VisionTransformer) and getattr(model, "cls_token", None) is not None):
-        raise _not_a_vit(method, backbone, f"a {type(model).__name__}")
+        raise _not_a_vit(f"method {method!r}", backbone, f"a {type(model).__name__}")
 
 
 def merge_prefixes(*parts: Prefixes) -> Prefixes:
