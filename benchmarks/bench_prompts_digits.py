@@ -1,8 +1,8 @@
 """The prompt methods end to end on real data: a small ViT pretrained on MNIST, continual on sklearn digits.
 
 No pretrained ViT weights are available offline, so this script makes a small one: a timm
-``vit_tiny_patch16_224`` shrunk to 16 x 16 inputs (patch 4, depth 4, width 64, 4 heads) is trained
-for ``--pretrain-steps`` Adam steps on the MNIST test set (10,000 images, IDX files at
+``vit_tiny_patch16_224`` shrunk to 16 x 16 inputs (patch 4, depth 4, width 48, 3 heads) is trained
+for ``--pretrain-steps`` Adam steps (batch 64) on the MNIST test set (10,000 images, IDX files at
 ``--mnist``; 28 px images resized to 16 px by :class:`BackboneInput`) and saved as a weight file.
 Each method then runs through the real runner on Split-Digits (scikit-learn's 8 x 8 digits, 5
 experiences of 2 classes, class-incremental; a different dataset from the pretraining one), loading
@@ -11,7 +11,7 @@ accuracy and forgetting. Prompt layers are scaled to the 4-block ViT; other defa
 
 Usage::
 
-    python benchmarks/bench_prompts_digits.py [--mnist ../shared/data/mnist] [--epochs 3] [--out /tmp/prompts_digits]
+    python benchmarks/bench_prompts_digits.py [--mnist ../shared/data/mnist] [--epochs 1] [--out /tmp/prompts_digits]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from cl_bench.components import BackboneInput
 from cl_bench.registry import SCENARIOS
 from cl_bench.runner import Protocol, RunSpec, run
 
-VIT = {"image_size": 16, "patch_size": 4, "depth": 4, "embed_dim": 64, "num_heads": 4}
+VIT = {"image_size": 16, "patch_size": 4, "depth": 4, "embed_dim": 48, "num_heads": 3}
 METHOD_CONFIGS: dict[str, dict[str, Any]] = {
     "l2p": {},
     "dualprompt": {"g_layers": (0, 1), "e_layers": (2, 3), "e_pool_size": 5},
@@ -45,16 +45,16 @@ def pretrain(mnist: Path, steps: int, out: Path) -> Path:
     x = torch.cat([d.batch(slice(None))[0] for d in data])
     y = torch.cat([d.y for d in data])
     torch.manual_seed(0)
-    kw = {"img_size": 16, "patch_size": 4, "depth": 4, "embed_dim": 64, "num_heads": 4}
+    kw = {"img_size": VIT["image_size"], **{k: v for k, v in VIT.items() if k != "image_size"}}
     vit = create_backbone("vit_tiny_patch16_224", None, **kw)
     adapt = BackboneInput.for_backbone(vit, 16).for_stream(data[0].transform)
     x = adapt(x)
-    head = torch.nn.Linear(64, 10)
+    head = torch.nn.Linear(VIT["embed_dim"], 10)
     opt = torch.optim.Adam([*vit.parameters(), *head.parameters()], lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     vit.train()
     for _ in range(steps):
-        idx = torch.randint(len(x), (128,), generator=gen)
+        idx = torch.randint(len(x), (64,), generator=gen)
         loss = F.cross_entropy(head(vit(x[idx])), y[idx])
         opt.zero_grad()
         loss.backward()
@@ -71,8 +71,8 @@ def pretrain(mnist: Path, steps: int, out: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mnist", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
-    ap.add_argument("--pretrain-steps", type=int, default=600)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--pretrain-steps", type=int, default=300)
+    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", default="/tmp/prompts_digits")
     ap.add_argument("--methods", nargs="*", default=list(METHOD_CONFIGS))
