@@ -128,6 +128,14 @@ def test_prompt_method_on_a_non_vit_backbone_is_a_user_error(capsys: pytest.Capt
     err = capsys.readouterr().err
     assert code == 2, err
     assert "VisionTransformer family" in err and "resnet18" in err and "Traceback" not in err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # stopped before any run started
+
+
+def test_a_non_vit_that_passes_the_name_check_is_still_caught_at_setup() -> None:
+    from cl_bench.components.prompts import require_vit
+
+    with pytest.raises(ConfigError, match="is a ResNet"):
+        require_vit(create_backbone("resnet18"), "l2p", "resnet18")
 
 
 def test_dualprompt_needs_an_expert_prompt_per_experience() -> None:

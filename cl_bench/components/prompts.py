@@ -44,18 +44,34 @@ TINY_VIT: dict[str, Any] = {"backbone": "vit_tiny_patch16_224", "image_size": 8,
                             "embed_dim": 32, "num_heads": 2}  # fmt: skip
 
 
+# timm modules whose models are (subclasses of) ``VisionTransformer``: a name-level check before any run.
+_VIT_MODULES = ("timm.models.vision_transformer", "timm.models.deit", "timm.models.vision_transformer_hybrid")
+
+
+def _not_a_vit(who: str, backbone: str, kind: str) -> ConfigError:
+    return ConfigError(
+        f"{who} works on the attention blocks of a Vision Transformer, but backbone {backbone!r} is "
+        f"{kind}. Choose a timm ViT of the VisionTransformer family with a [CLS] token, e.g. "
+        f"--set backbone=vit_base_patch16_224 (ViT-B/16, as in the papers) or vit_tiny_patch16_224, with "
+        f"--set weights=PATH to its weight file."
+    )
+
+
+def require_vit_name(backbone: str, who: str = "this method") -> None:
+    """Raise ConfigError unless timm builds ``backbone`` in its VisionTransformer modules."""
+    from timm.models import model_entrypoint
+
+    module = model_entrypoint(backbone).__module__
+    if module not in _VIT_MODULES:
+        raise _not_a_vit(who, backbone, f"a {module.rsplit('.', 1)[-1]} model")
+
+
 def require_vit(model: nn.Module, method: str, backbone: str) -> None:
     """Raise ConfigError unless ``model`` is a timm VisionTransformer with a [CLS] token."""
     from timm.models.vision_transformer import VisionTransformer
 
-    if isinstance(model, VisionTransformer) and getattr(model, "cls_token", None) is not None:
-        return
-    raise ConfigError(
-        f"method {method!r} prompts the attention blocks of a Vision Transformer, but backbone {backbone!r} is a "
-        f"{type(model).__name__}. Choose a timm ViT of the VisionTransformer family with a [CLS] token, e.g. "
-        f"--set backbone=vit_base_patch16_224 (ViT-B/16, as in the papers) or vit_tiny_patch16_224, with "
-        f"--set weights=PATH to its weight file."
-    )
+    if not (isinstance(model, VisionTransformer) and getattr(model, "cls_token", None) is not None):
+        raise _not_a_vit(f"method {method!r}", backbone, f"a {type(model).__name__}")
 
 
 def merge_prefixes(*parts: Prefixes) -> Prefixes:
@@ -323,6 +339,7 @@ class ViTConfig:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 (or None for the architecture's own), got {value}")
         check_backbone_name(self.backbone)  # unknown names fail before any run starts
+        require_vit_name(self.backbone)  # and so do non-ViT architectures
 
     def backbone_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``timm.create_model`` from the set overrides."""
@@ -430,4 +447,4 @@ class ViTPromptMethod(Method):
 
 
 __all__ = ["TINY_VIT", "CodaPrompt", "PromptPool", "PromptedViT", "Prefixes", "ViTConfig", "ViTPromptMethod",
-           "gram_schmidt_", "merge_prefixes", "ortho_penalty", "require_vit"]  # fmt: skip
+           "gram_schmidt_", "merge_prefixes", "ortho_penalty", "require_vit", "require_vit_name"]  # fmt: skip
