@@ -7,6 +7,7 @@ importing Avalanche itself takes most of this module's time.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,11 @@ from cl_bench.testing import check_method  # noqa: E402
 from cl_bench.types import TensorData  # noqa: E402
 
 PER_ITERATION = Protocol(eval_every=1, eval_subset=0)  # the toy stream's own 4 epochs of batch 16
-# GEM solves a quadratic programme per step over its memories: a small memory keeps the test quick.
-STRATEGIES = [("avalanche:GEM", {"patterns_per_exp": 16}), ("avalanche:LwF", {}), ("avalanche:SI", {}),
-              ("avalanche:DER", {"mem_size": 60}), ("avalanche:Replay", {})]  # fmt: skip
+# GEM solves a quadratic programme over its memories' gradients at every step: a small memory and
+# network keep it quick.
+STRATEGIES = [("avalanche:GEM", {"patterns_per_exp": 16, "hidden_size": 64, "hidden_layers": 1}),
+              ("avalanche:LwF", {}), ("avalanche:SI", {}), ("avalanche:DER", {"mem_size": 60}),
+              ("avalanche:Replay", {})]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +115,11 @@ def test_unknown_strategy_names_close_matches(name: str, meant: str) -> None:
     assert name not in METHODS.names()
 
 
-def test_unknown_builtin_name_mentions_the_bridge() -> None:
+def test_unknown_builtin_name_and_list_mention_the_bridge(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(UserError, match="avalanche:NAME"):
         METHODS.get("gemm")
+    assert main(["list", "scenarios"]) == 0
+    assert "avalanche:NAME     any scenario of avalanche" in capsys.readouterr().out
 
 
 def test_checkpoint_and_resume_are_refused(tmp_path: Path) -> None:
@@ -183,9 +188,11 @@ def test_metrics_agree_with_avalanches_on_identical_predictions(tmp_path: Path) 
         """Avalanche evaluates the same model on the same test sets right before cl_bench's boundary eval."""
 
         def avalanche_evaluator(self) -> Any:
-            return EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
-                                    forgetting_metrics(experience=True, stream=True), bwt_metrics(stream=True),
-                                    loggers=[])  # fmt: skip
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "no loggers specified": the test reads the metrics itself
+                return EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
+                                        forgetting_metrics(experience=True, stream=True), bwt_metrics(stream=True),
+                                        loggers=[])  # fmt: skip
 
         def end_experience(self, exp: Any) -> None:
             self.strategy.eval(test_stream)
