@@ -167,12 +167,13 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
 
-def build_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
-    """The optimiser ``cfg`` asks for, over the trainable parameters of ``net``."""
+def build_network(cfg: TrainConfig, info: StreamInfo) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The network (on ``info.device``) and optimiser that ``cfg`` asks for, for the stream ``info`` describes."""
+    net = build_model(cfg.model, info.input_shape, info.n_classes, cfg.hidden_size, cfg.hidden_layers).to(info.device)
     params = [p for p in net.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return net, torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return net, torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 class SupervisedMethod(Method):
@@ -188,12 +189,10 @@ class SupervisedMethod(Method):
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
-        cfg = self.config
         self.device = torch.device(info.device)
-        self.net: nn.Module = build_model(
-            cfg.model, info.input_shape, info.n_classes, cfg.hidden_size, cfg.hidden_layers
-        ).to(self.device)
-        self.opt: torch.optim.Optimizer = build_optimizer(cfg, self.net)
+        self.net: nn.Module
+        self.opt: torch.optim.Optimizer
+        self.net, self.opt = build_network(self.config, info)
         self.task_classes = torch.zeros(info.n_experiences, info.n_classes, dtype=torch.bool, device=self.device)
 
     def begin_experience(self, exp: Experience) -> None:

@@ -36,8 +36,7 @@ from torch import nn
 
 from cl_bench.config import coerce, config_to_dict
 from cl_bench.errors import ConfigError, DataError, UserError
-from cl_bench.method import Caps, IterationCallback, Method, TrainConfig, build_optimizer
-from cl_bench.models import build_model
+from cl_bench.method import Caps, IterationCallback, Method, TrainConfig, build_network
 from cl_bench.registry import METHODS, SCENARIOS, Entry
 from cl_bench.types import Experience, PredictContext, Scenario, StreamInfo, TensorData
 
@@ -240,12 +239,8 @@ class AvalancheStrategy(Method):
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
-        cfg = self.config
         self.device = torch.device(info.device)
-        self.net: nn.Module = build_model(
-            cfg.model, info.input_shape, info.n_classes, cfg.hidden_size, cfg.hidden_layers
-        ).to(self.device)
-        self.opt = build_optimizer(cfg, self.net)
+        self.net, self.opt = build_network(self.config, info)  # the same network and optimiser as native methods
         self.strategy: Any = None  # built at the first experience, when the protocol's batch size is known
         self._plugin: Any = None
 
