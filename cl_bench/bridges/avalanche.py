@@ -533,8 +533,9 @@ def _benchmark_entry(name: str) -> Entry[Any]:
                 f"needs internet; otherwise put the files where it looks (--set scenario.dataset_root=DIR, in "
                 f"the layout torchvision/Avalanche expect) and run again."
             ) from None
-        spec = {"dataset": f"{PREFIX}:{name}", "params": config_to_dict(config(**kwargs)),
-                "avalanche": _avalanche().__version__}  # fmt: skip
+        # Where the files live does not change the stream: roots stay out of the spec (and its hash).
+        given = {k: v for k, v in config_to_dict(config(**kwargs)).items() if "root" not in k}
+        spec = {"dataset": f"{PREFIX}:{name}", "params": given, "avalanche": _avalanche().__version__}
         return scenario_from_benchmark(bm, f"{PREFIX}:{name}", spec)
 
     build.__doc__ = f"Avalanche's classic benchmark {name}, as tensors."
