@@ -173,6 +173,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             params = ", ".join(f"{k}: {t}" for k, t in registry.parameters(entry.name).items())
             print(textwrap.fill(params or "(no parameters)", width=100, initial_indent=" " * 19 + "set: ",
                                 subsequent_indent=" " * 24))  # fmt: skip
+    for prefix in registry.bridges():  # other libraries' names, resolved (and imported) only when used
+        print(f"{prefix + ':NAME':<18} any {registry.kind} of {prefix}, through the cl_bench bridge (docs/{prefix}.md)")
     return 0
 
 

@@ -7,6 +7,7 @@ everything with state is built in :meth:`Method.setup`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -28,6 +29,11 @@ class Caps:
         memory: "none" (stores no examples), "bounded" (``memory_size()`` stays
             within ``memory_budget()``) or "unbounded" (e.g. joint training).
         pretrained_backbone: Starts from pretrained weights.
+        drives_loop: Runs its own training loop (:meth:`Method.train_experience`, e.g. a
+            strategy of another library) instead of receiving batches through ``observe``;
+            it reports each iteration to the runner, which evaluates on the usual schedule.
+        resumable: ``state_dict``/``load_state_dict`` capture everything, so checkpoints work
+            (False: the runner refuses ``checkpoint_every`` and ``resume`` with a clear message).
         exceptions: Conformance checks the method is exempt from, each with a reason.
     """
 
@@ -35,7 +41,35 @@ class Caps:
     adapts_at_test: bool = False
     memory: Literal["none", "bounded", "unbounded"] = "none"
     pretrained_backbone: bool = False
+    drives_loop: bool = False
+    resumable: bool = True
     exceptions: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class IterationCallback:
+    """What a method that drives its own loop (``caps.drives_loop``) gets from the runner.
+
+    The loop must train on ``batch_size`` examples per iteration for ``epochs`` passes
+    (the run's protocol), and call the callback after every optimiser step; the runner
+    then counts the iteration and runs any evaluation due, exactly as for ``observe``.
+
+    Attributes:
+        batch_size: Training mini-batch size of the run.
+        epochs: Passes over each experience.
+        seed: The run seed (for the loop's shuffling).
+        report: ``report(loss, last)``: called after each iteration with its loss;
+            ``last`` is True for the experience's final iteration (whose evaluation is
+            the boundary evaluation that follows the loop).
+    """
+
+    batch_size: int
+    epochs: int
+    seed: int
+    report: Callable[[float, bool], None]
+
+    def __call__(self, loss: float, last: bool) -> None:
+        self.report(loss, last)
 
 
 @dataclass(frozen=True)
@@ -76,6 +110,14 @@ class Method:
     def observe(self, batch: Batch) -> dict[str, Any]:
         """Learn from one labelled batch; return scalars to log (``loss`` at least)."""
         raise NotImplementedError(f"{type(self).__name__} does not train on labelled batches")
+
+    def train_experience(self, exp: Experience, callback: IterationCallback) -> None:
+        """Train on ``exp`` in the method's own loop (only with ``caps.drives_loop``).
+
+        Called between :meth:`begin_experience` and :meth:`end_experience` instead of
+        :meth:`observe`; ``callback(loss, last)`` must follow every training iteration.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not drive its own training loop")
 
     def end_experience(self, exp: Experience) -> None:
         """Called after the last batch of ``exp`` (consolidation, memory update)."""
@@ -133,6 +175,15 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
 
+def build_network(cfg: TrainConfig, info: StreamInfo) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The network (on ``info.device``) and optimiser that ``cfg`` asks for, for the stream ``info`` describes."""
+    net = build_model(cfg.model, info.input_shape, info.n_classes, cfg.hidden_size, cfg.hidden_layers).to(info.device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return net, torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return net, torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
 class SupervisedMethod(Method):
     """A network trained by gradient steps on cross-entropy, plus a regulariser hook.
 
@@ -146,16 +197,10 @@ class SupervisedMethod(Method):
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
-        cfg = self.config
         self.device = torch.device(info.device)
-        self.net: nn.Module = build_model(
-            cfg.model, info.input_shape, info.n_classes, cfg.hidden_size, cfg.hidden_layers
-        ).to(self.device)
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        if cfg.optimizer == "adam":
-            self.opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.net: nn.Module
+        self.opt: torch.optim.Optimizer
+        self.net, self.opt = build_network(self.config, info)
         self.task_classes = torch.zeros(info.n_experiences, info.n_classes, dtype=torch.bool, device=self.device)
 
     def begin_experience(self, exp: Experience) -> None:

@@ -82,6 +82,8 @@ class Registry(Generic[T]):
         self._builtin = builtin
         self._sync = sync
         self._entries: dict[str, Entry[T]] = {}
+        self._bridges: dict[str, Callable[[str], Entry[T]]] = {}
+        self._bridged: dict[str, Entry[T]] = {}  # resolved bridge names (not listed by names())
         self._loaded = False
         self._loading = False
 
@@ -116,6 +118,38 @@ class Registry(Generic[T]):
             config_cls = None
         desc = description or _first_line(getattr(obj, "__doc__", None))
         self._entries[name] = Entry(name, obj, config_cls, desc, reference)
+
+    def add_bridge(self, prefix: str, resolver: Callable[[str], Entry[T]]) -> None:
+        """Resolve every name ``"<prefix>:<rest>"`` through ``resolver(rest)`` (e.g. ``avalanche:GEM``).
+
+        A bridge exposes another library's objects without listing them up front: the
+        resolver runs on first lookup (so the other library is imported only when one of
+        its names is used) and raises a :class:`UserError` naming close matches for a
+        name it does not know. Resolved entries are cached but not listed by :meth:`names`.
+
+        Raises:
+            ValueError: If ``prefix`` is taken or contains ``':'``.
+        """
+        if prefix in self._bridges or ":" in prefix or not prefix:
+            raise ValueError(f"{self.kind} bridge prefix {prefix!r} is empty, contains ':' or is registered twice")
+        self._bridges[prefix] = resolver
+
+    def bridges(self) -> list[str]:
+        """Sorted prefixes of the registered bridges."""
+        self._load()
+        return sorted(self._bridges)
+
+    def _resolve_bridged(self, name: str) -> Entry[T] | None:
+        if name in self._bridged:
+            return self._bridged[name]
+        prefix, sep, rest = name.partition(":")
+        if not sep or prefix not in self._bridges:
+            return None
+        if not rest:
+            raise UserError(f"{self.kind} {name!r} names nothing after '{prefix}:'; write {prefix}:NAME")
+        entry = self._bridges[prefix](rest)
+        self._bridged[name] = dataclasses.replace(entry, name=name)
+        return self._bridged[name]
 
     def _load(self) -> None:
         if self._loaded or self._loading:
@@ -162,7 +196,7 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         self._load()
-        return name in self._entries
+        return name in self._entries or name in self._bridged
 
     def get(self, name: str) -> Entry[T]:
         """The entry called ``name``.
@@ -172,11 +206,16 @@ class Registry(Generic[T]):
         """
         self._load()
         if name not in self._entries:
+            bridged = self._resolve_bridged(name)
+            if bridged is not None:
+                return bridged
             close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            other = ", ".join(f"{p}:NAME" for p in sorted(self._bridges))
             raise UserError(
                 f"unknown {self.kind} {name!r}.{hint} Run `cl-bench list {self.kind}s` to see all "
-                f"{len(self._entries)} registered {self.kind}s."
+                f"{len(self._entries)} registered {self.kind}s"
+                + (f"; other libraries' {self.kind}s are named {other}." if other else ".")
             )
         return self._entries[name]
 
@@ -219,6 +258,8 @@ def _sync_metrics(registry: Registry[Any]) -> None:
             registry._entries[name] = Entry(name, spec.fn, None, spec.description, spec.reference)
 
 
-METHODS: Registry[Any] = Registry("method", "cl_bench.methods", ("cl_bench.methods",))
-SCENARIOS: Registry[Any] = Registry("scenario", "cl_bench.scenarios", ("cl_bench.scenarios",))
+# cl_bench.bridges registers resolvers for names of other libraries (avalanche:GEM); it imports no
+# other library itself, so loading it costs nothing until such a name is used.
+METHODS: Registry[Any] = Registry("method", "cl_bench.methods", ("cl_bench.methods", "cl_bench.bridges"))
+SCENARIOS: Registry[Any] = Registry("scenario", "cl_bench.scenarios", ("cl_bench.scenarios", "cl_bench.bridges"))
 METRICS: Registry[Any] = Registry("metric", "cl_bench.metrics", ("cl_bench.metrics",), sync=_sync_metrics)

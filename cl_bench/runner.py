@@ -31,12 +31,12 @@ from . import __version__
 from .config import build_config, config_to_dict
 from .errors import DivergenceError, UserError
 from .evaluator import Evaluator
-from .method import Method
+from .method import IterationCallback, Method
 from .plots import plot_accuracy_curves
 from .record import RECORD_FILE, SCHEMA_VERSION, git_sha, load_record, write_record
 from .registry import METHODS, SCENARIOS
 from .tta import TTA_BATCH_SIZE, source_model
-from .types import Batch, PredictContext, Scenario, StreamInfo, spec_hash
+from .types import Batch, Experience, PredictContext, Scenario, StreamInfo, spec_hash
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -225,6 +225,13 @@ class _Run:
                 protocol = dataclasses.replace(protocol, batch_size=self.scenario.protocol_defaults.get(
                     "tta_batch_size", TTA_BATCH_SIZE))  # fmt: skip
         self.protocol = protocol.resolve(self.scenario)
+        if checkpoint_every and not caps.resumable:
+            raise UserError(
+                f"method {spec.method!r} cannot be checkpointed (caps.resumable is False: its state lives "
+                f"outside cl_bench, e.g. in another library's training strategy), so --checkpoint-every and "
+                f"--resume are not supported for it. Run it without --checkpoint-every; a killed run has to "
+                f"start again."
+            )
         if caps.task_id_at_test and self.scenario.setting != "task_il":
             raise UserError(
                 f"method {spec.method!r} needs task ids at test time, which only the task-incremental "
@@ -385,7 +392,9 @@ class _Run:
             if not (self.begun and e == start_e):
                 self.position, self.begun = (e, 0, 0), True
                 self.method.begin_experience(exp)
-            data = self.method.train_data(exp)
+            if self.method.caps.drives_loop:
+                self._drive_experience(exp)
+            data = None if self.method.caps.drives_loop else self.method.train_data(exp)
             if data is not None and len(data) > 0:
                 data = data.to(device)
                 n = len(data)
@@ -492,9 +501,30 @@ class _Run:
         if task_id is not None:
             task_ids = data.t[idx] if data.t is not None else torch.full_like(y, task_id)
         out = self.method.observe(Batch(x, y, task_ids, e))
-        self.iteration += 1
-        loss = float(out["loss"])
         self.cost["train_seconds"] += time.perf_counter() - t0
+        self._count_iteration(float(out["loss"]), e)
+
+    def _drive_experience(self, exp: Experience) -> None:
+        """Train ``exp`` in the method's own loop, evaluating on the same schedule as :meth:`_train`."""
+        e = exp.index
+        mark = time.perf_counter()
+
+        def report(loss: float, last: bool) -> None:
+            nonlocal mark
+            self.cost["train_seconds"] += time.perf_counter() - mark
+            self._count_iteration(float(loss), e)
+            if self.evaluator.due(self.iteration) and not last:
+                self._eval(full=False, n_seen=e + 1)
+            if self.stop_after is not None and self.iteration >= self.stop_after:
+                raise RunInterrupted(f"stopped after iteration {self.iteration} (stop_after)")
+            mark = time.perf_counter()
+
+        callback = IterationCallback(self.protocol.batch_size, self.protocol.epochs, self.spec.seed, report)
+        self.method.train_experience(exp, callback)
+        self.cost["train_seconds"] += time.perf_counter() - mark
+
+    def _count_iteration(self, loss: float, e: int) -> None:
+        self.iteration += 1
         self.last_loss = loss
         if self._bar is not None:
             self._bar.update(1)
@@ -511,7 +541,8 @@ def run_id_for(spec: RunSpec) -> str:
     """Deterministic run id: the same spec always maps to the same directory."""
     blob = {"method": spec.method, "mc": spec.method_config, "scenario": spec.scenario,
             "sc": spec.scenario_config, "protocol": spec.protocol.to_dict(), "seed": spec.seed}  # fmt: skip
-    return f"{spec.scenario}-{spec.method}-s{spec.seed}-{spec_hash(blob)[:8]}"
+    # ':' (bridged names such as avalanche:GEM) is not allowed in Windows paths nor in many tools' ids.
+    return f"{spec.scenario}-{spec.method}-s{spec.seed}-{spec_hash(blob)[:8]}".replace(":", "_")
 
 
 def _drive(r: _Run, state: dict[str, Any] | None) -> dict[str, Any]:
@@ -613,13 +644,18 @@ def resume(
     record = load_record(run_dir)
     if record["status"] == "completed":
         return record
+    spec = spec_from_record(record)
+    if not (method_cls or METHODS.get(spec.method).obj).caps.resumable:
+        raise UserError(
+            f"{run_dir} is a run of {spec.method!r}, which cannot be checkpointed or resumed (caps.resumable "
+            f"is False); run it again from the start"
+        )
     ckpt = run_dir / CHECKPOINT_FILE
     if not ckpt.exists():
         raise UserError(
             f"{run_dir} has no checkpoint to resume from (it was run without --checkpoint-every, or failed "
             f"before the first one); run it again from the start"
         )
-    spec = spec_from_record(record)
     every = checkpoint_every if checkpoint_every is not None else record["request"].get("checkpoint_every", 0)
     r = _Run(spec, run_dir, every, progress, method_cls, stop_after)
     # A process killed inside an atomic write leaves its temporary file; the write it belonged to

@@ -67,7 +67,7 @@ from typing import Any
 import torch
 
 from .config import build_config, config_to_dict
-from .method import Method
+from .method import IterationCallback, Method
 from .record import matrix_of
 from .registry import METHODS, SCENARIOS
 from .runner import Protocol, RunInterrupted, RunSpec, resume, run
@@ -438,6 +438,16 @@ def _instrument(cls: type[Method], mon: _Monitor) -> type[Method]:
                 out = super().observe(batch)
             mon.memory(self, "observe")
             return out
+
+        def train_experience(self, exp: Experience, callback: IterationCallback) -> None:
+            # A method driving its own loop (caps.drives_loop) reports each step through the callback.
+            def report(loss: float, last: bool) -> None:
+                mon.steps += 1
+                mon.memory(self, "a training iteration")
+                callback(loss, last)
+
+            with mon.inside("train_experience"):
+                super().train_experience(mon.guarded(exp), dataclasses.replace(callback, report=report))
 
         def end_experience(self, exp: Experience) -> None:
             with mon.inside("end_experience"):
