@@ -24,6 +24,8 @@ from .errors import UserError
 from .record import RECORD_FILE, RecordError, load_record
 
 DEFAULT_METRICS = ("final_acc", "avg_incremental_acc", "forgetting", "min_acc", "wc_acc", "stability_gap")
+#: Shown instead of (or, for a mix of records, besides) the defaults for test-time adaptation records.
+TTA_METRICS = ("online_error", "online_error_max_severity", "online_error_clean", "clean_acc_after")
 TUNE_FILE = "tune.json"
 
 
@@ -208,6 +210,12 @@ def build_board(
         raise UserError(f"unknown metrics {unknown}; see `cl-bench list metrics` ({', '.join(METRIC_SPECS)})")
     paths = list(paths)
     good, skipped = load_records(paths)
+    if tuple(metrics) == DEFAULT_METRICS and good:
+        tta = [bool(rec["accuracy_matrix"].get("online")) for _, rec in good]
+        if all(tta):
+            metrics, rank_by = TTA_METRICS, rank_by or TTA_METRICS[0]
+        elif any(tta):
+            metrics = (*DEFAULT_METRICS, *TTA_METRICS)
     groups: dict[tuple[str, str, str], Group] = {}
     rows: dict[tuple[tuple[str, str, str], str], Row] = {}
     for path, rec in good:

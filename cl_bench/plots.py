@@ -28,6 +28,8 @@ def plot_accuracy_curves(record: dict[str, Any], path: str | Path) -> Path:
         The path written.
     """
     m = AccuracyMatrix.from_dict(record["accuracy_matrix"])
+    if m.online:
+        return _plot_online_error(record, m, Path(path))
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     cmap = plt.get_cmap("tab10" if m.n_experiences <= 10 else "tab20")
     for e in range(m.n_experiences):
@@ -99,6 +101,31 @@ def plot_overlay(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _plot_online_error(record: dict[str, Any], m: AccuracyMatrix, path: Path) -> Path:
+    """Test-time adaptation records: online error of each experience (domain) in stream order."""
+    from cl_bench.metrics.tta import online_errors
+
+    errs = online_errors(m)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    xs = list(range(len(errs)))
+    ax.plot(xs, errs, marker="o", ms=3, lw=1.2, label="online error")
+    clean = [e for e in xs if m.severity[e] == 0]
+    if clean:
+        ax.plot(clean, [errs[e] for e in clean], "s", color="tab:green", ms=5, label="clean source images")
+    ax.set_xlabel("experience (domain) in stream order")
+    ax.set_ylabel("online error")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{record['method']['name']} on {record['scenario']['name']} (seed {record['seed']})")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, format="png")
     plt.close(fig)

@@ -35,7 +35,8 @@ from .method import IterationCallback, Method
 from .plots import plot_accuracy_curves
 from .record import RECORD_FILE, SCHEMA_VERSION, git_sha, load_record, write_record
 from .registry import METHODS, SCENARIOS
-from .types import Batch, Experience, Scenario, StreamInfo, spec_hash
+from .tta import TTA_BATCH_SIZE, source_model
+from .types import Batch, Experience, PredictContext, Scenario, StreamInfo, spec_hash
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -56,6 +57,12 @@ class Protocol:
         batch_size: Training mini-batch size (None = the scenario's default, else 32).
         epochs: Passes over each experience (None = the scenario's default, else 1).
         eval_batch_size: Examples per forward call during evaluation.
+        online: Single-pass online protocol (Aljundi et al., "Gradient based sample selection for online
+            continual learning", NeurIPS 2019; Mai et al., "Online continual learning in image
+            classification: an empirical survey", Neurocomputing 2022): every training example is seen
+            exactly once (one epoch, whatever the scenario's default), ``eval_every`` still counts
+            training iterations. ``epochs`` other than 1 is refused. Experiences whose ``meta`` sets
+            ``stream_order`` (the ``blurry`` stream) are consumed in their stored order instead of shuffled.
     """
 
     eval_every: int = 1
@@ -63,6 +70,7 @@ class Protocol:
     batch_size: int | None = None
     epochs: int | None = None
     eval_batch_size: int = 1024
+    online: bool = False
 
     def __post_init__(self) -> None:
         for name in ("eval_every", "eval_subset"):
@@ -72,6 +80,23 @@ class Protocol:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.online and self.epochs not in (None, 1):
+            raise ValueError(
+                f"online=true means a single pass over the stream (each example seen once), so epochs must be 1 "
+                f"or unset, got {self.epochs}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The protocol as run records and run ids store it.
+
+        Fields added after the first record schema (``online``) appear only when they differ from their
+        default, so records, run ids and golden references made before they existed stay unchanged.
+        """
+        d = dataclasses.asdict(self)
+        for name in _LATER_FIELDS:
+            if d[name] == _PROTOCOL_DEFAULTS[name]:
+                del d[name]
+        return d
 
     def resolve(self, scenario: Scenario) -> Protocol:
         """Fill unset fields from the scenario's defaults, then global ones."""
@@ -79,8 +104,12 @@ class Protocol:
         return dataclasses.replace(
             self,
             batch_size=self.batch_size or d.get("batch_size", 32),
-            epochs=self.epochs or d.get("epochs", 1),
+            epochs=1 if self.online else self.epochs or d.get("epochs", 1),
         )
+
+
+_LATER_FIELDS = ("online",)
+_PROTOCOL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Protocol)}
 
 
 @dataclass(frozen=True)
@@ -180,7 +209,6 @@ class _Run:
             self.method_config = build_config(method_cls.Config, spec.method_config, owner)
         self.scenario_config = SCENARIOS.config(spec.scenario, spec.scenario_config)
         self.scenario: Scenario = SCENARIOS.create(spec.scenario, **spec.scenario_config)
-        self.protocol = spec.protocol.resolve(self.scenario)
         self.method: Method = method_cls(self.method_config)
         caps = self.method.caps
         if checkpoint_every and not caps.resumable:
@@ -190,6 +218,20 @@ class _Run:
                 f"--resume are not supported for it. Run it without --checkpoint-every; a killed run has to "
                 f"start again."
             )
+        # Test-time adaptation methods run the TTA protocol (source phase, then online adaptation).
+        self.tta = caps.adapts_at_test
+        protocol = spec.protocol
+        if self.tta:
+            if self.scenario.source is None:
+                raise UserError(
+                    f"method {spec.method!r} adapts at test time and needs a test-time adaptation stream (a "
+                    f"scenario with a clean source domain: cifar10_c, cifar100_c, mnist_c, digits_c, corrupted "
+                    f"or toy_tta); {spec.scenario!r} is not one. Pick one of these with --scenario."
+                )
+            if protocol.batch_size is None:
+                protocol = dataclasses.replace(protocol, batch_size=self.scenario.protocol_defaults.get(
+                    "tta_batch_size", TTA_BATCH_SIZE))  # fmt: skip
+        self.protocol = protocol.resolve(self.scenario)
         if caps.task_id_at_test and self.scenario.setting != "task_il":
             raise UserError(
                 f"method {spec.method!r} needs task ids at test time, which only the task-incremental "
@@ -209,6 +251,7 @@ class _Run:
         self.begun = False  # whether begin_experience ran for position[0]
         self.cost = {"train_seconds": 0.0, "eval_seconds": 0.0}
         self.last_loss = math.nan
+        self.tta_partial = [0, 0]  # online [correct, total] of the current TTA experience so far
 
     # -- records ------------------------------------------------------------------------------------------
     def record(self, status: str, error: str | None = None) -> dict[str, Any]:
@@ -217,9 +260,10 @@ class _Run:
             "schema_version": SCHEMA_VERSION,
             "run_id": self.run_dir.name,
             "status": status,
-            "method": {"name": self.spec.method, "config": config_to_dict(self.method_config)},
+            "method": {"name": self.spec.method, "config": config_to_dict(self.method_config),
+                       **self.method.record_extras()},
             "scenario": {"name": self.spec.scenario, "spec": self.scenario.spec, "spec_hash": self.scenario.spec_hash},
-            "protocol": {**dataclasses.asdict(self.protocol), "setting": self.scenario.setting},
+            "protocol": {**self.protocol.to_dict(), "setting": self.scenario.setting},
             "seed": self.spec.seed,
             "accuracy_matrix": matrix.to_dict(),
             "metrics": compute_all(matrix),
@@ -227,6 +271,7 @@ class _Run:
                 "train_seconds": round(self.cost["train_seconds"], 3),
                 "eval_seconds": round(self.cost["eval_seconds"], 3),
                 "peak_rss_mb": peak_rss_mb(),
+                **({"source_seconds": self.cost["source_seconds"]} if "source_seconds" in self.cost else {}),
             },
             "env": {
                 "cl_bench": __version__, "torch": torch.__version__, "device": self.spec.device,
@@ -234,7 +279,7 @@ class _Run:
             },  # fmt: skip
             "request": {
                 "method_config": self.spec.method_config, "scenario_config": self.spec.scenario_config,
-                "protocol": dataclasses.asdict(self.spec.protocol), "device": self.spec.device,
+                "protocol": self.spec.protocol.to_dict(), "device": self.spec.device,
                 "checkpoint_every": self.checkpoint_every,
             },  # fmt: skip
             "error": error,
@@ -249,6 +294,7 @@ class _Run:
             "method": self.method.state_dict(),
             "rng": _rng_state(),
             "cost": dict(self.cost),
+            "tta_partial": list(self.tta_partial),
         }
         tmp = self.run_dir / f".{CHECKPOINT_FILE}.tmp"
         torch.save(state, tmp)
@@ -265,12 +311,19 @@ class _Run:
     def start(self, state: dict[str, Any] | None) -> None:
         info = StreamInfo(
             self.scenario.input_shape, self.scenario.n_classes, len(self.scenario), self.scenario.setting,
-            self.spec.device,
+            self.spec.device, input_transform=self.scenario[0].test.transform,
         )  # fmt: skip
+        if self.tta:
+            info = self._tta_info(info)
+        self.info = info
         _seed_everything(self.spec.seed)
         self.method.setup(info, self.spec.seed)
         if state is None:
-            self._eval(full=True, n_seen=0)
+            if self.tta:
+                self.evaluator.matrix.online = True
+                self.evaluator.matrix.severity = [int(e.meta.get("severity", 0)) for e in self.scenario]
+            else:
+                self._eval(full=True, n_seen=0)
             return
         from cl_bench.metrics import AccuracyMatrix
 
@@ -278,7 +331,10 @@ class _Run:
         self.position = tuple(state["position"])
         self.cost = state["cost"]
         self.evaluator.matrix = AccuracyMatrix.from_dict(state["matrix"], len(self.scenario))
-        if state["begun"]:
+        self.tta_partial = list(state.get("tta_partial", [0, 0]))
+        if state["begun"] and self.tta:
+            self.begun = True  # TTA methods never see experiences: nothing to replay
+        elif state["begun"]:
             # begin_experience may re-reference the experience's data; the saved state then overrides it.
             self.method.begin_experience(self.scenario[self.position[0]])
             self.begun = True
@@ -294,7 +350,19 @@ class _Run:
             if row:
                 self._bar.set_postfix(acc=f"{sum(row) / len(row):.3f}", loss=f"{self.last_loss:.3f}", refresh=False)
 
+    def _tta_info(self, info: StreamInfo) -> StreamInfo:
+        """``info`` with the source model (trained or loaded: the source phase) and the source data."""
+        src = self.scenario.source
+        assert src is not None
+        t0 = time.perf_counter()
+        model = source_model(self.scenario, self.spec.seed, self.spec.device)
+        self.cost["source_seconds"] = round(time.perf_counter() - t0, 3)
+        data = None if src.free or src.train is None else src.train.to(self.spec.device)
+        return dataclasses.replace(info, source_model=model, source_data=data)
+
     def _iterations(self, e: int) -> int:
+        if self.tta:
+            return math.ceil(len(self.scenario[e].test) / self.protocol.batch_size)
         data = self.scenario[e].train
         n = len(data) if data is not None else 0
         return self.protocol.epochs * math.ceil(n / self.protocol.batch_size)
@@ -309,7 +377,7 @@ class _Run:
             if self.progress else None
         )  # fmt: skip
         try:
-            self._train()
+            self._adapt_stream() if self.tta else self._train()
         finally:
             if self._bar is not None:
                 self._bar.close()
@@ -335,12 +403,17 @@ class _Run:
                 for epoch in range(first_epoch, epochs):
                     gen = torch.Generator().manual_seed(_shuffle_seed(self.spec.seed, e, epoch))
                     perm = torch.randperm(n, generator=gen).to(device)
+                    if self.protocol.online and exp.meta.get("stream_order"):
+                        # A task-free stream that defines its order (e.g. blurry boundaries) is consumed in it.
+                        perm = torch.arange(n, device=device)
                     first_b = start_b if (e == start_e and epoch == start_epoch) else 0
+                    ahead = self._prefetch(data, perm, range(first_b, n_batches), e, epoch)
                     for b in range(first_b, n_batches):
                         aug = None
-                        if data.augment is not None:
+                        if data.augment is not None and ahead is None:
                             aug = torch.Generator().manual_seed(_augment_seed(self.spec.seed, e, epoch, b))
-                        self._step(data, perm[b * bs : (b + 1) * bs], e, exp.task_id if task_il else None, aug)
+                        self._step(data, perm[b * bs : (b + 1) * bs], e, exp.task_id if task_il else None, aug,
+                                   ahead)  # fmt: skip
                         last = epoch == epochs - 1 and b == n_batches - 1
                         self.position = (e, epoch, b + 1) if b + 1 < n_batches else (e, epoch + 1, 0)
                         if self.evaluator.due(self.iteration) and not last:
@@ -354,11 +427,76 @@ class _Run:
             self.evaluator.matrix.mark_boundary(self.evaluator.matrix.n_points - 1)
             self.position, self.begun = (e + 1, 0, 0), False
 
+    def _prefetch(self, data: Any, perm: torch.Tensor, batches: range, e: int, epoch: int) -> Any:
+        # File-backed data (cl_bench.filedata.FileData) decodes batches ahead in DataLoader workers; the
+        # augmentation seeds are the same per-batch seeds as for tensors, so results do not depend on it.
+        if not hasattr(data, "iter_batches"):
+            return None
+        bs = self.protocol.batch_size
+        seeds = [_augment_seed(self.spec.seed, e, epoch, b) if data.augment is not None else None for b in batches]
+        return iter(data.iter_batches([perm[b * bs : (b + 1) * bs] for b in batches], seeds))
+
+    def _adapt_stream(self) -> None:
+        """The TTA loop: every test batch goes through ``adapt``; errors count on its pre-update prediction."""
+        bs = self.protocol.batch_size
+        device = torch.device(self.spec.device)
+        matrix = self.evaluator.matrix
+        src = self.scenario.source
+        assert src is not None
+        start_e, _, start_b = self.position
+        for e in range(start_e, len(self.scenario)):
+            exp = self.scenario[e]
+            if not (self.begun and e == start_e):
+                if src.reset_each_shift and e > 0 and exp.meta.get("corruption") != self.scenario[e - 1].meta.get(
+                        "corruption"):  # fmt: skip
+                    # Reset = a fresh copy of the source model and fresh optimiser/teacher state.
+                    self.method.setup(self.info, self.spec.seed)
+                self.position, self.begun, self.tta_partial = (e, 0, 0), True, [0, 0]
+            data = exp.test.to(device)
+            n_batches = math.ceil(len(data) / bs)
+            for b in range(start_b if e == start_e else 0, n_batches):
+                t0 = time.perf_counter()
+                x, y = data.batch(slice(b * bs, (b + 1) * bs))
+                logits = self.method.adapt(x)
+                if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (len(x), self.scenario.n_classes):
+                    shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                    raise RuntimeError(f"{self.spec.method}.adapt returned {shape}; expected logits of shape "
+                                       f"{(len(x), self.scenario.n_classes)}")  # fmt: skip
+                self.tta_partial[0] += int((logits.argmax(1) == y).sum())
+                self.tta_partial[1] += len(y)
+                self.iteration += 1
+                self.cost["train_seconds"] += time.perf_counter() - t0
+                if self._bar is not None:
+                    self._bar.update(1)
+                self.position = (e, 0, b + 1)
+                if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self.stop_after is not None and self.iteration >= self.stop_after:
+                    raise RunInterrupted(f"stopped after iteration {self.iteration} (stop_after)")
+            correct, total = [0] * len(self.scenario), [0] * len(self.scenario)
+            correct[e], total[e] = self.tta_partial
+            matrix.mark_boundary(matrix.add_point(self.iteration, correct, total))
+            self.position, self.begun, self.tta_partial = (e + 1, 0, 0), False, [0, 0]
+        if src.test is not None and len(src.test) and not matrix.clean_after:
+            t0 = time.perf_counter()
+            matrix.clean_after = self._clean_counts(src.test.to(device))
+            self.cost["eval_seconds"] += time.perf_counter() - t0
+
+    def _clean_counts(self, data: Any) -> list[int]:
+        """``[correct, total]`` of ``predict`` (which changes nothing) on the clean source test set."""
+        correct, bs = 0, self.protocol.eval_batch_size
+        with torch.inference_mode():
+            for b in range(math.ceil(len(data) / bs)):
+                x, y = data.batch(slice(b * bs, (b + 1) * bs))
+                correct += int((self.method.predict(x, PredictContext()).argmax(1) == y).sum())
+        return [correct, len(data)]
+
     def _step(
-        self, data: Any, idx: torch.Tensor, e: int, task_id: int | None, aug: torch.Generator | None = None
-    ) -> None:
+        self, data: Any, idx: torch.Tensor, e: int, task_id: int | None, aug: torch.Generator | None = None,
+        ahead: Any = None,
+    ) -> None:  # fmt: skip
         t0 = time.perf_counter()
-        x, y = data.batch(idx, generator=aug)
+        x, y = next(ahead) if ahead is not None else data.batch(idx, generator=aug)
         task_ids = None
         if task_id is not None:
             task_ids = data.t[idx] if data.t is not None else torch.full_like(y, task_id)
@@ -402,7 +540,7 @@ class _Run:
 def run_id_for(spec: RunSpec) -> str:
     """Deterministic run id: the same spec always maps to the same directory."""
     blob = {"method": spec.method, "mc": spec.method_config, "scenario": spec.scenario,
-            "sc": spec.scenario_config, "protocol": dataclasses.asdict(spec.protocol), "seed": spec.seed}  # fmt: skip
+            "sc": spec.scenario_config, "protocol": spec.protocol.to_dict(), "seed": spec.seed}  # fmt: skip
     # ':' (bridged names such as avalanche:GEM) is not allowed in Windows paths nor in many tools' ids.
     return f"{spec.scenario}-{spec.method}-s{spec.seed}-{spec_hash(blob)[:8]}".replace(":", "_")
 

@@ -19,7 +19,17 @@ check_predict_pure        ``predict`` changes no state (unless ``caps.adapts_at_
 check_memory_budget       ``memory_size()`` is 0 for ``caps.memory == "none"`` and within
                           ``memory_budget()`` for ``"bounded"``, after every step
 check_beats_chance        after each experience, accuracy on it beats 1/#classes + 0.1
+check_pre_update          TTA only: ``adapt(x)`` returns what ``predict(x)`` gave just before
+                          it (the prediction made before updating on x)
 ========================  =================================================================
+
+Methods with ``caps.adapts_at_test`` run the test-time adaptation path instead: the registered
+``toy_tta`` stream (shifted Gaussian blobs, three domains, a tiny BatchNorm CNN as source model)
+through the runner's TTA protocol. There ``check_protocol`` also checks the shape of every ``adapt``
+output and that the shared ``info.source_model`` is never changed (methods deep-copy it);
+``check_predict_pure`` checks that ``predict`` changes no state; ``check_beats_chance`` asks the
+online accuracy of each domain to beat chance + 0.1; ``check_resume`` interrupts the stream mid-domain;
+``check_no_peeking`` does not apply (a TTA method only ever sees unlabelled test batches).
 
 The method runs through the real runner (:func:`cl_bench.runner.run` / :func:`~cl_bench.runner.resume`
 with ``method_cls``) with per-iteration evaluation, class-incrementally unless it needs task ids at
@@ -70,6 +80,9 @@ CHANCE_MARGIN = 0.1
 #: Interruptions of ``check_resume``: checkpoint every 5 iterations, stop after 22 (the last
 #: checkpoint then falls on the last batch of experience 0) and after 33 (mid experience 1).
 RESUME_EVERY, RESUME_STOPS = 5, (22, 33)
+#: The same for the TTA path (9 adapt batches on toy_tta): stops mid-domain 1 and right after a
+#: checkpoint taken on the last batch of domain 1.
+TTA_RESUME_EVERY, TTA_RESUME_STOPS = 2, (4, 7)
 
 
 def toy_scenario(setting: str = "class_il", seed: int = 0) -> Scenario:
@@ -235,6 +248,9 @@ class _Monitor:
         self.hook = "outside the method's hooks"
         self.steps = 0
         self.predict_calls = 0
+        self.adapt_calls = 0
+        self.source_ref: torch.nn.Module | None = None  # the shared source model (TTA)
+        self.source_snapshot: Any = None
         self._guarded: dict[int, Experience] = {}
 
     def fail(self, check: str, message: str, *, hook: str | None = None, raise_: bool = False) -> None:
@@ -306,7 +322,7 @@ class _Monitor:
 
     def _predict(self, method: Method, predict: Callable[..., torch.Tensor], x: torch.Tensor,
                  ctx: PredictContext) -> torch.Tensor:  # fmt: skip
-        pure = "check_predict_pure" in self.enabled and not self.caps.adapts_at_test
+        pure = "check_predict_pure" in self.enabled
         before = _snapshot(method.state_dict()) if pure else None
         out = predict(x, ctx)
         if pure:
@@ -322,8 +338,46 @@ class _Monitor:
                           f"expected [N, n_classes] = {[len(x), self.n_classes]}")  # fmt: skip
             elif not bool(torch.isfinite(out).all()):
                 self.fail("check_protocol", "predict returned non-finite logits")
-        if "check_no_peeking" in self.enabled and not self.violations.get("check_no_peeking"):
+        if "check_no_peeking" in self.enabled and not self.violations.get("check_no_peeking") and \
+                not self.caps.adapts_at_test:  # fmt: skip
             self._independence(method, predict, x, ctx, out)
+        return out
+
+    def source(self, info: StreamInfo) -> None:
+        """Remember the shared source model as first given to setup, to check nobody changes it."""
+        if self.source_ref is None and info.source_model is not None:
+            self.source_ref = info.source_model
+            self.source_snapshot = _snapshot(info.source_model.state_dict())
+
+    def adapt(self, method: Method, adapt: Callable[[torch.Tensor], torch.Tensor],
+              predict: Callable[..., torch.Tensor], x: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        from .runner import _rng_state, _set_rng_state
+
+        self.adapt_calls += 1
+        expected = None
+        if "check_pre_update" in self.enabled:
+            rng = _rng_state()  # predict may draw random numbers (augmentations); adapt then draws the same
+            with self.inside("predict before adapt"), torch.no_grad():
+                expected = predict(x, PredictContext())
+            _set_rng_state(rng)
+        with self.inside("adapt"):
+            out = adapt(x)
+        if "check_protocol" in self.enabled:
+            if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+                self.fail("check_protocol", f"adapt returned {type(out).__name__}, not a float tensor", hook="adapt")
+                return out
+            if tuple(out.shape) != (len(x), self.n_classes):
+                self.fail("check_protocol", f"adapt returned shape {tuple(out.shape)}, expected [N, n_classes] = "
+                          f"{[len(x), self.n_classes]}", hook="adapt")  # fmt: skip
+            elif not bool(torch.isfinite(out).all()):
+                self.fail("check_protocol", "adapt returned non-finite logits", hook="adapt")
+        if expected is not None and isinstance(out, torch.Tensor):
+            same = out.shape == expected.shape and bool(torch.allclose(out.detach(), expected, rtol=1e-4, atol=1e-5))
+            if not same:
+                self.fail("check_pre_update", f"adapt call {self.adapt_calls} returned logits that differ from "
+                          f"predict(x) called just before it: adapt must return the prediction made before "
+                          f"updating on x", hook="adapt")  # fmt: skip
+        self.memory(method, "adapt")
         return out
 
     def _independence(self, method: Method, predict: Callable[..., torch.Tensor], x: torch.Tensor,
@@ -365,6 +419,7 @@ def _instrument(cls: type[Method], mon: _Monitor) -> type[Method]:
     class Monitored(cls):  # type: ignore[valid-type, misc]
         def setup(self, info: StreamInfo, seed: int) -> None:
             mon.method = self
+            mon.source(info)
             with mon.inside("setup"):
                 super().setup(info, seed)
 
@@ -402,6 +457,9 @@ def _instrument(cls: type[Method], mon: _Monitor) -> type[Method]:
         def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
             return mon.predict(self, super().predict, x, ctx)
 
+        def adapt(self, x: torch.Tensor) -> torch.Tensor:
+            return mon.adapt(self, super().adapt, super().predict, x)
+
     Monitored.__name__ = Monitored.__qualname__ = f"Monitored{cls.__name__}"
     return Monitored
 
@@ -418,10 +476,14 @@ class _Context:
         self.enabled = enabled
         self.out = out
         self.setting = setting
-        self.scenario = toy_scenario(self.setting)
+        self.tta = bool(cls.caps.adapts_at_test)
+        self.scenario = SCENARIOS.create("toy_tta") if self.tta else toy_scenario(self.setting)
         self._cache: dict[str, Any] = {}
 
     def spec(self, seed: int = 0) -> RunSpec:
+        if self.tta:
+            return RunSpec(method=self.name, method_config=self.config, scenario="toy_tta", protocol=PROTOCOL,
+                           seed=seed, device=self.device)  # fmt: skip
         return RunSpec(method=self.name, method_config=self.config, scenario="toy",
                        scenario_config={"setting": self.setting}, protocol=PROTOCOL, seed=seed,
                        device=self.device)  # fmt: skip
@@ -506,20 +568,35 @@ def check_protocol(ctx: _Context) -> str:
     """The full protocol runs and predict returns finite logits of shape [N, n_classes]."""
     msg = ctx.monitored_check("check_protocol")
     mon = ctx.monitored()[0]
+    if ctx.tta:
+        n_batches = sum(-(-len(e.test) // 16) for e in ctx.scenario)  # toy_tta's TTA batch size is 16
+        assert mon.adapt_calls == n_batches, f"adapt was called {mon.adapt_calls} times, expected {n_batches}"
+        assert mon.source_ref is not None, "setup never received a source model"
+        diff = _difference(mon.source_snapshot, mon.source_ref.state_dict())
+        assert diff is None, (f"the shared info.source_model changed ({diff}): setup must deep-copy it "
+                              f"before adapting")  # fmt: skip
+        return msg
     assert mon.predict_calls > 0, "predict was never called"
     return msg
 
 
 def check_no_peeking(ctx: _Context) -> str:
     """No test data, no future experience, no task ids without caps; predictions depend on x only."""
+    if ctx.tta:
+        return "not applicable: a test-time adaptation method only sees unlabelled test batches"
     return ctx.monitored_check("check_no_peeking")
 
 
 def check_predict_pure(ctx: _Context) -> str:
-    """predict changes no state unless caps.adapts_at_test."""
-    if ctx.cls.caps.adapts_at_test:
-        return "not applicable: caps.adapts_at_test"
+    """predict changes no state (TTA methods too: only adapt may)."""
     return ctx.monitored_check("check_predict_pure")
+
+
+def check_pre_update(ctx: _Context) -> str:
+    """TTA: adapt(x) returns the logits predict(x) gave just before it (the pre-update prediction)."""
+    if not ctx.tta:
+        return "not applicable: the method does not adapt at test time"
+    return ctx.monitored_check("check_pre_update")
 
 
 def check_memory_budget(ctx: _Context) -> str:
@@ -540,14 +617,14 @@ def check_resume(ctx: _Context) -> str:
     expected = ctx.plain_run(0)["accuracy_matrix"]
     out = ctx.out / "resume"
     stops = 0
+    every, points = (TTA_RESUME_EVERY, TTA_RESUME_STOPS) if ctx.tta else (RESUME_EVERY, RESUME_STOPS)
     try:
-        record = run(ctx.spec(), out, checkpoint_every=RESUME_EVERY, method_cls=ctx.cls,
-                     stop_after=RESUME_STOPS[0])  # fmt: skip
+        record = run(ctx.spec(), out, checkpoint_every=every, method_cls=ctx.cls, stop_after=points[0])
     except RunInterrupted:
         stops += 1
         run_dir = next(out.iterdir())
         try:
-            record = resume(run_dir, method_cls=ctx.cls, stop_after=RESUME_STOPS[1])
+            record = resume(run_dir, method_cls=ctx.cls, stop_after=points[1])
         except RunInterrupted:
             stops += 1
             record = resume(run_dir, method_cls=ctx.cls)
@@ -560,6 +637,14 @@ def check_beats_chance(ctx: _Context) -> str:
     """At each experience boundary, accuracy on that experience beats 1/#classes + CHANCE_MARGIN."""
     matrix = matrix_of(ctx.plain_run(0))
     accs = []
+    if ctx.tta:
+        for exp in ctx.scenario:
+            acc = matrix.acc(matrix.boundary[exp.index], exp.index)
+            bar = 1 / ctx.scenario.n_classes + CHANCE_MARGIN
+            assert acc > bar, (f"online accuracy on domain {exp.index} is {acc:.3f}, not above chance + "
+                               f"{CHANCE_MARGIN} = {bar:.3f}")  # fmt: skip
+            accs.append(f"{acc:.2f}")
+        return f"online accuracies {', '.join(accs)}"
     for exp in ctx.scenario:
         acc = matrix.acc(matrix.boundary[exp.index], exp.index)
         bar = 1 / len(exp.classes) + CHANCE_MARGIN
@@ -586,7 +671,7 @@ def _assert_same_matrix(a: dict[str, Any], b: dict[str, Any], what: str) -> None
 
 
 _ALL = (check_config_roundtrip, check_protocol, check_no_peeking, check_deterministic, check_resume,
-        check_predict_pure, check_memory_budget, check_beats_chance)  # fmt: skip
+        check_predict_pure, check_memory_budget, check_beats_chance, check_pre_update)  # fmt: skip
 #: Every check, by name, in the order the suite runs them.
 CHECKS: dict[str, Callable[[_Context], str]] = {f.__name__: f for f in _ALL}
 

@@ -106,6 +106,17 @@ class TensorData:
         t = None if self.t is None else self.t[idx]
         return TensorData(self.x[idx], self.y[idx], self.transform, t, self.augment)
 
+    @staticmethod
+    def concat(parts: Sequence[TensorData]) -> TensorData:
+        """One dataset holding ``parts`` in order (transform and augmentation of the first part).
+
+        Per-example task ids are kept only when every part has them.
+        """
+        t = None if any(p.t is None for p in parts) else torch.cat([p.t for p in parts])  # type: ignore[misc]
+        first = parts[0]
+        return TensorData(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), first.transform, t,
+                          first.augment)  # fmt: skip
+
     def to(self, device: torch.device | str) -> TensorData:
         """A copy whose tensors live on ``device``."""
         t = None if self.t is None else self.t.to(device)
@@ -156,6 +167,8 @@ class Scenario(Sequence[Experience]):
         setting: "class_il", "task_il" or "domain_il".
         protocol_defaults: Training-protocol values this stream is usually run
             with (e.g. ``{"epochs": 5}``); explicit protocol values win.
+        source: Test-time adaptation streams only: the clean source domain and how the
+            source model is obtained (see :class:`SourceDomain`); None for other streams.
     """
 
     def __init__(
@@ -166,6 +179,7 @@ class Scenario(Sequence[Experience]):
         n_classes: int,
         setting: str,
         protocol_defaults: dict[str, Any] | None = None,
+        source: SourceDomain | None = None,
     ) -> None:
         if setting not in SETTINGS:
             raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
@@ -175,6 +189,7 @@ class Scenario(Sequence[Experience]):
         self.n_classes = n_classes
         self.setting = setting
         self.protocol_defaults = dict(protocol_defaults or {})
+        self.source = source
 
     @property
     def spec_hash(self) -> str:
@@ -197,6 +212,30 @@ class Scenario(Sequence[Experience]):
 
 
 @dataclass(frozen=True)
+class SourceDomain:
+    """The clean source side of a test-time adaptation stream.
+
+    Attributes:
+        train: Labelled clean source training data (None when only a checkpoint is available).
+        test: Clean held-out source data: accuracy on it after the stream measures forgetting
+            (None when unavailable).
+        model: Source architecture name (``cl_bench.models.SOURCE_MODELS``; "auto" picks by input shape).
+        weights: Checkpoint file of the source model; None = train it on ``train`` in the source phase.
+        epochs: Epochs of the source phase when training.
+        free: Source-free mode: methods get no source data (``StreamInfo.source_data`` is None).
+        reset_each_shift: The runner resets the method (``setup`` again) at each domain shift.
+    """
+
+    train: TensorData | None
+    test: TensorData | None
+    model: str = "auto"
+    weights: str | None = None
+    epochs: int = 5
+    free: bool = False
+    reset_each_shift: bool = False
+
+
+@dataclass(frozen=True)
 class StreamInfo:
     """What a method may know before training: no data, no future classes.
 
@@ -210,6 +249,8 @@ class StreamInfo:
             (shared by every method on a stream; a method deep-copies it before changing it).
         source_data: Test-time adaptation only: the labelled clean source training data, for methods
             that use source statistics (Fisher information, class prototypes, source replay).
+        input_transform: The stream's batch transform (e.g. a :class:`Standardize`), so methods on
+            pretrained backbones can undo the stream's normalisation and apply the backbone's.
     """
 
     input_shape: tuple[int, ...]
@@ -219,6 +260,7 @@ class StreamInfo:
     device: str = "cpu"
     source_model: torch.nn.Module | None = None
     source_data: TensorData | None = None
+    input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass

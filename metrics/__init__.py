@@ -4,6 +4,7 @@ This is the ground floor: nothing here imports the rest of cl_bench or torch.
 """
 
 from . import functions as functions  # noqa: F401  (registers the built-in metrics)
+from . import tta as tta  # noqa: F401  (registers the test-time adaptation metrics)
 from .matrix import AccuracyMatrix
 from .spec import METRIC_SPECS, MetricSpec, compute_all, metric
 

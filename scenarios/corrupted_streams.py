@@ -13,6 +13,8 @@ RMT / CoTTA) at severity 5.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +22,47 @@ import torch
 
 from cl_bench.errors import ConfigError, DataError
 from cl_bench.registry import SCENARIOS
-from cl_bench.types import Experience, Scenario, Standardize, TensorData
+from cl_bench.tta import TTA_BATCH_SIZE, tta_experiences, tta_spec
+from cl_bench.types import Scenario, SourceDomain, Standardize, TensorData
 
 from . import corruptions as C
 
 _TITLE = {"cifar10_c": "CIFAR-10-C", "cifar100_c": "CIFAR-100-C"}
 _CIFAR_TRANSFORM = Standardize(scale=255.0)  # [0, 1] inputs, the RobustBench convention for CIFAR-10-C models
+
+
+@dataclass(frozen=True)
+class TTAOptions:
+    """The test-time adaptation options every corruption stream takes (see :mod:`cl_bench.tta`).
+
+    Attributes:
+        setting: continual, gradual, mixed_domains, reset_each_shift or correlated.
+        n_per_domain: Test images per domain (0 = all).
+        concentration: Dirichlet concentration of the correlated setting (RoTTA's default 0.1).
+        insert_clean: Insert the clean test images between corruption domains.
+        source_model: Source architecture ("auto": lenet_bn for 1x28x28, cnn_bn otherwise; wrn28_10).
+        source_weights: Source checkpoint file (a state dict or RobustBench file); None = train it.
+        source_epochs: Epochs of the source phase when training.
+        source_free: Methods get no source data.
+        train_domains: In the continual setting, also corrupt the training split (for supervised methods).
+    """
+
+    setting: str = "continual"
+    n_per_domain: int = 0
+    concentration: float = 0.1
+    insert_clean: bool = False
+    source_model: str = "auto"
+    source_weights: str | None = None
+    source_epochs: int = 5
+    source_free: bool = False
+    train_domains: bool = True
+
+    def source(self, train: TensorData | None, test: TensorData | None) -> SourceDomain:
+        """The source domain of a stream whose clean data is ``train``/``test``."""
+        if self.source_epochs < 1:
+            raise ConfigError(f"source_epochs must be >= 1, got {self.source_epochs}")
+        return SourceDomain(train, test, self.source_model, self.source_weights, self.source_epochs,
+                            self.source_free, self.setting == "reset_each_shift")  # fmt: skip
 
 
 def _check_stream(corruptions: tuple[str, ...], severity: int) -> None:
@@ -55,8 +92,13 @@ def corrupted_stream(
     frost_dir: str | None,
     spec: dict[str, object],
     protocol_defaults: dict[str, object] | None = None,
+    tta: TTAOptions | None = None,
 ) -> Scenario:
     """A domain-incremental stream of ``train``/``test`` (uint8 NCHW, 0-255) under each corruption in turn.
+
+    The stream is also a test-time adaptation stream (its clean ``train``/``test`` are the source domain);
+    ``tta`` chooses its setting. Only the ``continual`` setting with ``tta.train_domains`` corrupts the
+    training split too (for supervised continual methods); every other setting is test-only.
 
     Args:
         name: Scenario name.
@@ -77,18 +119,36 @@ def corrupted_stream(
             Perturbations" (ICLR 2019).
     """
     _check_stream(corruptions, severity)
+    tta = tta or TTAOptions()
     n_classes = int(max(train.y.max(), test.y.max())) + 1
-    experiences = []
-    for i, corruption in enumerate(corruptions):
-        tx = _corrupt_nchw(train.x, corruption, severity, _domain_seed(seed, i, 0), frost_dir)
-        sx = _corrupt_nchw(test.x, corruption, severity, _domain_seed(seed, i, 1), frost_dir)
-        meta = {"corruption": corruption, "severity": severity}
-        tr_data, te_data = TensorData(tx, train.y, train.transform), TensorData(sx, test.y, test.transform)
-        experiences.append(Experience(i, tr_data, te_data, tuple(range(n_classes)), None, meta))
+
+    def domain_data(corruption: str, sev: int, keep: torch.Tensor) -> TensorData:
+        i = corruptions.index(corruption)
+        seed_ = _domain_seed(seed, i, 1) if sev == severity else _domain_seed(seed, i, 10 + sev)
+        sx = _corrupt_nchw(test.x[keep], corruption, sev, seed_, frost_dir)
+        return TensorData(sx, test.y[keep], test.transform)
+
+    experiences = tta_experiences(tta.setting, corruptions, severity, domain_data, len(test), n_classes,
+                                  clean=test, insert_clean=tta.insert_clean, n_per_domain=tta.n_per_domain,
+                                  concentration=tta.concentration, seed=seed)  # fmt: skip
+    if tta.setting == "continual" and tta.train_domains:
+        # Supervised continual methods train on the corrupted training split of each domain.
+        for k, exp in enumerate(experiences):
+            c = exp.meta["corruption"]
+            if c == "none":
+                experiences[k] = dataclasses.replace(exp, train=train)
+                continue
+            i = corruptions.index(c)
+            tx = _corrupt_nchw(train.x, c, severity, _domain_seed(seed, i, 0), frost_dir)
+            experiences[k] = dataclasses.replace(exp, train=TensorData(tx, train.y, train.transform))
     full_spec = {**spec, "corruptions": list(corruptions), "severity": severity, "seed": seed,
                  "corruption_impl": "cl_bench.scenarios.corruptions (make_cifar_c.py CIFAR-scale parameters)",
-                 "frost": C.describe("frost", frost_dir) if "frost" in corruptions else None}  # fmt: skip
-    return Scenario(name, experiences, full_spec, n_classes, "domain_il", protocol_defaults)
+                 "frost": C.describe("frost", frost_dir) if "frost" in corruptions else None,
+                 "train_domains": tta.setting == "continual" and tta.train_domains,
+                 **tta_spec(tta.setting, tta.n_per_domain, tta.concentration, tta.insert_clean, seed,
+                            tta.source(train, test))}  # fmt: skip
+    defaults = {**(protocol_defaults or {}), "tta_batch_size": TTA_BATCH_SIZE}
+    return Scenario(name, experiences, full_spec, n_classes, "domain_il", defaults, tta.source(train, test))
 
 
 @SCENARIOS.register(
@@ -102,6 +162,15 @@ def digits_c(
     seed: int = 0,
     frost_dir: str | None = None,
     test_fraction: float = 0.2,
+    setting: str = "continual",
+    n_per_domain: int = 0,
+    concentration: float = 0.1,
+    insert_clean: bool = False,
+    source_model: str = "auto",
+    source_weights: str | None = None,
+    source_epochs: int = 5,
+    source_free: bool = False,
+    train_domains: bool = True,
 ) -> Scenario:
     """Digits-C: sklearn's 8x8 digits under one corruption per experience (domain-incremental, 10 classes).
 
@@ -114,6 +183,15 @@ def digits_c(
         seed: Seeds the corruptions.
         frost_dir: Folder with frost1.png ... frost6.jpg; unset = procedural (non-canonical) frost.
         test_fraction: Share of each class held out (the split of ``split_digits``).
+        setting: TTA stream setting: continual, gradual, mixed_domains, reset_each_shift or correlated.
+        n_per_domain: Test images per domain (0 = all).
+        concentration: Dirichlet concentration of the correlated setting.
+        insert_clean: Insert the clean test images between corruption domains.
+        source_model: Source architecture: auto, lenet_bn, cnn_bn or wrn28_10.
+        source_weights: Source checkpoint (state dict or RobustBench file); unset = train on the clean data.
+        source_epochs: Epochs of the source phase.
+        source_free: Give TTA methods no source data.
+        train_domains: In the continual setting, also corrupt the training split (supervised methods).
 
     References:
         Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
@@ -134,7 +212,9 @@ def digits_c(
             "transform": "x/255, standardize(0.3, 0.4)"}  # fmt: skip
     return corrupted_stream("digits_c", TensorData(x[tr], y[tr], transform), TensorData(x[te], y[te], transform),
                             corruptions=tuple(corruptions), severity=severity, seed=seed, frost_dir=frost_dir,
-                            spec=spec, protocol_defaults={"batch_size": 10, "epochs": 1})  # fmt: skip
+                            spec=spec, protocol_defaults={"batch_size": 10, "epochs": 1},
+                            tta=TTAOptions(setting, n_per_domain, concentration, insert_clean, source_model,
+                                           source_weights, source_epochs, source_free, train_domains))  # fmt: skip
 
 
 @SCENARIOS.register(
@@ -149,6 +229,15 @@ def mnist_c(
     seed: int = 0,
     frost_dir: str | None = None,
     download: bool = True,
+    setting: str = "continual",
+    n_per_domain: int = 0,
+    concentration: float = 0.1,
+    insert_clean: bool = False,
+    source_model: str = "auto",
+    source_weights: str | None = None,
+    source_epochs: int = 5,
+    source_free: bool = False,
+    train_domains: bool = True,
 ) -> Scenario:
     """MNIST under one generated corruption per experience (domain-incremental, 10 classes).
 
@@ -162,6 +251,15 @@ def mnist_c(
         seed: Seeds the corruptions.
         frost_dir: Folder with frost1.png ... frost6.jpg; unset = procedural (non-canonical) frost.
         download: Try torchvision's download when the files are missing.
+        setting: TTA stream setting: continual, gradual, mixed_domains, reset_each_shift or correlated.
+        n_per_domain: Test images per domain (0 = all).
+        concentration: Dirichlet concentration of the correlated setting.
+        insert_clean: Insert the clean test images between corruption domains.
+        source_model: Source architecture: auto, lenet_bn, cnn_bn or wrn28_10.
+        source_weights: Source checkpoint (state dict or RobustBench file); unset = train on the clean data.
+        source_epochs: Epochs of the source phase.
+        source_free: Give TTA methods no source data.
+        train_domains: In the continual setting, also corrupt the training split (supervised methods).
 
     References:
         Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
@@ -174,7 +272,9 @@ def mnist_c(
     train, test, spec = load_mnist(root, download)
     return corrupted_stream("mnist_c", train, test, corruptions=tuple(corruptions), severity=severity, seed=seed,
                             frost_dir=frost_dir, spec=spec,
-                            protocol_defaults={"batch_size": 32, "epochs": 1})  # fmt: skip
+                            protocol_defaults={"batch_size": 32, "epochs": 1},
+                            tta=TTAOptions(setting, n_per_domain, concentration, insert_clean, source_model,
+                                           source_weights, source_epochs, source_free, train_domains))  # fmt: skip
 
 
 # -- released CIFAR-10-C / CIFAR-100-C files -------------------------------------------------------------------------
@@ -235,15 +335,34 @@ def _load(path: Path, dataset: str) -> np.ndarray:
         raise DataError(f"cannot read {path} ({err}); the file is corrupt — fetch it again") from None
 
 
-def _cifar_c(name: str, n_classes: int, root: str | None, severity: int, corruptions: tuple[str, ...]) -> Scenario:
-    tests, spec = load_cifar_c(root, name, tuple(corruptions), severity)
-    for t in tests:
-        if len(t.y) and int(t.y.max()) >= n_classes:
-            raise DataError(f"labels.npy of {name} goes up to {int(t.y.max())}; expected labels 0-{n_classes - 1}")
-    experiences = [Experience(i, None, t, tuple(range(n_classes)), None, {"corruption": c, "severity": severity})
-                   for i, (c, t) in enumerate(zip(corruptions, tests, strict=True))]  # fmt: skip
-    spec = {**spec, "corruptions": list(corruptions), "severity": severity}
-    return Scenario(name, experiences, spec, n_classes, "domain_il", {"batch_size": 200})
+def _cifar_c(name: str, n_classes: int, root: str | None, severity: int, corruptions: tuple[str, ...],
+             clean_root: str | None, seed: int, tta: TTAOptions) -> Scenario:  # fmt: skip
+    corruptions = tuple(corruptions)
+    _, spec = load_cifar_c(root, name, corruptions, severity)  # validates every file once, up front
+    n_rows = int(spec["rows_per_severity"])  # type: ignore[call-overload]
+
+    def domain_data(corruption: str, sev: int, keep: torch.Tensor) -> TensorData:
+        data = load_cifar_c(root, name, (corruption,), sev)[0][0]
+        if len(data.y) and int(data.y.max()) >= n_classes:
+            raise DataError(f"labels.npy of {name} goes up to {int(data.y.max())}; expected labels "
+                            f"0-{n_classes - 1}")  # fmt: skip
+        return data.subset(keep)
+
+    train = test = None
+    if clean_root is not None:
+        from .cifar import CIFAR10, CIFAR100, load_cifar
+
+        tr, te, clean_spec = load_cifar(CIFAR10 if n_classes == 10 else CIFAR100, clean_root, download=False)
+        # The source side must see what the corrupted side sees: x/255, RobustBench's convention.
+        train, test = TensorData(tr.x, tr.y, _CIFAR_TRANSFORM), TensorData(te.x, te.y, _CIFAR_TRANSFORM)
+        spec["clean"] = {k: clean_spec[k] for k in ("dataset", "split")}
+    source = tta.source(train, test)
+    experiences = tta_experiences(tta.setting, corruptions, severity, domain_data, n_rows, n_classes,
+                                  clean=test, insert_clean=tta.insert_clean, n_per_domain=tta.n_per_domain,
+                                  concentration=tta.concentration, seed=seed)  # fmt: skip
+    spec = {**spec, "corruptions": list(corruptions), "severity": severity,
+            **tta_spec(tta.setting, tta.n_per_domain, tta.concentration, tta.insert_clean, seed, source)}  # fmt: skip
+    return Scenario(name, experiences, spec, n_classes, "domain_il", {"batch_size": TTA_BATCH_SIZE}, source)
 
 
 @SCENARIOS.register(
@@ -251,21 +370,46 @@ def _cifar_c(name: str, n_classes: int, root: str | None, severity: int, corrupt
     reference="Hendrycks & Dietterich, 'Benchmarking Neural Network Robustness to Common Corruptions and "
     "Perturbations' (ICLR 2019); released CIFAR-10-C files",
 )
-def cifar10_c(root: str | None = None, severity: int = 5, corruptions: tuple[str, ...] = C.BENCHMARK_ORDER) -> (
-    Scenario
-):  # fmt: skip
+def cifar10_c(
+    root: str | None = None,
+    severity: int = 5,
+    corruptions: tuple[str, ...] = C.BENCHMARK_ORDER,
+    clean_root: str | None = None,
+    seed: int = 0,
+    setting: str = "continual",
+    n_per_domain: int = 0,
+    concentration: float = 0.1,
+    insert_clean: bool = False,
+    source_model: str = "wrn28_10",
+    source_weights: str | None = None,
+    source_epochs: int = 5,
+    source_free: bool = False,
+) -> Scenario:
     """CIFAR-10-C from the released files: one test-only experience per corruption (10,000 images each).
 
     Args:
         root: Folder with ``labels.npy`` and ``<corruption>.npy`` (50,000 x 32 x 32 x 3 uint8).
         severity: Severity 1-5 (rows (s-1)*10,000 .. s*10,000).
         corruptions: One experience per name, in order (default: the benchmark order).
+        clean_root: Folder with the clean CIFAR python batches: source data for training a source model,
+            for source-based methods, ``insert_clean`` and ``clean_acc_after`` (unset = checkpoint only).
+        seed: Seeds the image subset and the order inside each domain.
+        setting: TTA stream setting: continual, gradual, mixed_domains, reset_each_shift or correlated.
+        n_per_domain: Test images per domain (0 = all).
+        concentration: Dirichlet concentration of the correlated setting.
+        insert_clean: Insert the clean test images between corruption domains.
+        source_model: Source architecture (default wrn28_10, RobustBench's 'Standard'; cnn_bn trains on a CPU).
+        source_weights: Source checkpoint (state dict or RobustBench file); unset = train on the clean data.
+        source_epochs: Epochs of the source phase.
+        source_free: Give TTA methods no source data.
 
     References:
         Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
             Perturbations" (ICLR 2019).
     """
-    return _cifar_c("cifar10_c", 10, root, severity, corruptions)
+    tta = TTAOptions(setting, n_per_domain, concentration, insert_clean, source_model, source_weights,
+                     source_epochs, source_free)
+    return _cifar_c("cifar10_c", 10, root, severity, corruptions, clean_root, seed, tta)
 
 
 @SCENARIOS.register(
@@ -273,18 +417,43 @@ def cifar10_c(root: str | None = None, severity: int = 5, corruptions: tuple[str
     reference="Hendrycks & Dietterich, 'Benchmarking Neural Network Robustness to Common Corruptions and "
     "Perturbations' (ICLR 2019); released CIFAR-100-C files",
 )
-def cifar100_c(root: str | None = None, severity: int = 5, corruptions: tuple[str, ...] = C.BENCHMARK_ORDER) -> (
-    Scenario
-):  # fmt: skip
+def cifar100_c(
+    root: str | None = None,
+    severity: int = 5,
+    corruptions: tuple[str, ...] = C.BENCHMARK_ORDER,
+    clean_root: str | None = None,
+    seed: int = 0,
+    setting: str = "continual",
+    n_per_domain: int = 0,
+    concentration: float = 0.1,
+    insert_clean: bool = False,
+    source_model: str = "wrn28_10",
+    source_weights: str | None = None,
+    source_epochs: int = 5,
+    source_free: bool = False,
+) -> Scenario:
     """CIFAR-100-C from the released files: one test-only experience per corruption (10,000 images each).
 
     Args:
         root: Folder with ``labels.npy`` and ``<corruption>.npy`` (50,000 x 32 x 32 x 3 uint8).
         severity: Severity 1-5 (rows (s-1)*10,000 .. s*10,000).
         corruptions: One experience per name, in order (default: the benchmark order).
+        clean_root: Folder with the clean CIFAR python batches: source data for training a source model,
+            for source-based methods, ``insert_clean`` and ``clean_acc_after`` (unset = checkpoint only).
+        seed: Seeds the image subset and the order inside each domain.
+        setting: TTA stream setting: continual, gradual, mixed_domains, reset_each_shift or correlated.
+        n_per_domain: Test images per domain (0 = all).
+        concentration: Dirichlet concentration of the correlated setting.
+        insert_clean: Insert the clean test images between corruption domains.
+        source_model: Source architecture (default wrn28_10, RobustBench's 'Standard'; cnn_bn trains on a CPU).
+        source_weights: Source checkpoint (state dict or RobustBench file); unset = train on the clean data.
+        source_epochs: Epochs of the source phase.
+        source_free: Give TTA methods no source data.
 
     References:
         Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
             Perturbations" (ICLR 2019).
     """
-    return _cifar_c("cifar100_c", 100, root, severity, corruptions)
+    tta = TTAOptions(setting, n_per_domain, concentration, insert_clean, source_model, source_weights,
+                     source_epochs, source_free)
+    return _cifar_c("cifar100_c", 100, root, severity, corruptions, clean_root, seed, tta)

@@ -25,6 +25,11 @@ CONTRACT = {
     "stability_gap": False,
     "stability_gap_max": False,
     "stability_gap_recovery": False,
+    # test-time adaptation (metrics/tta.py): NaN for continual-learning matrices
+    "online_error": False,
+    "online_error_max_severity": False,
+    "online_error_clean": False,
+    "clean_acc_after": True,
 }
 
 

@@ -1,0 +1,80 @@
+"""BatchNorm with test-batch statistics, for test-time adaptation methods.
+
+:func:`use_test_batch_stats` replaces every BatchNorm layer of a network by :class:`PriorBatchNorm`, which
+normalises with statistics of the current test batch, optionally mixed with the source statistics:
+
+    mu = N / (N + n) * mu_source + n / (N + n) * mu_batch   (the same for the variance),
+
+with n the batch size and N the prior strength (Schneider et al. 2020, Eq. 2). N = 0 is pure test-batch
+normalisation (Nado et al. 2020; "BN-1" in the RMT benchmark tables). The layer keeps the source
+statistics as buffers (same state-dict keys as the BatchNorm it replaces) and never updates them, so a
+forward pass changes no state.
+
+References:
+    Schneider et al., "Improving robustness against common corruptions by covariate shift adaptation"
+        (NeurIPS 2020).
+    Nado et al., "Evaluating Prediction-Time Batch Normalization for Robustness under Covariate Shift"
+        (arXiv:2006.10963, 2020).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+class PriorBatchNorm(nn.Module):
+    """A BatchNorm layer normalising with (prior-weighted) statistics of each input batch.
+
+    Args:
+        bn: The source BatchNorm layer (its affine parameters and running statistics are copied).
+        prior_strength: N, the weight of the source statistics in pseudo-samples (0 = batch only).
+    """
+
+    def __init__(self, bn: _BatchNorm, prior_strength: float = 0.0) -> None:
+        super().__init__()
+        if prior_strength < 0:
+            raise ValueError(f"prior_strength must be >= 0, got {prior_strength}")
+        self.prior_strength = float(prior_strength)
+        self.eps = bn.eps
+        self.weight = None if bn.weight is None else nn.Parameter(bn.weight.detach().clone())
+        self.bias = None if bn.bias is None else nn.Parameter(bn.bias.detach().clone())
+        c = bn.num_features
+        mean = bn.running_mean if bn.running_mean is not None else torch.zeros(c)
+        var = bn.running_var if bn.running_var is not None else torch.ones(c)
+        self.register_buffer("running_mean", mean.detach().clone())
+        self.register_buffer("running_var", var.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = [0, *range(2, x.dim())]
+        mean = x.mean(dims)
+        var = x.var(dims, unbiased=False)
+        if self.prior_strength > 0:
+            a = self.prior_strength / (self.prior_strength + len(x))
+            mean = a * self.running_mean + (1 - a) * mean
+            var = a * self.running_var + (1 - a) * var
+        return F.batch_norm(x, mean, var, self.weight, self.bias, training=False, eps=self.eps)
+
+
+def batch_norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of every BatchNorm layer (``_BatchNorm`` or :class:`PriorBatchNorm`) in ``model``."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (_BatchNorm, PriorBatchNorm))]
+
+
+def use_test_batch_stats(model: nn.Module, prior_strength: float = 0.0) -> nn.Module:
+    """Replace, in place, every BatchNorm layer of ``model`` by :class:`PriorBatchNorm`; returns ``model``.
+
+    Raises:
+        ValueError: If ``model`` has no BatchNorm layer (test-batch normalisation would do nothing).
+    """
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
+    if not targets:
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layer to adapt")
+    for name, bn in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, PriorBatchNorm(bn, prior_strength).to(bn.weight.device if bn.weight is not None
+                                                                       else bn.running_mean.device))  # fmt: skip
+    return model

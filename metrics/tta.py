@@ -1,0 +1,79 @@
+"""Test-time adaptation metrics: online error of the predictions made before each update.
+
+They read an :class:`AccuracyMatrix` with ``online=True``, whose row ``boundary[e]`` holds the online
+counts of experience e, and are NaN for other (continual-learning) matrices. Errors are fractions in
+[0, 1]; lower is better. Per-domain errors: :func:`online_errors`.
+
+References:
+    Wang, Fink, Van Gool & Dai, "Continual Test-Time Domain Adaptation" (CVPR 2022).
+    Döbler, Marsden & Yang, "Robust Mean Teacher for Continual and Gradual Test-Time Adaptation"
+        (CVPR 2023): online error per domain and its mean; in the gradual setting also the error at
+        the highest severity.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .matrix import AccuracyMatrix
+from .spec import metric
+
+RMT = ('Döbler, Marsden & Yang, "Robust Mean Teacher for Continual and Gradual Test-Time Adaptation", '
+       "CVPR 2023")  # fmt: skip
+COTTA = 'Wang, Fink, Van Gool & Dai, "Continual Test-Time Domain Adaptation", CVPR 2022'
+
+
+def online_errors(m: AccuracyMatrix) -> list[float]:
+    """Online error of each finished experience (NaN for unfinished ones or a non-TTA matrix)."""
+    out = [math.nan] * m.n_experiences
+    if not m.online:
+        return out
+    for e, p in enumerate(m.boundary):
+        acc = m.acc(p, e)
+        out[e] = 1.0 - acc if not math.isnan(acc) else math.nan
+    return out
+
+
+def _mean_where(m: AccuracyMatrix, keep: list[bool]) -> float:
+    errs = [err for err, k in zip(online_errors(m), keep, strict=True) if k]
+    if not errs or any(math.isnan(v) for v in errs):
+        return math.nan
+    return math.fsum(errs) / len(errs)
+
+
+@metric("online_error", higher_is_better=False, reference=RMT,
+        description="TTA: mean error over corrupted experiences of predictions made before adapting")  # fmt: skip
+def online_error(m: AccuracyMatrix) -> float:
+    if not m.online or not m.boundary:
+        return math.nan
+    done = len(m.boundary)
+    return _mean_where(m, [e < done and m.severity[e] > 0 for e in range(m.n_experiences)])
+
+
+@metric("online_error_max_severity", higher_is_better=False, reference=RMT,
+        description="TTA: online error over the experiences at the highest severity (gradual streams: 5)")  # fmt: skip
+def online_error_max_severity(m: AccuracyMatrix) -> float:
+    if not m.online or not m.boundary:
+        return math.nan
+    done = len(m.boundary)
+    top = max((s for s in m.severity[:done] if s > 0), default=0)
+    if top == 0:
+        return math.nan
+    return _mean_where(m, [e < done and m.severity[e] == top for e in range(m.n_experiences)])
+
+
+@metric("online_error_clean", higher_is_better=False, reference=COTTA,
+        description="TTA: online error on clean source images inserted between domains (forgetting)")  # fmt: skip
+def online_error_clean(m: AccuracyMatrix) -> float:
+    if not m.online or not m.boundary:
+        return math.nan
+    done = len(m.boundary)
+    return _mean_where(m, [e < done and m.severity[e] == 0 for e in range(m.n_experiences)])
+
+
+@metric("clean_acc_after", higher_is_better=True, reference=COTTA,
+        description="TTA: accuracy of the adapted model on the clean source test set after the stream")  # fmt: skip
+def clean_acc_after(m: AccuracyMatrix) -> float:
+    if not m.online or len(m.clean_after) != 2 or m.clean_after[1] == 0:
+        return math.nan
+    return m.clean_after[0] / m.clean_after[1]
