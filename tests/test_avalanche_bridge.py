@@ -95,6 +95,8 @@ def test_strategy_parameters_come_from_its_signature() -> None:
     assert (config.patterns_per_exp, config.memory_strength, config.lr, config.model) == (256, 0.5, 0.05, "mlp")
     assert METHODS.config("avalanche:GEM").patterns_per_exp == 256  # the paper's value, not required
     assert METHODS.config("avalanche:SI").si_lambda == 1.0  # alias of SynapticIntelligence
+    assert "strategy_lr" in METHODS.parameters("avalanche:BiC")  # BiC's own lr, not the network's
+    assert "input_size" not in METHODS.parameters("avalanche:GSS_greedy")  # taken from the stream
     with pytest.raises(ConfigError, match="Did you mean 'patterns_per_exp'"):
         METHODS.config("avalanche:GEM", {"patterns_per_ex": 3})
     with pytest.raises(ConfigError, match="must be int"):

@@ -81,6 +81,12 @@ REFERENCES: dict[str, str] = {
 # cl_bench's, batch size and epochs come from the run's protocol, and evaluation is cl_bench's.
 _OWNED = {"self", "model", "optimizer", "criterion", "train_mb_size", "train_epochs", "eval_mb_size", "device",
           "plugins", "evaluator", "eval_every", "peval_mode"}  # fmt: skip
+# Parameters that describe the stream (GSS's input size, CoPE's number of classes): taken from it.
+_FROM_STREAM: dict[str, Callable[[StreamInfo], Any]] = {
+    "input_size": lambda info: list(info.input_shape),
+    "n_classes": lambda info: info.n_classes,
+    "num_classes": lambda info: info.n_classes,
+}
 _SCALARS = (bool, int, float, str)
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -246,7 +252,12 @@ class AvalancheStrategy(Method):
 
     def strategy_kwargs(self) -> dict[str, Any]:
         """The strategy's own parameters, as configured."""
-        return {p.target: getattr(self.config, p.name) for p in self.params}
+        values = {p.target: getattr(self.config, p.name) for p in self.params}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}  # configs hold lists as tuples
+
+    def _stream_kwargs(self) -> dict[str, Any]:
+        accepted = inspect.signature(self.strategy_cls.__init__).parameters
+        return {k: f(self.info) for k, f in _FROM_STREAM.items() if k in accepted}
 
     def avalanche_evaluator(self) -> Any:
         """The strategy's Avalanche ``EvaluationPlugin`` (empty: cl_bench's evaluator measures)."""
@@ -263,7 +274,7 @@ class AvalancheStrategy(Method):
                 model=self.net, optimizer=self.opt, criterion=nn.CrossEntropyLoss(),
                 train_mb_size=callback.batch_size, train_epochs=callback.epochs, eval_mb_size=callback.batch_size,
                 device=self.device, plugins=[self._plugin], evaluator=self.avalanche_evaluator(), eval_every=-1,
-                **self.strategy_kwargs(),
+                **self.strategy_kwargs(), **self._stream_kwargs(),
             )  # fmt: skip
         except (TypeError, ValueError, AssertionError) as err:
             raise ConfigError(
@@ -379,7 +390,8 @@ def _strategy_entry(name: str) -> Entry[Any]:
             f"{owner} cannot run through the cl_bench bridge: Avalanche's {cls_name} builds its own network or "
             f"optimiser, so it cannot train cl_bench's. Use it from Avalanche directly."
         )
-    params = _parameters(cls.__init__, _OWNED, PAPER_DEFAULTS.get(cls_name, {}), _TRAIN_FIELDS, owner)
+    skip = _OWNED | set(_FROM_STREAM)
+    params = _parameters(cls.__init__, skip, PAPER_DEFAULTS.get(cls_name, {}), _TRAIN_FIELDS, owner)
     config = _config_class(f"Avalanche{cls_name}Config", params, TrainConfig, owner)
     method = type(f"Avalanche{cls_name}", (AvalancheStrategy,), {
         "Config": config, "strategy_cls": cls, "params": tuple(params),
