@@ -169,7 +169,9 @@ def test_robustbench_format_checkpoint_loads_and_bad_keys_are_named(tmp_path: Pa
     # RobustBench files nest the weights under 'model_state_dict' with DataParallel's 'module.' prefix.
     nested = {"model_state_dict": {f"module.{k}": v for k, v in trained.state_dict().items()}, "epoch": 10}
     torch.save(nested, tmp_path / "Standard.pt")
-    loaded = source_model(SCENARIOS.create("toy_tta", source_weights=str(tmp_path / "Standard.pt")), seed=5)
+    with_file = SCENARIOS.create("toy_tta", source_weights=str(tmp_path / "Standard.pt"))
+    assert len(with_file.spec["source_weights_sha256"]) == 64
+    loaded = source_model(with_file, seed=5)
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values(),
                                                   strict=True))  # fmt: skip
     torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "bad.pt")
