@@ -191,7 +191,8 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-every", type=int, help="evaluate every K iterations (1 = per iteration, 0 = boundaries)")
     r.add_argument("--eval-subset", type=int, help="test examples per experience between boundaries (0 = all)")
     r.add_argument("--epochs", type=int, help="passes over each experience (default: the scenario's)")
-    r.add_argument("--batch-size", type=int, help="training batch size (default: the scenario's)")
+    r.add_argument("--batch-size", type=int,
+                   help="training batch size, or a TTA run's test batch size (default: the scenario's; TTA 200)")
     r.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     r.add_argument("--out", help="directory for run directories (default ./runs)")
     r.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N iterations")

@@ -13,17 +13,16 @@ References:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import torch
+from typing import ClassVar
 
 from cl_bench.components import use_test_batch_stats
 from cl_bench.errors import ConfigError
-from cl_bench.method import Caps, Method
+from cl_bench.method import Caps
 from cl_bench.registry import METHODS
-from cl_bench.types import PredictContext, StreamInfo
+from cl_bench.types import StreamInfo
+
+from .source import Source
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,8 @@ class BNAdaptConfig:
 
     Attributes:
         prior_strength: N, the source statistics' weight in pseudo-samples; 0 = test-batch statistics only
-            (Nado et al.; BN-1 of the RMT benchmark). Schneider et al. (Sec. 4) find N between 8 and 32 best
-            for small test batches on ImageNet-C.
+            (Nado et al.; BN-1 of the RMT benchmark). Schneider et al. tune N per test batch size (their
+            Eq. 2); large N approaches the source model.
     """
 
     prior_strength: float = 0.0
@@ -49,27 +48,12 @@ class BNAdaptConfig:
     "adaptation' (NeurIPS 2020); Nado et al., 'Evaluating Prediction-Time Batch Normalization for Robustness "
     "under Covariate Shift' (arXiv 2020)",
 )
-class BNAdapt(Method):
-    """Test-batch BatchNorm statistics; nothing is learned, so ``adapt`` and ``predict`` coincide."""
+class BNAdapt(Source):
+    """The source model with test-batch BatchNorm statistics; nothing is learned, so ``adapt`` = ``predict``."""
 
     Config: ClassVar[type] = BNAdaptConfig
     caps: ClassVar[Caps] = Caps(adapts_at_test=True)
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
-        if info.source_model is None:
-            raise ValueError("bn_adapt needs StreamInfo.source_model (run it on a test-time adaptation stream)")
-        self.net = use_test_batch_stats(copy.deepcopy(info.source_model), self.config.prior_strength).eval()
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
-        return self.net(x)
-
-    def adapt(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predict(x, PredictContext())
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
+        self.net = use_test_batch_stats(self.net, self.config.prior_strength).eval()

@@ -29,7 +29,8 @@ class Source(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         if info.source_model is None:
-            raise ValueError("source needs StreamInfo.source_model (run it on a test-time adaptation stream)")
+            raise ValueError(f"{self.name or type(self).__name__} needs StreamInfo.source_model (run it on a test-time "
+                             f"adaptation stream)")
         self.net = copy.deepcopy(info.source_model).eval()
 
     @torch.no_grad()
