@@ -169,8 +169,18 @@ def tta_spec(setting: str, n_per_domain: int, concentration: float, insert_clean
             "concentration": concentration if setting == "correlated" else None, "insert_clean": insert_clean,
             "order_seed": seed, "source_model": source.model, "source_epochs": source.epochs,
             "source_weights": None if source.weights is None else str(source.weights),
+            "source_weights_sha256": _weights_digest(source.weights),
             "source_free": source.free, "reset_each_shift": source.reset_each_shift,
             "gradual_severities": list(GRADUAL_SEVERITIES) if setting == "gradual" else None}  # fmt: skip
+
+
+def _weights_digest(path: str | None) -> str | None:
+    # The checkpoint's content, not its path, identifies the stream's source model in records and boards.
+    if path is None or not Path(path).is_file():
+        return None
+    from .backbones import weights_sha256
+
+    return weights_sha256(path)
 
 
 # -- the source phase ------------------------------------------------------------------------------------------------

@@ -169,7 +169,9 @@ def test_robustbench_format_checkpoint_loads_and_bad_keys_are_named(tmp_path: Pa
     # RobustBench files nest the weights under 'model_state_dict' with DataParallel's 'module.' prefix.
     nested = {"model_state_dict": {f"module.{k}": v for k, v in trained.state_dict().items()}, "epoch": 10}
     torch.save(nested, tmp_path / "Standard.pt")
-    loaded = source_model(SCENARIOS.create("toy_tta", source_weights=str(tmp_path / "Standard.pt")), seed=5)
+    with_file = SCENARIOS.create("toy_tta", source_weights=str(tmp_path / "Standard.pt"))
+    assert len(with_file.spec["source_weights_sha256"]) == 64
+    loaded = source_model(with_file, seed=5)
     assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values(),
                                                   strict=True))  # fmt: skip
     torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "bad.pt")
@@ -386,3 +388,28 @@ def test_prior_batch_norm_interpolates_between_batch_and_source_statistics() -> 
     assert isinstance(net[1], PriorBatchNorm) and all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     with pytest.raises(ValueError, match="no BatchNorm"):
         use_test_batch_stats(torch.nn.Linear(2, 2))
+
+
+class _SeesSource(_Counting):
+    seen_data: ClassVar[list[bool]] = []
+
+    """Records whether setup got the source data (no assertion on it, unlike _Counting)."""
+
+    def setup(self, info: StreamInfo, seed: int) -> None:
+        _SeesSource.seen_data.append(info.source_data is not None)
+        Method.setup(self, info, seed)
+        self.net = copy.deepcopy(info.source_model)
+        self.seen = torch.zeros(())
+
+
+@pytest.mark.parametrize("setting", ["mixed_domains", "correlated"])
+def test_every_setting_runs_and_source_free_hides_the_source_data(setting: str, tmp_path: Path) -> None:
+    _SeesSource.seen_data.clear()
+    for free in (False, True):
+        rec = run(RunSpec(method="sees", scenario="toy_tta", scenario_config={"setting": setting, "source_free": free}),
+                  tmp_path, method_cls=_SeesSource)  # fmt: skip
+        assert rec["status"] == "completed" and rec["metrics"]["online_error"] is not None
+    assert _SeesSource.seen_data == [True, False]
+    digits = run(RunSpec(method="bn_adapt", scenario="digits_c", scenario_config={
+        "setting": setting, "corruptions": ("fog", "contrast"), "n_per_domain": 100, "source_epochs": 2}), tmp_path)
+    assert digits["metrics"]["online_error"] is not None and digits["protocol"]["batch_size"] == 200

@@ -20,7 +20,6 @@ References:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -55,15 +54,14 @@ class PriorBatchNorm(nn.Module):
             a = self.prior_strength / (self.prior_strength + len(x))
             mean = a * self.running_mean + (1 - a) * mean
             var = a * self.running_var + (1 - a) * var
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
-            # F.batch_norm cannot differentiate through statistics passed as arguments; gradient-based TTA
-            # methods (Tent, EATA, ...) need the gradient through the batch statistics, so spell it out
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-            if self.weight is not None:
-                out = out * self.weight.view(shape)
-            return out + self.bias.view(shape) if self.bias is not None else out
-        return F.batch_norm(x, mean, var, self.weight, self.bias, training=False, eps=self.eps)
+        # Written out (not F.batch_norm) so gradients flow through the batch statistics, as in training mode.
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.weight is not None:
+            out = out * self.weight.view(shape)
+        if self.bias is not None:
+            out = out + self.bias.view(shape)
+        return out
 
 
 def batch_norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
