@@ -51,3 +51,70 @@ class CropFlip:
     def describe(self) -> str:
         """Short description for scenario specs."""
         return f"random crop (zero padding {self.padding}) + horizontal flip p={self.flip_p}"
+
+
+@dataclass(frozen=True)
+class ResizedCropFlip:
+    """Random resized crop plus random horizontal flip, for a whole batch at once.
+
+    Per sample the same distribution as torchvision's ``RandomResizedCrop(size, scale, ratio)`` followed by
+    ``RandomHorizontalFlip(flip_p)`` (Szegedy et al., "Going deeper with convolutions", CVPR 2015): up to
+    10 draws of an area share in ``scale`` and a log-uniform aspect ratio in ``ratio``, the first box that
+    fits is used, else the central crop with the ratio clamped. All boxes are resampled in one
+    ``torchvision.ops.roi_align`` call (bilinear at each output pixel centre, no antialiasing), so pixel values
+    differ slightly from torchvision's per-image resize. It runs on stored-form batches (e.g. the 224 x 224
+    uint8 images of a file-backed dataset), not on the original files.
+
+    Attributes:
+        size: Output side (None = the input's height).
+        scale: Range of the crop's share of the image area.
+        ratio: Range of the crop's aspect ratio (width / height).
+        flip_p: Probability of mirroring an image left-right.
+    """
+
+    size: int | None = None
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Augment ``x`` (N, C, H, W); boxes and flips come from ``generator``."""
+        import math
+
+        from torchvision.ops import roi_align
+
+        n, _, h, w = x.shape
+        tries = 10
+        area = h * w * (self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(n, tries, generator=generator))
+        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        ar = torch.exp(lo + (hi - lo) * torch.rand(n, tries, generator=generator))
+        cw, ch = torch.sqrt(area * ar).round(), torch.sqrt(area / ar).round()
+        ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+        first = ok.to(torch.int64).argmax(1)
+        rows = torch.arange(n)
+        cw, ch = cw[rows, first], ch[rows, first]
+        if w / h < self.ratio[0]:
+            fw, fh = w, round(w / self.ratio[0])
+        elif w / h > self.ratio[1]:
+            fw, fh = round(h * self.ratio[1]), h
+        else:
+            fw, fh = w, h
+        has = ok.any(1)
+        cw = torch.where(has, cw, torch.full_like(cw, fw))
+        ch = torch.where(has, ch, torch.full_like(ch, fh))
+        u = torch.rand(n, 2, generator=generator)
+        top = torch.where(has, torch.floor(u[:, 0] * (h - ch + 1)), ((h - ch) / 2).floor())
+        left = torch.where(has, torch.floor(u[:, 1] * (w - cw + 1)), ((w - cw) / 2).floor())
+        flip = torch.rand(n, generator=generator) < self.flip_p
+        boxes = torch.stack([rows.to(torch.float32), left, top, left + cw, top + ch], 1).to(x.device)
+        size = self.size or h
+        out = roi_align(x.to(torch.float32), boxes, (size, size), spatial_scale=1.0, sampling_ratio=1, aligned=True)
+        out = torch.where(flip.to(x.device)[:, None, None, None], out.flip(3), out)
+        if x.dtype == torch.uint8:
+            out = out.round_().clamp_(0, 255).to(torch.uint8)
+        return out
+
+    def describe(self) -> str:
+        """Short description for scenario specs."""
+        return (f"random resized crop (scale {self.scale}, ratio ({self.ratio[0]:.3f}, {self.ratio[1]:.3f})) to "
+                f"{self.size or 'input size'} + horizontal flip p={self.flip_p}")  # fmt: skip

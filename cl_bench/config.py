@@ -46,6 +46,8 @@ def type_name(tp: Any) -> str:
     if origin in (tuple, list):
         args = [a for a in get_args(tp) if a is not Ellipsis]
         return f"list of {type_name(args[0])}" if args else "list"
+    if origin is dict or tp is dict:
+        return "mapping (e.g. {key: value})"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
@@ -83,6 +85,11 @@ def coerce(value: Any, tp: Any) -> Any:
         args = [a for a in get_args(tp) if a is not Ellipsis]
         items = [coerce(v, args[0]) if args else v for v in value]
         return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        # Nested parameters (e.g. a wrapper scenario's base_args); values are checked by whoever consumes them.
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise _Mismatch
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -103,6 +103,14 @@ class Method:
         """Maximum of :meth:`memory_size` allowed now (None = no bound)."""
         return None
 
+    def record_extras(self) -> dict[str, Any]:
+        """Facts the run record adds to ``record["method"]`` beside name and config (default none).
+
+        Methods on pretrained backbones return ``{"backbone": {"backbone": NAME, "weights_sha256": HASH}}``,
+        so a record names the exact weights it used. Must work before :meth:`setup` too.
+        """
+        return {}
+
 
 @dataclass(frozen=True)
 class TrainConfig:

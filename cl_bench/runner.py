@@ -57,6 +57,12 @@ class Protocol:
         batch_size: Training mini-batch size (None = the scenario's default, else 32).
         epochs: Passes over each experience (None = the scenario's default, else 1).
         eval_batch_size: Examples per forward call during evaluation.
+        online: Single-pass online protocol (Aljundi et al., "Gradient based sample selection for online
+            continual learning", NeurIPS 2019; Mai et al., "Online continual learning in image
+            classification: an empirical survey", Neurocomputing 2022): every training example is seen
+            exactly once (one epoch, whatever the scenario's default), ``eval_every`` still counts
+            training iterations. ``epochs`` other than 1 is refused. Experiences whose ``meta`` sets
+            ``stream_order`` (the ``blurry`` stream) are consumed in their stored order instead of shuffled.
     """
 
     eval_every: int = 1
@@ -64,6 +70,7 @@ class Protocol:
     batch_size: int | None = None
     epochs: int | None = None
     eval_batch_size: int = 1024
+    online: bool = False
 
     def __post_init__(self) -> None:
         for name in ("eval_every", "eval_subset"):
@@ -73,6 +80,23 @@ class Protocol:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.online and self.epochs not in (None, 1):
+            raise ValueError(
+                f"online=true means a single pass over the stream (each example seen once), so epochs must be 1 "
+                f"or unset, got {self.epochs}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The protocol as run records and run ids store it.
+
+        Fields added after the first record schema (``online``) appear only when they differ from their
+        default, so records, run ids and golden references made before they existed stay unchanged.
+        """
+        d = dataclasses.asdict(self)
+        for name in _LATER_FIELDS:
+            if d[name] == _PROTOCOL_DEFAULTS[name]:
+                del d[name]
+        return d
 
     def resolve(self, scenario: Scenario) -> Protocol:
         """Fill unset fields from the scenario's defaults, then global ones."""
@@ -80,8 +104,12 @@ class Protocol:
         return dataclasses.replace(
             self,
             batch_size=self.batch_size or d.get("batch_size", 32),
-            epochs=self.epochs or d.get("epochs", 1),
+            epochs=1 if self.online else self.epochs or d.get("epochs", 1),
         )
+
+
+_LATER_FIELDS = ("online",)
+_PROTOCOL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Protocol)}
 
 
 @dataclass(frozen=True)
@@ -225,9 +253,10 @@ class _Run:
             "schema_version": SCHEMA_VERSION,
             "run_id": self.run_dir.name,
             "status": status,
-            "method": {"name": self.spec.method, "config": config_to_dict(self.method_config)},
+            "method": {"name": self.spec.method, "config": config_to_dict(self.method_config),
+                       **self.method.record_extras()},
             "scenario": {"name": self.spec.scenario, "spec": self.scenario.spec, "spec_hash": self.scenario.spec_hash},
-            "protocol": {**dataclasses.asdict(self.protocol), "setting": self.scenario.setting},
+            "protocol": {**self.protocol.to_dict(), "setting": self.scenario.setting},
             "seed": self.spec.seed,
             "accuracy_matrix": matrix.to_dict(),
             "metrics": compute_all(matrix),
@@ -243,7 +272,7 @@ class _Run:
             },  # fmt: skip
             "request": {
                 "method_config": self.spec.method_config, "scenario_config": self.spec.scenario_config,
-                "protocol": dataclasses.asdict(self.spec.protocol), "device": self.spec.device,
+                "protocol": self.spec.protocol.to_dict(), "device": self.spec.device,
                 "checkpoint_every": self.checkpoint_every,
             },  # fmt: skip
             "error": error,
@@ -275,7 +304,7 @@ class _Run:
     def start(self, state: dict[str, Any] | None) -> None:
         info = StreamInfo(
             self.scenario.input_shape, self.scenario.n_classes, len(self.scenario), self.scenario.setting,
-            self.spec.device,
+            self.spec.device, input_transform=self.scenario[0].test.transform,
         )  # fmt: skip
         if self.tta:
             info = self._tta_info(info)
@@ -365,12 +394,17 @@ class _Run:
                 for epoch in range(first_epoch, epochs):
                     gen = torch.Generator().manual_seed(_shuffle_seed(self.spec.seed, e, epoch))
                     perm = torch.randperm(n, generator=gen).to(device)
+                    if self.protocol.online and exp.meta.get("stream_order"):
+                        # A task-free stream that defines its order (e.g. blurry boundaries) is consumed in it.
+                        perm = torch.arange(n, device=device)
                     first_b = start_b if (e == start_e and epoch == start_epoch) else 0
+                    ahead = self._prefetch(data, perm, range(first_b, n_batches), e, epoch)
                     for b in range(first_b, n_batches):
                         aug = None
-                        if data.augment is not None:
+                        if data.augment is not None and ahead is None:
                             aug = torch.Generator().manual_seed(_augment_seed(self.spec.seed, e, epoch, b))
-                        self._step(data, perm[b * bs : (b + 1) * bs], e, exp.task_id if task_il else None, aug)
+                        self._step(data, perm[b * bs : (b + 1) * bs], e, exp.task_id if task_il else None, aug,
+                                   ahead)  # fmt: skip
                         last = epoch == epochs - 1 and b == n_batches - 1
                         self.position = (e, epoch, b + 1) if b + 1 < n_batches else (e, epoch + 1, 0)
                         if self.evaluator.due(self.iteration) and not last:
@@ -383,6 +417,15 @@ class _Run:
             self._eval(full=True, n_seen=e + 1)
             self.evaluator.matrix.mark_boundary(self.evaluator.matrix.n_points - 1)
             self.position, self.begun = (e + 1, 0, 0), False
+
+    def _prefetch(self, data: Any, perm: torch.Tensor, batches: range, e: int, epoch: int) -> Any:
+        # File-backed data (cl_bench.filedata.FileData) decodes batches ahead in DataLoader workers; the
+        # augmentation seeds are the same per-batch seeds as for tensors, so results do not depend on it.
+        if not hasattr(data, "iter_batches"):
+            return None
+        bs = self.protocol.batch_size
+        seeds = [_augment_seed(self.spec.seed, e, epoch, b) if data.augment is not None else None for b in batches]
+        return iter(data.iter_batches([perm[b * bs : (b + 1) * bs] for b in batches], seeds))
 
     def _adapt_stream(self) -> None:
         """The TTA loop: every test batch goes through ``adapt``; errors count on its pre-update prediction."""
@@ -440,10 +483,11 @@ class _Run:
         return [correct, len(data)]
 
     def _step(
-        self, data: Any, idx: torch.Tensor, e: int, task_id: int | None, aug: torch.Generator | None = None
-    ) -> None:
+        self, data: Any, idx: torch.Tensor, e: int, task_id: int | None, aug: torch.Generator | None = None,
+        ahead: Any = None,
+    ) -> None:  # fmt: skip
         t0 = time.perf_counter()
-        x, y = data.batch(idx, generator=aug)
+        x, y = next(ahead) if ahead is not None else data.batch(idx, generator=aug)
         task_ids = None
         if task_id is not None:
             task_ids = data.t[idx] if data.t is not None else torch.full_like(y, task_id)
@@ -466,7 +510,7 @@ class _Run:
 def run_id_for(spec: RunSpec) -> str:
     """Deterministic run id: the same spec always maps to the same directory."""
     blob = {"method": spec.method, "mc": spec.method_config, "scenario": spec.scenario,
-            "sc": spec.scenario_config, "protocol": dataclasses.asdict(spec.protocol), "seed": spec.seed}  # fmt: skip
+            "sc": spec.scenario_config, "protocol": spec.protocol.to_dict(), "seed": spec.seed}  # fmt: skip
     return f"{spec.scenario}-{spec.method}-s{spec.seed}-{spec_hash(blob)[:8]}"
 
 

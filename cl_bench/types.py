@@ -106,6 +106,17 @@ class TensorData:
         t = None if self.t is None else self.t[idx]
         return TensorData(self.x[idx], self.y[idx], self.transform, t, self.augment)
 
+    @staticmethod
+    def concat(parts: Sequence[TensorData]) -> TensorData:
+        """One dataset holding ``parts`` in order (transform and augmentation of the first part).
+
+        Per-example task ids are kept only when every part has them.
+        """
+        t = None if any(p.t is None for p in parts) else torch.cat([p.t for p in parts])  # type: ignore[misc]
+        first = parts[0]
+        return TensorData(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), first.transform, t,
+                          first.augment)  # fmt: skip
+
     def to(self, device: torch.device | str) -> TensorData:
         """A copy whose tensors live on ``device``."""
         t = None if self.t is None else self.t.to(device)
@@ -238,6 +249,8 @@ class StreamInfo:
             (shared by every method on a stream; a method deep-copies it before changing it).
         source_data: Test-time adaptation only: the labelled clean source training data, for methods
             that use source statistics (Fisher information, class prototypes, source replay).
+        input_transform: The stream's batch transform (e.g. a :class:`Standardize`), so methods on
+            pretrained backbones can undo the stream's normalisation and apply the backbone's.
     """
 
     input_shape: tuple[int, ...]
@@ -247,6 +260,7 @@ class StreamInfo:
     device: str = "cpu"
     source_model: torch.nn.Module | None = None
     source_data: TensorData | None = None
+    input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass

@@ -4,4 +4,29 @@ Importing this package registers every built-in method; this module list is
 the one place that names them. Each module holds one method family's whole logic.
 """
 
-from . import agem, bn_adapt, er, ewc, finetune, joint, l2, lwf, source  # noqa: F401  # noqa: F401  (test-time adaptation)
+from . import (  # noqa: F401
+    agem,
+    bn_adapt,
+    coda_prompt,
+    cotta,
+    dualprompt,
+    eata,
+    er,
+    ewc,
+    finetune,
+    joint,
+    l2,
+    l2_vit,
+    l2p,
+    lwf,
+    ncm,
+    one_prompt,
+    psmt,
+    ranpac,
+    rdumb,
+    rmt,
+    sar,
+    slca,
+    source,
+    tent,
+)

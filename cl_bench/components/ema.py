@@ -1,0 +1,62 @@
+"""An exponential-moving-average (mean) teacher of a student network.
+
+References:
+    Tarvainen & Valpola. "Mean teachers are better role models: Weight-averaged
+    consistency targets improve semi-supervised deep learning results". NeurIPS 2017.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class EMATeacher:
+    """``teacher <- m * teacher + (1 - m) * student`` over all parameters after each student step.
+
+    Buffers (e.g. batch-norm running statistics, if any) are copied from the student,
+    as the test-time-adaptation reference implementations do implicitly (their
+    batch norms keep no running statistics).
+
+    Args:
+        student: The network to average; the teacher starts as a deep copy of it.
+        momentum: m, the weight kept on the old teacher.
+    """
+
+    def __init__(self, student: nn.Module, momentum: float) -> None:
+        self.momentum = momentum
+        self.model = copy.deepcopy(student)
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, hold: list[torch.Tensor] | None = None) -> None:
+        """One EMA step towards ``student``.
+
+        Args:
+            student: The network whose current parameters are averaged in.
+            hold: Optional per-parameter boolean masks (same order as ``parameters()``): where a
+                mask is true the teacher keeps its value (PSMT's masked EMA update).
+        """
+        m = self.momentum
+        params = zip(self.model.parameters(), student.parameters(), strict=True)
+        for i, (t, s) in enumerate(params):
+            avg = t.mul(m).add(s.detach(), alpha=1.0 - m)
+            t.copy_(avg if hold is None else torch.where(hold[i], t, avg))
+        for tb, sb in zip(self.model.buffers(), student.buffers(), strict=True):
+            tb.copy_(sb)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher logits for ``x`` (no gradient)."""
+        with torch.no_grad():
+            return self.model(x)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The teacher's weights."""
+        return {"model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.model.load_state_dict(state["model"])

@@ -1,0 +1,320 @@
+"""Test-time adaptation methods on a small BN CNN trained on clean sklearn digits, adapted to corrupted digits."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cl_bench.components import EMATeacher, ReliableEntropy, TTAugment, softmax_entropy
+from cl_bench.errors import ConfigError
+from cl_bench.registry import METHODS
+from cl_bench.scenarios.corruptions import corrupt
+from cl_bench.types import Standardize, StreamInfo, TensorData
+
+TRANSFORM = Standardize(scale=255.0, mean=(0.3,), std=(0.4,))
+
+
+class SmallBNNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[TensorData, torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(np.round(d.images * 255.0 / 16.0), dtype=torch.uint8).unsqueeze(1)
+    y = torch.tensor(d.target, dtype=torch.int64)
+    src = TensorData(x[:1200], y[:1200], TRANSFORM)
+    noisy = corrupt(x[1200:].permute(0, 2, 3, 1).numpy(), "gaussian_noise", 5, seed=0)
+    test_x = TRANSFORM(torch.from_numpy(np.ascontiguousarray(noisy.transpose(0, 3, 1, 2))))
+    return src, test_x, y[1200:]
+
+
+@pytest.fixture(scope="module")
+def source_model(digits: tuple[TensorData, torch.Tensor, torch.Tensor]) -> nn.Module:
+    src, _, _ = digits
+    torch.manual_seed(0)
+    net = SmallBNNet()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(120):
+        x, y = src.batch(torch.randint(len(src), (64,), generator=g))
+        loss = nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def make_info(model: nn.Module, src: TensorData | None) -> StreamInfo:
+    return StreamInfo((1, 8, 8), 10, 3, "domain_il", "cpu", source_model=model, source_data=src)
+
+
+def build(name: str, model: nn.Module, src: TensorData | None, seed: int = 0, **overrides: object):  # noqa: ANN201
+    method = METHODS.create(name, **overrides)
+    method.setup(make_info(model, src), seed)
+    return method
+
+
+def batches(test_x: torch.Tensor, n: int, size: int = 64) -> list[torch.Tensor]:
+    return [test_x[i * size : (i + 1) * size] for i in range(n)]
+
+
+FAST = {"tent": {}, "eata": {"fisher_samples": 400}, "sar": {}, "rdumb": {}}
+TEACHER = {"cotta": {"n_augmentations": 4, "flip": False},
+           "rmt": {"warmup_samples": 400, "source_batch_size": 100, "flip": False},
+           "psmt": {"n_augmentations": 4, "fisher_samples": 400, "flip": False}}  # fmt: skip
+ALL = {**FAST, **TEACHER}
+
+
+def test_source_model_is_good_on_clean_and_worse_on_corrupted(digits, source_model) -> None:
+    src, test_x, test_y = digits
+    with torch.no_grad():
+        clean = (source_model(src.batch(slice(0, 500))[0]).argmax(1) == src.y[:500]).float().mean()
+        noisy = (source_model(test_x).argmax(1) == test_y).float().mean()
+    assert clean > 0.9 and noisy < clean
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_adapt_returns_pre_update_prediction_and_changes_only_bn_affine(name, digits, source_model) -> None:
+    src, test_x, _ = digits
+    method = build(name, source_model, src, **FAST[name])
+    x = test_x[:64]
+    before = method.predict(x, None)
+    ref = {k: v.clone() for k, v in method.model.state_dict().items()}
+    out = method.adapt(x)
+    torch.testing.assert_close(out, before)
+    changed = {k for k, v in method.model.state_dict().items() if not torch.equal(v, ref[k])}
+    bn_names = {f"features.{i}.{p}" for i in (1, 4) for p in ("weight", "bias")}
+    assert changed and changed <= bn_names, changed
+    assert not torch.equal(method.predict(x, None), before)
+    assert source_model.features[1].running_mean is not None  # the shared source model is untouched
+
+
+def test_tent_lowers_entropy_on_a_corrupted_batch(digits, source_model) -> None:
+    src, test_x, _ = digits
+    tent = build("tent", source_model, src, lr=1e-2)  # a larger step so that few steps show the trend
+    x = test_x[:128]
+    start = softmax_entropy(tent.predict(x, None)).mean()
+    for _ in range(10):
+        tent.adapt(x)
+    assert softmax_entropy(tent.predict(x, None)).mean() < start - 0.05
+
+
+def test_tent_improves_accuracy_over_the_source_model(digits, source_model) -> None:
+    src, test_x, test_y = digits
+    tent = build("tent", source_model, src)
+    correct = sum(int((tent.adapt(x).argmax(1) == test_y[i * 64 : (i + 1) * 64]).sum())
+                  for i, x in enumerate(batches(test_x, 9)))  # fmt: skip
+    with torch.no_grad():
+        source_correct = int((source_model(test_x[: 9 * 64]).argmax(1) == test_y[: 9 * 64]).sum())
+    assert correct > source_correct
+
+
+def test_eata_counts_reliable_samples_and_its_fisher_term_holds_params(digits, source_model) -> None:
+    src, test_x, _ = digits
+    eata = build("eata", source_model, src, fisher_samples=400)
+    x = test_x[:64]
+    ent = softmax_entropy(eata.predict(x, None))
+    eata.adapt(x)
+    assert eata.n_reliable == int((ent < 0.4 * math.log(10)).sum()) and 0 < eata.n_reliable < 64
+    # the first batch has no class-distribution history, so every reliable sample is used
+    assert eata.n_used == eata.n_reliable
+    assert eata.penalty.anchors and all((f >= 0).all() for f in eata.penalty.anchors[0][1].values())
+
+    def drift(alpha: float) -> float:
+        m = build("eata", source_model, src, fisher_samples=400, fisher_alpha=alpha, lr=1e-2)
+        start = {k: p.detach().clone() for k, p in m.model.named_parameters()}
+        for xb in batches(test_x, 6):
+            m.adapt(xb)
+        return sum(float((p.detach() - start[k]).pow(2).sum()) for k, p in m.model.named_parameters())
+
+    assert drift(1e5) < 0.5 * drift(0.0)
+
+
+def test_eata_needs_source_data_unless_eta(digits, source_model) -> None:
+    _, test_x, _ = digits
+    with pytest.raises(ConfigError, match="fisher_alpha=0"):
+        build("eata", source_model, None)
+    eta = build("eata", source_model, None, fisher_alpha=0.0)
+    eta.adapt(test_x[:64])
+    assert not eta.penalty.anchors
+
+
+def test_sar_resets_when_the_entropy_average_collapses(digits, source_model) -> None:
+    src, test_x, _ = digits
+    sar = build("sar", source_model, src)
+    init = {k: v.clone() for k, v in sar.model.state_dict().items()}
+    sar.adapt(test_x[:64])
+    assert sar.n_resets == 0 and sar.ema is not None and sar.ema > 0.2
+    assert any(not torch.equal(v, init[k]) for k, v in sar.model.state_dict().items())
+    eager = build("sar", source_model, src, reset_constant=10.0)  # any finite loss counts as collapse
+    eager.adapt(test_x[:64])
+    assert eager.n_resets == 1 and eager.ema is None
+    assert all(torch.equal(v, init[k]) for k, v in eager.model.state_dict().items())
+
+
+def test_rdumb_resets_after_its_period(digits, source_model) -> None:
+    src, test_x, _ = digits
+    rd = build("rdumb", source_model, src, reset_every=3)
+    init = {k: v.clone() for k, v in rd.model.state_dict().items()}
+    xs = batches(test_x, 4)
+    for x in xs[:2]:
+        rd.adapt(x)
+    assert any(not torch.equal(v, init[k]) for k, v in rd.model.state_dict().items())
+    rd.adapt(xs[2])
+    assert rd.n_resets == 1 and rd.selector.mean_probs is None
+    assert all(torch.equal(v, init[k]) for k, v in rd.model.state_dict().items())
+    rd.adapt(xs[3])
+    assert rd.n_resets == 1
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_state_dict_resume_equals_uninterrupted(name, digits, source_model) -> None:
+    src, test_x, _ = digits
+    xs = batches(test_x, 4)
+    a = build(name, source_model, src, seed=3, **ALL[name])
+    for x in xs[:2]:
+        a.adapt(x)
+    state = copy.deepcopy(a.state_dict())
+    expected = [a.adapt(x) for x in xs[2:]]
+    b = build(name, source_model, src, seed=3, **ALL[name])
+    b.load_state_dict(state)
+    for x, e in zip(xs[2:], expected, strict=True):
+        torch.testing.assert_close(b.adapt(x), e, rtol=0, atol=0)
+
+
+def test_methods_reject_models_without_batch_norm_or_a_source_model(digits) -> None:
+    src, _, _ = digits
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    for name in ALL:
+        with pytest.raises(ConfigError, match="BatchNorm"):
+            build(name, plain, src, fisher_alpha=0.0) if name in ("eata", "psmt") else build(name, plain, src)
+        with pytest.raises(ConfigError, match="source model"):
+            build(name, None, src)  # type: ignore[arg-type]
+
+
+def test_augmentation_is_seeded_and_flips_are_optional(digits) -> None:
+    _, test_x, _ = digits
+    x = test_x[:16]
+    aug = TTAugment()
+    a = aug(x, torch.Generator().manual_seed(1))
+    b = aug(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == x.shape and not torch.equal(a, x)
+    assert float(a.min()) >= float(x.min()) and float(a.max()) <= float(x.max())
+    no_flip = TTAugment(hflip=0.0, degrees=0.0, translate=0.0, scale=(1.0, 1.0), brightness=(1.0, 1.0),
+                        contrast=(1.0, 1.0), gamma=(1.0, 1.0), blur_sigma=(1e-3, 1e-3), noise_std=0.0)  # fmt: skip
+    torch.testing.assert_close(no_flip(x, torch.Generator().manual_seed(0)), x, atol=1e-4, rtol=0)
+    always = TTAugment(hflip=1.0, degrees=0.0, translate=0.0, scale=(1.0, 1.0), brightness=(1.0, 1.0),
+                       contrast=(1.0, 1.0), gamma=(1.0, 1.0), blur_sigma=(1e-3, 1e-3), noise_std=0.0)  # fmt: skip
+    torch.testing.assert_close(always(x, torch.Generator().manual_seed(0)), x.flip(3), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name, threshold", [("cotta", 0.0), ("cotta", 1.0), ("rmt", None), ("psmt", 0.0),
+                                             ("psmt", 1.0)])  # fmt: skip
+def test_mean_teacher_methods_return_the_pre_update_prediction(name, threshold, digits, source_model) -> None:
+    src, test_x, _ = digits
+    extra = {} if threshold is None else {"confidence_threshold": threshold}  # 1.0: always augment-average
+    method = build(name, source_model, src, **{**TEACHER[name], **extra})
+    x = test_x[:64]
+    state = copy.deepcopy(method.state_dict())
+    before = method.predict(x, None)
+    torch.testing.assert_close(method.state_dict(), state, rtol=0, atol=0)  # predict changed nothing
+    teacher = [p.clone() for p in method.teacher.model.parameters()]
+    torch.testing.assert_close(method.adapt(x), before)
+    assert not torch.equal(method.predict(x, None), before)
+    assert any(not torch.equal(p, q) for p, q in zip(method.teacher.model.parameters(), teacher, strict=True))
+
+
+def test_cotta_restores_weights_at_its_rate_and_averages_augmentations_when_unsure(digits, source_model) -> None:
+    src, test_x, _ = digits
+    x = test_x[:64]
+    source = dict(source_model.named_parameters())
+
+    def restored_fraction(prob: float) -> float:
+        m = build("cotta", source_model, src, restore_prob=prob, confidence_threshold=0.0)
+        m.adapt(x)
+        same = sum(int((p == source[k]).sum()) for k, p in m.model.named_parameters())
+        return same / sum(p.numel() for p in m.model.parameters())
+
+    assert restored_fraction(1.0) == 1.0
+    assert restored_fraction(0.0) < 0.05
+    assert 0.2 < restored_fraction(0.3) < 0.4
+    sure = build("cotta", source_model, src, confidence_threshold=0.0, n_augmentations=4, flip=False)
+    unsure = build("cotta", source_model, src, confidence_threshold=1.0, n_augmentations=4, flip=False)
+    out_sure, out_unsure = sure.adapt(x), unsure.adapt(x)
+    assert (sure.n_averaged, unsure.n_averaged) == (0, 1)
+    assert not torch.allclose(out_sure, out_unsure)
+
+
+def test_rmt_loss_components_warmup_and_source_free_variant(digits, source_model) -> None:
+    src, test_x, _ = digits
+    rmt = build("rmt", source_model, src, **TEACHER["rmt"])
+    assert rmt.prototypes is not None and rmt.prototypes.shape == (10, 16)
+    warmed = any(not torch.equal(p, q) for p, q in zip(rmt.model.parameters(), source_model.parameters(), strict=True))
+    assert warmed  # the warm-up on source images already moved the student
+    rmt.adapt(test_x[:64])
+    assert set(rmt.last_losses) == {"sce", "contrastive", "ce_src"}
+    assert all(math.isfinite(v) and v > 0 for v in rmt.last_losses.values())
+    free = build("rmt", source_model, None, **TEACHER["rmt"])
+    assert free.source_free and free.prototypes is None
+    assert all(torch.equal(p, q) for p, q in zip(free.model.parameters(), source_model.parameters(), strict=True))
+    free.adapt(test_x[:64])
+    assert set(free.last_losses) == {"sce", "contrastive"}
+    no_cont = build("rmt", source_model, src, **{**TEACHER["rmt"], "lambda_cont": 0.0, "warmup_samples": 0})
+    no_cont.adapt(test_x[:64])
+    assert set(no_cont.last_losses) == {"sce", "ce_src"}
+
+
+def test_psmt_holds_the_low_fisher_quantile_of_teacher_weights(digits, source_model) -> None:
+    src, test_x, _ = digits
+    psmt = build("psmt", source_model, src, **TEACHER["psmt"], teacher_momentum=0.9)
+    teacher = [p.clone() for p in psmt.teacher.model.parameters()]
+    psmt.adapt(test_x[:64])
+    assert 0.01 < psmt.last_mask_fraction < 0.06
+    held = sum(int((p == q).sum()) for p, q in zip(psmt.teacher.model.parameters(), teacher, strict=True))
+    total = sum(p.numel() for p in teacher)
+    assert abs(held / total - psmt.last_mask_fraction) < 0.02
+    with pytest.raises(ConfigError, match="fisher_alpha=0"):
+        build("psmt", source_model, None, **TEACHER["psmt"])
+    build("psmt", source_model, None, **{**TEACHER["psmt"], "fisher_alpha": 0.0}).adapt(test_x[:64])
+
+
+def test_reliable_entropy_filters_uncertain_and_redundant_samples() -> None:
+    sel = ReliableEntropy(n_classes=4, e_margin_fraction=0.4, d_margin=0.4)
+    confident = torch.tensor([[8.0, 0, 0, 0], [0, 8.0, 0, 0]])
+    uniform = torch.zeros(1, 4)  # entropy ln 4 > 0.4 ln 4: unreliable
+    loss, n_reliable, n_used = sel(torch.cat([confident, uniform]))
+    assert (n_reliable, n_used) == (2, 2) and loss > 0
+    torch.testing.assert_close(sel.mean_probs, confident.softmax(1).mean(0))
+    # a sample predicting class 0 again has cosine similarity ~0.7 > 0.4 to the running average: redundant
+    _, n_reliable, n_used = sel(torch.tensor([[8.0, 0, 0, 0], [0, 0, 0, 8.0]]))
+    assert (n_reliable, n_used) == (2, 1)
+
+
+def test_ema_teacher_averages_and_holds_masked_weights() -> None:
+    student = nn.Linear(2, 1)
+    teacher = EMATeacher(student, momentum=0.75)
+    start = student.weight.detach().clone()
+    with torch.no_grad():
+        student.weight.add_(4.0)
+    teacher.update(student, hold=[torch.tensor([[True, False]]), torch.tensor([False])])
+    expected = torch.stack([start[0, 0], start[0, 1] + 1.0]).view(1, 2)  # 0.75 * w + 0.25 * (w + 4)
+    torch.testing.assert_close(teacher.model.weight, expected)
+    assert not teacher.model.weight.requires_grad
