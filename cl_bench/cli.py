@@ -129,6 +129,18 @@ def format_metrics(record: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def format_online(record: dict[str, Any]) -> str:
+    """Online error of each experience of a TTA record, with its severity (0 = clean source images)."""
+    from cl_bench.metrics import AccuracyMatrix
+    from cl_bench.metrics.tta import online_errors
+
+    m = AccuracyMatrix.from_dict(record["accuracy_matrix"])
+    cells = [f"{e}:s{m.severity[e]} {100 * err:.1f}" for e, err in enumerate(online_errors(m))]
+    lines = ["  online error (%) per experience (index:severity):"]
+    lines += ["    " + "   ".join(cells[i : i + 8]) for i in range(0, len(cells), 8)]
+    return "\n".join(lines)
+
+
 def _higher(name: str) -> bool:
     from cl_bench.metrics import METRIC_SPECS
 
@@ -147,11 +159,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         record = run(spec, options["out"], checkpoint_every=options["checkpoint_every"], progress=progress)
         run_dir = Path(options["out"]) / record["run_id"]
     cost = record["cost"]
-    print(
-        f"{record['method']['name']} on {record['scenario']['name']} (seed {record['seed']}, "
-        f"eval_every={record['protocol']['eval_every']}): {len(record['accuracy_matrix']['iteration'])} eval "
-        f"points, train {cost['train_seconds']:.1f}s, eval {cost['eval_seconds']:.1f}s"
-    )
+    if record["accuracy_matrix"].get("online"):
+        print(f"{record['method']['name']} on {record['scenario']['name']} (seed {record['seed']}, test batch "
+              f"{record['protocol']['batch_size']}): {len(record['accuracy_matrix']['iteration'])} experiences, source "
+              f"phase {cost.get('source_seconds', 0.0):.1f}s, adaptation {cost['train_seconds']:.1f}s")  # fmt: skip
+        print(format_online(record))
+    else:
+        print(
+            f"{record['method']['name']} on {record['scenario']['name']} (seed {record['seed']}, "
+            f"eval_every={record['protocol']['eval_every']}): {len(record['accuracy_matrix']['iteration'])} eval "
+            f"points, train {cost['train_seconds']:.1f}s, eval {cost['eval_seconds']:.1f}s"
+        )
     print(format_metrics(record))
     print(f"record: {run_dir / 'run.json'}")
     print(f"plot:   {run_dir / 'accuracy.png'}")

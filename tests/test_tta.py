@@ -342,6 +342,7 @@ def test_cli_bad_checkpoint_is_a_user_error(tmp_path: Path, capsys: pytest.Captu
     assert main(["run", "--scenario", "toy_tta", "--method", "bn_adapt", "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "online_error " in table and "clean_acc_after" in table and "forgetting" not in table
+    assert "test batch 16): 3 experiences" in table and "0:s5 " in table and "2:s5 " in table
 
 
 @pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), reason="real MNIST not available")
