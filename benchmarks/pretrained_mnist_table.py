@@ -53,7 +53,12 @@ class PretrainedFinetune(Method):
         self.opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=5e-4)
 
     def observe(self, batch: Batch) -> dict[str, Any]:
-        loss = F.cross_entropy(self.head(self.encoder(batch.x)), batch.y)
+        # Plain fine-tuning trains BatchNorm too (batch statistics), unlike the slow learner.
+        self.encoder.backbone.train()
+        try:
+            loss = F.cross_entropy(self.head(self.encoder(batch.x)), batch.y)
+        finally:
+            self.encoder.backbone.eval()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
