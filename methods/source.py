@@ -6,11 +6,11 @@ References:
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar
 
 import torch
 
+from cl_bench.components import clone_source
 from cl_bench.method import Caps, Method
 from cl_bench.registry import METHODS
 from cl_bench.types import PredictContext, StreamInfo
@@ -28,10 +28,7 @@ class Source(Method):
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
-        if info.source_model is None:
-            raise ValueError(f"{self.name or type(self).__name__} needs StreamInfo.source_model (run it on a test-time "
-                             f"adaptation stream)")
-        self.net = copy.deepcopy(info.source_model).eval()
+        self.net = clone_source(info, self.name or type(self).__name__).eval()
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
