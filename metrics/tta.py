@@ -14,6 +14,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from .matrix import AccuracyMatrix
 from .spec import metric
@@ -34,8 +35,12 @@ def online_errors(m: AccuracyMatrix) -> list[float]:
     return out
 
 
-def _mean_where(m: AccuracyMatrix, keep: list[bool]) -> float:
-    errs = [err for err, k in zip(online_errors(m), keep, strict=True) if k]
+def _online_error_where(m: AccuracyMatrix, keep: Callable[[int], bool]) -> float:
+    """Mean online error over the finished experiences whose severity passes ``keep`` (NaN if none)."""
+    if not m.online or not m.boundary:
+        return math.nan
+    done = len(m.boundary)
+    errs = [err for e, err in enumerate(online_errors(m)) if e < done and keep(m.severity[e])]
     if not errs or any(math.isnan(v) for v in errs):
         return math.nan
     return math.fsum(errs) / len(errs)
@@ -44,31 +49,22 @@ def _mean_where(m: AccuracyMatrix, keep: list[bool]) -> float:
 @metric("online_error", higher_is_better=False, reference=RMT, kind="tta",
         description="TTA: mean error over corrupted experiences of predictions made before adapting")  # fmt: skip
 def online_error(m: AccuracyMatrix) -> float:
-    if not m.online or not m.boundary:
-        return math.nan
-    done = len(m.boundary)
-    return _mean_where(m, [e < done and m.severity[e] > 0 for e in range(m.n_experiences)])
+    return _online_error_where(m, lambda severity: severity > 0)
 
 
 @metric("online_error_max_severity", higher_is_better=False, reference=RMT, kind="tta",
         description="TTA: online error over the experiences at the highest severity (gradual streams: 5)")  # fmt: skip
 def online_error_max_severity(m: AccuracyMatrix) -> float:
-    if not m.online or not m.boundary:
-        return math.nan
-    done = len(m.boundary)
-    top = max((s for s in m.severity[:done] if s > 0), default=0)
+    top = max((s for s in m.severity[: len(m.boundary)] if s > 0), default=0)
     if top == 0:
         return math.nan
-    return _mean_where(m, [e < done and m.severity[e] == top for e in range(m.n_experiences)])
+    return _online_error_where(m, lambda severity: severity == top)
 
 
 @metric("online_error_clean", higher_is_better=False, reference=COTTA, kind="tta",
         description="TTA: online error on clean source images inserted between domains (forgetting)")  # fmt: skip
 def online_error_clean(m: AccuracyMatrix) -> float:
-    if not m.online or not m.boundary:
-        return math.nan
-    done = len(m.boundary)
-    return _mean_where(m, [e < done and m.severity[e] == 0 for e in range(m.n_experiences)])
+    return _online_error_where(m, lambda severity: severity == 0)
 
 
 @metric("clean_acc_after", higher_is_better=True, reference=COTTA, kind="tta",
