@@ -19,7 +19,8 @@ import tempfile
 
 import torch
 
-from cl_bench.runner import Protocol, RunSpec, run
+from cl_bench.run.runner import run
+from cl_bench.run.spec import Protocol, RunSpec
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ written to a temporary folder in the real format, then read
 
 * by cl_bench's loader (:func:`cl_bench.scenarios.cifar.load_cifar`) for the
   fast path: uint8 N x 3 x 32 x 32 tensors on the device; per batch: index
-  with a shuffled permutation, :class:`cl_bench.augment.CropFlip` (one gather
+  with a shuffled permutation, :class:`cl_bench.data.augment.CropFlip` (one gather
   for the whole batch, seeded per batch as the runner does), ``Standardize``;
 * by ``torchvision.datasets.CIFAR10`` (its md5 check switched off, since the
   files are synthetic) for the baseline: per sample, PIL image ->

@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from cl_bench.runner import Protocol, RunSpec, run
+from cl_bench.run.runner import run
+from cl_bench.run.spec import Protocol, RunSpec
 
 SWEEP: list[tuple[str, dict[str, Any]]] = [
     ("ncm", {"metric": "cosine"}),

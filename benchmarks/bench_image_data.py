@@ -10,7 +10,7 @@ smooth random content, quality 90) written to a temporary folder, roughly the si
 * ``torchvision``: ``datasets.ImageFolder`` with ``transforms.v2`` ``RandomResizedCrop(224)``,
   ``RandomHorizontalFlip()``, ``ToImage()``, ``ToDtype(float32, scale=True)``, batched by
   ``DataLoader(batch_size, shuffle=True, num_workers=W)`` — decoding and cropping from the original file.
-* ``FileData``: :class:`cl_bench.filedata.FileData` at 224 px with :class:`cl_bench.augment.ResizedCropFlip`,
+* ``FileData``: :class:`cl_bench.data.filedata.FileData` at 224 px with :class:`cl_bench.data.augment.ResizedCropFlip`,
   batches through :meth:`FileData.iter_batches` (``DataLoader`` workers decode each batch: file -> 224 x 224
   uint8, then one batched crop) — what the runner does for ``split_imagenet_r``.
 * ``FileData + cache``: the same after the decoded-image cache is built (memory-mapped uint8 ``.npy``; the build
@@ -39,9 +39,9 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from cl_bench.augment import ResizedCropFlip
-from cl_bench.filedata import FileData, scan_image_folder
-from cl_bench.types import Standardize
+from cl_bench.core.types import Standardize
+from cl_bench.data.augment import ResizedCropFlip
+from cl_bench.data.filedata import FileData, scan_image_folder
 
 
 def write_tree(root: Path, classes: int, per_class: int, seed: int = 0) -> None:

@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from cl_bench.backbones import create_backbone
-from cl_bench.registry import METHODS
-from cl_bench.types import Batch, Experience, PredictContext, StreamInfo, TensorData
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import Batch, Experience, PredictContext, StreamInfo, TensorData
+from cl_bench.nets.backbones import create_backbone
 
 METHODS_TIMED = ["l2p", "dualprompt", "coda_prompt", "one_prompt", "l2_vit"]
 

@@ -27,7 +27,7 @@ Protocol (identical for all three):
 
 What each variant does:
 
-1. ``cl_bench``: ``cl_bench.runner`` with ``RunSpec(method="finetune",
+1. ``cl_bench``: ``cl_bench.run.runner`` with ``RunSpec(method="finetune",
    scenario="split_mnist", protocol=Protocol(eval_every=1, eval_subset=0,
    batch_size=32, epochs=1))``. The timed part is the runner's loop (method
    setup, training, every evaluation); building the scenario (reading the IDX
@@ -106,10 +106,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.errors import UserError
-from cl_bench.runner import Protocol, RunSpec, _Run, _shuffle_seed, run, run_id_for
+from cl_bench.core.errors import UserError
+from cl_bench.core.types import Scenario
+from cl_bench.run.rng import shuffle_seed
+from cl_bench.run.runner import _Run, run
+from cl_bench.run.spec import Protocol, RunSpec, run_id_for
 from cl_bench.scenarios.mnist import split_mnist
-from cl_bench.types import Scenario
 
 BATCH_SIZE = 32
 EPOCHS = 1
@@ -253,7 +255,7 @@ def run_plain(seed: int, data: StreamTensors) -> Outcome:
             x, y = data.train_x[e], data.train_y[e]
             n_batches = math.ceil(len(y) / BATCH_SIZE)
             for epoch in range(EPOCHS):
-                perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(_shuffle_seed(seed, e, epoch)))
+                perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(shuffle_seed(seed, e, epoch)))
                 for b in range(n_batches):
                     idx = perm[b * BATCH_SIZE : (b + 1) * BATCH_SIZE]
                     loss = F.cross_entropy(model(x[idx]), y[idx])

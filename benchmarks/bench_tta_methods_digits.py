@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cl_bench.registry import METHODS, SCENARIOS
-from cl_bench.types import Standardize, StreamInfo, TensorData
+from cl_bench.core.registry import METHODS, SCENARIOS
+from cl_bench.core.types import Standardize, StreamInfo, TensorData
 
 ALL = ("source", "tent", "eata", "sar", "rdumb", "cotta", "rmt", "psmt")
 
@@ -51,7 +51,7 @@ def clean_source(seed: int) -> TensorData:
     """The clean training split of digits_c (same split, same transform)."""
     from sklearn.datasets import load_digits
 
-    from cl_bench.streams import stratified_split
+    from cl_bench.data.streams import stratified_split
 
     d = load_digits()
     x = torch.tensor(np.round(d.images * 255.0 / 16.0), dtype=torch.uint8).unsqueeze(1)

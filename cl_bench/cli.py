@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from .config import read_yaml_file
-from .errors import UserError
+from cl_bench.core.config import read_yaml_file
+from cl_bench.core.errors import UserError
 
 DEFAULT_METHOD = "er"
 DEFAULT_SCENARIO = "split_digits"
@@ -76,8 +76,8 @@ def _load_yaml_config(path: str) -> dict[str, Any]:
 
 def build_spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Merge ``--config`` YAML and flags (flags win) into a RunSpec and run options."""
-    from .config import build_config
-    from .runner import Protocol, RunSpec
+    from cl_bench.core.config import build_config
+    from cl_bench.run.spec import Protocol, RunSpec
 
     cfg = _load_yaml_config(args.config) if args.config else {}
     method_cfg = dict(cfg.get("method") or {})
@@ -113,9 +113,8 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 def format_metrics(record: dict[str, Any]) -> str:
     """The metric table printed after a run."""
+    from cl_bench.core.registry import METRICS
     from cl_bench.metrics import METRIC_SPECS
-
-    from .registry import METRICS
 
     rows = []
     kind = "tta" if record["accuracy_matrix"].get("online") else "cl"
@@ -148,7 +147,7 @@ def _higher(name: str) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import resume, run
+    from cl_bench.run.runner import resume, run
 
     progress = sys.stderr.isatty() and not args.quiet
     if args.resume:
@@ -177,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .registry import METHODS, METRICS, SCENARIOS
+    from cl_bench.core.registry import METHODS, METRICS, SCENARIOS
 
     registry = {"methods": METHODS, "scenarios": SCENARIOS, "metrics": METRICS}[args.what]
     for entry in registry.entries():
@@ -245,8 +244,8 @@ def _tolerances(items: Sequence[str]) -> dict[str, float]:
 
 
 def _add_report_commands(sub: Any) -> None:
-    """``sweep``, ``leaderboard``, ``plot``, ``regress`` and ``tune``; the work is in :mod:`cl_bench.commands`."""
-    from . import commands
+    """``sweep``, ``leaderboard``, ``plot``, ``regress`` and ``tune``; the work is in :mod:`cl_bench.ops.commands`."""
+    from cl_bench.ops import commands
 
     def executor_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--executor", choices=["local", "ray"], default="local",

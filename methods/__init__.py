@@ -4,7 +4,7 @@ Importing this package registers every built-in method; this module list is
 the one place that names them. Each module holds one method family's whole logic.
 """
 
-from . import (  # noqa: F401
+from cl_bench.methods import (  # noqa: F401
     agem,
     bn_adapt,
     coda_prompt,

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from cl_bench.components import use_test_batch_stats
-from cl_bench.errors import ConfigError
-from cl_bench.method import Caps
-from cl_bench.registry import METHODS
-from cl_bench.types import StreamInfo
-
-from .source import Source
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.method import Caps
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import StreamInfo
+from cl_bench.methods.source import Source
 
 
 @dataclass(frozen=True)

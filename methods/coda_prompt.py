@@ -21,9 +21,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from cl_bench.components.prompts import TINY_VIT, CodaPrompt, ViTConfig, ViTPromptMethod
-from cl_bench.registry import METHODS
-from cl_bench.types import Experience, StreamInfo
+from cl_bench.components.prompts import CodaPrompt
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import Experience, StreamInfo
+from cl_bench.families.vit_prompt import TINY_VIT, ViTConfig, ViTPromptMethod
 
 
 @dataclass(frozen=True)

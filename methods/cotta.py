@@ -21,19 +21,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from cl_bench.components import (
-    EMATeacher,
-    TTAOptimConfig,
-    adaptable_copy,
-    cross_entropy_to,
-    generator,
-    generator_copy,
-    make_augment,
-    make_optimizer,
-)
-from cl_bench.method import Caps, Method
-from cl_bench.registry import METHODS
-from cl_bench.types import PredictContext, StreamInfo
+from cl_bench.components import EMATeacher, cross_entropy_to, make_augment
+from cl_bench.core.method import Caps, Method
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import PredictContext, StreamInfo
+from cl_bench.families.tta import TTAOptimConfig, adaptable_copy, generator, generator_copy, make_optimizer
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from cl_bench.components.prompts import TINY_VIT, PromptPool, ViTConfig, ViTPromptMethod, merge_prefixes
-from cl_bench.errors import ConfigError
-from cl_bench.registry import METHODS
-from cl_bench.types import StreamInfo
+from cl_bench.components.prompts import PromptPool, merge_prefixes
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import StreamInfo
+from cl_bench.families.vit_prompt import TINY_VIT, ViTConfig, ViTPromptMethod
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from cl_bench.components import (
-    ReliableEntropy,
-    TTAOptimConfig,
-    adaptable_copy,
-    make_optimizer,
-    source_fisher_penalty,
-)
-from cl_bench.method import Caps, Method
-from cl_bench.registry import METHODS
-from cl_bench.types import PredictContext, StreamInfo
+from cl_bench.components import ReliableEntropy
+from cl_bench.core.method import Caps, Method
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import PredictContext, StreamInfo
+from cl_bench.families.tta import TTAOptimConfig, adaptable_copy, make_optimizer, source_fisher_penalty
 
 
 @dataclass(frozen=True)

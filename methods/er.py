@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 import torch
 
 from cl_bench.components import ReservoirBuffer
-from cl_bench.method import Caps, SupervisedMethod, TrainConfig
-from cl_bench.registry import METHODS
-from cl_bench.types import Batch, StreamInfo
+from cl_bench.core.method import Caps
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import Batch, StreamInfo
+from cl_bench.families.supervised import SupervisedMethod, TrainConfig
 
 
 @dataclass(frozen=True)

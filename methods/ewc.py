@@ -17,9 +17,9 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from cl_bench.components import FisherPenalty, diagonal_fisher
-from cl_bench.method import SupervisedMethod, TrainConfig
-from cl_bench.registry import METHODS
-from cl_bench.types import Experience, StreamInfo
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import Experience, StreamInfo
+from cl_bench.families.supervised import SupervisedMethod, TrainConfig
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ References:
 
 from __future__ import annotations
 
-from cl_bench.method import SupervisedMethod
-from cl_bench.registry import METHODS
+from cl_bench.core.registry import METHODS
+from cl_bench.families.supervised import SupervisedMethod
 
 
 @METHODS.register(

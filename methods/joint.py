@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from cl_bench.method import Caps, SupervisedMethod
-from cl_bench.registry import METHODS
-from cl_bench.types import Experience, TensorData
+from cl_bench.core.method import Caps
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import Experience, TensorData
+from cl_bench.families.supervised import SupervisedMethod
 
 
 @METHODS.register(

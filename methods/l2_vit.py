@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from cl_bench.components import FisherPenalty
-from cl_bench.components.prompts import TINY_VIT, ViTConfig, ViTPromptMethod
-from cl_bench.registry import METHODS
-from cl_bench.types import StreamInfo
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import StreamInfo
+from cl_bench.families.vit_prompt import TINY_VIT, ViTConfig, ViTPromptMethod
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from cl_bench.components import Encoder, PretrainedConfig, PrototypeHead
-from cl_bench.components.pretrained import TINY_RANDOM_BACKBONE
-from cl_bench.method import Caps, Method
-from cl_bench.registry import METHODS
-from cl_bench.types import Batch, Experience, PredictContext, StreamInfo
+from cl_bench.components import PrototypeHead
+from cl_bench.core.method import Caps, Method
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import Batch, Experience, PredictContext, StreamInfo
+from cl_bench.families.pretrained import TINY_RANDOM_BACKBONE, Encoder, PretrainedConfig
 
 
 @dataclass(frozen=True)

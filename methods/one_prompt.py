@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.components.prompts import TINY_VIT, PromptPool, ViTConfig, ViTPromptMethod, merge_prefixes
-from cl_bench.registry import METHODS
-from cl_bench.types import Experience, StreamInfo
+from cl_bench.components.prompts import PromptPool, merge_prefixes
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import Experience, StreamInfo
+from cl_bench.families.vit_prompt import TINY_VIT, ViTConfig, ViTPromptMethod
 
 
 @dataclass(frozen=True)

@@ -32,20 +32,18 @@ from typing import Any, ClassVar
 
 import torch
 
-from cl_bench.components import (
-    EMATeacher,
+from cl_bench.components import EMATeacher, make_augment, symmetric_cross_entropy
+from cl_bench.core.method import Caps, Method
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import PredictContext, StreamInfo
+from cl_bench.families.tta import (
     TTAOptimConfig,
     adaptable_copy,
     generator,
     generator_copy,
-    make_augment,
     make_optimizer,
     source_fisher_penalty,
-    symmetric_cross_entropy,
 )
-from cl_bench.method import Caps, Method
-from cl_bench.registry import METHODS
-from cl_bench.types import PredictContext, StreamInfo
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,11 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from cl_bench.components import Encoder, PretrainedConfig, PrototypeHead
-from cl_bench.components.pretrained import TINY_RANDOM_BACKBONE
-from cl_bench.method import Caps, Method
-from cl_bench.registry import METHODS
-from cl_bench.types import Batch, Experience, PredictContext, StreamInfo
+from cl_bench.components import PrototypeHead
+from cl_bench.core.method import Caps, Method
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import Batch, Experience, PredictContext, StreamInfo
+from cl_bench.families.pretrained import TINY_RANDOM_BACKBONE, Encoder, PretrainedConfig
 
 #: The paper's ridge grid (reference code: ``10.0 ** np.arange(-8, 9)``).
 RIDGES: tuple[float, ...] = tuple(10.0**k for k in range(-8, 9))

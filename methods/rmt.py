@@ -26,20 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.components import (
-    EMATeacher,
-    TTAOptimConfig,
-    adaptable_copy,
-    generator,
-    make_augment,
-    make_optimizer,
-    source_batches,
-    symmetric_cross_entropy,
-)
-from cl_bench.errors import ConfigError
-from cl_bench.method import Caps, Method
-from cl_bench.registry import METHODS
-from cl_bench.types import PredictContext, StreamInfo
+from cl_bench.components import EMATeacher, make_augment, source_batches, symmetric_cross_entropy
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.method import Caps, Method
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import PredictContext, StreamInfo
+from cl_bench.families.tta import TTAOptimConfig, adaptable_copy, generator, make_optimizer
 
 
 @dataclass(frozen=True)

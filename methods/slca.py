@@ -24,12 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.components import Encoder, PretrainedConfig
-from cl_bench.components.pretrained import TINY_RANDOM_BACKBONE
 from cl_bench.components.prototypes import rank_unseen_last
-from cl_bench.method import Caps, Method
-from cl_bench.registry import METHODS
-from cl_bench.types import Batch, Experience, PredictContext, StreamInfo
+from cl_bench.core.method import Caps, Method
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import Batch, Experience, PredictContext, StreamInfo
+from cl_bench.families.pretrained import TINY_RANDOM_BACKBONE, Encoder, PretrainedConfig
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from cl_bench.components import clone_source
-from cl_bench.method import Caps, Method
-from cl_bench.registry import METHODS
-from cl_bench.types import PredictContext, StreamInfo
+from cl_bench.core.method import Caps, Method
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import PredictContext, StreamInfo
+from cl_bench.families.tta import clone_source
 
 
 @METHODS.register(

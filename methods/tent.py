@@ -16,15 +16,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from cl_bench.components import (
-    TTAOptimConfig,
-    adaptable_copy,
-    make_optimizer,
-    softmax_entropy,
-)
-from cl_bench.method import Caps, Method
-from cl_bench.registry import METHODS
-from cl_bench.types import PredictContext, StreamInfo
+from cl_bench.components import softmax_entropy
+from cl_bench.core.method import Caps, Method
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import PredictContext, StreamInfo
+from cl_bench.families.tta import TTAOptimConfig, adaptable_copy, make_optimizer
 
 
 @dataclass(frozen=True)

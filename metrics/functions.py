@@ -37,8 +37,8 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
-from .matrix import AccuracyMatrix
-from .spec import metric
+from cl_bench.metrics.matrix import AccuracyMatrix
+from cl_bench.metrics.spec import metric
 
 GEM = 'Lopez-Paz & Ranzato, "Gradient Episodic Memory for Continual Learning", NeurIPS 2017'
 ICARL = (

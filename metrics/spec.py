@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .matrix import AccuracyMatrix
+from cl_bench.metrics.matrix import AccuracyMatrix
 
 MetricFn = Callable[[AccuracyMatrix], float]
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from .matrix import AccuracyMatrix
-from .spec import metric
+from cl_bench.metrics.matrix import AccuracyMatrix
+from cl_bench.metrics.spec import metric
 
 RMT = ('Döbler, Marsden & Yang, "Robust Mean Teacher for Continual and Gradual Test-Time Adaptation", '
        "CVPR 2023")  # fmt: skip

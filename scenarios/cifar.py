@@ -6,7 +6,7 @@ test_batch`` and ``ROOT/cifar-100-python/train, test``), or from a root that is
 that batches folder itself, downloading through torchvision where the network
 allows. Images are held as uint8 N x 3 x 32 x 32 tensors; training batches get
 the standard random crop (padding 4) + horizontal flip batch-wise on the
-device (:class:`cl_bench.augment.CropFlip`), then every batch is normalised with
+device (:class:`cl_bench.data.augment.CropFlip`), then every batch is normalised with
 the dataset's per-channel mean and std.
 
 The batches are pickles; they are read with an unpickler that only rebuilds
@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cl_bench.augment import CropFlip
-from cl_bench.errors import DataError
-from cl_bench.registry import SCENARIOS
-from cl_bench.streams import split_by_class
-from cl_bench.types import Scenario, Standardize, TensorData
+from cl_bench.core.errors import DataError
+from cl_bench.core.registry import SCENARIOS
+from cl_bench.core.types import Scenario, Standardize, TensorData
+from cl_bench.data.augment import CropFlip
+from cl_bench.data.streams import split_by_class
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """Corruption streams: one experience per corruption domain (domain-incremental, 10 or 100 classes).
 
-* ``digits_c`` and ``mnist_c`` generate the corruptions here (:mod:`cl_bench.scenarios.corruptions`,
+* ``digits_c`` and ``mnist_c`` generate the corruptions here (:mod:`cl_bench.data.corruptions`,
   CIFAR-scale parameters) on the held-out and training parts of Split-Digits' and MNIST's data. Each
   experience carries the corrupted training split as ``train`` (so supervised continual methods run them as
   a domain-incremental stream) and the corrupted held-out split as ``test``.
 * ``cifar10_c`` and ``cifar100_c`` read the released CIFAR-10-C / CIFAR-100-C files: test-only experiences
   (``train`` is None), as used by continual test-time adaptation.
 
-The default order is :data:`~cl_bench.scenarios.corruptions.BENCHMARK_ORDER` (the continual TTA order of
+The default order is :data:`~cl_bench.data.corruptions.BENCHMARK_ORDER` (the continual TTA order of
 RMT / CoTTA) at severity 5.
 """
 
@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cl_bench.errors import ConfigError, DataError
-from cl_bench.registry import SCENARIOS
-from cl_bench.tta import TTA_BATCH_SIZE, tta_experiences, tta_spec
-from cl_bench.types import Scenario, SourceDomain, Standardize, TensorData
-
-from . import corruptions as C
+from cl_bench.core.errors import ConfigError, DataError
+from cl_bench.core.registry import SCENARIOS
+from cl_bench.core.types import Scenario, SourceDomain, Standardize, TensorData
+from cl_bench.data import corruptions as C
+from cl_bench.data.tta_streams import TTA_BATCH_SIZE, tta_experiences, tta_spec
 
 _TITLE = {"cifar10_c": "CIFAR-10-C", "cifar100_c": "CIFAR-100-C"}
 _CIFAR_TRANSFORM = Standardize(scale=255.0)  # [0, 1] inputs, the RobustBench convention for CIFAR-10-C models
@@ -33,7 +32,7 @@ _CIFAR_TRANSFORM = Standardize(scale=255.0)  # [0, 1] inputs, the RobustBench co
 
 @dataclass(frozen=True)
 class TTAOptions:
-    """The test-time adaptation options every corruption stream takes (see :mod:`cl_bench.tta`).
+    """The test-time adaptation options every corruption stream takes (see :mod:`cl_bench.run.source`).
 
     Attributes:
         setting: continual, gradual, mixed_domains, reset_each_shift or correlated.
@@ -142,7 +141,7 @@ def corrupted_stream(
             tx = _corrupt_nchw(train.x, c, severity, _domain_seed(seed, i, 0), frost_dir)
             experiences[k] = dataclasses.replace(exp, train=TensorData(tx, train.y, train.transform))
     full_spec = {**spec, "corruptions": list(corruptions), "severity": severity, "seed": seed,
-                 "corruption_impl": "cl_bench.scenarios.corruptions (make_cifar_c.py CIFAR-scale parameters)",
+                 "corruption_impl": "cl_bench.data.corruptions (make_cifar_c.py CIFAR-scale parameters)",
                  "frost": C.describe("frost", frost_dir) if "frost" in corruptions else None,
                  "train_domains": tta.setting == "continual" and tta.train_domains,
                  **tta_spec(tta.setting, tta.n_per_domain, tta.concentration, tta.insert_clean, seed,
@@ -200,7 +199,7 @@ def digits_c(
     """
     from sklearn.datasets import load_digits
 
-    from cl_bench.streams import stratified_split
+    from cl_bench.data.streams import stratified_split
 
     data = load_digits()
     x = torch.tensor(np.round(data.images * 255.0 / 16.0), dtype=torch.uint8).unsqueeze(1)
@@ -266,7 +265,7 @@ def mnist_c(
             Perturbations" (ICLR 2019).
         Mu & Gilmer, "MNIST-C: A Robustness Benchmark for Computer Vision" (ICML Workshop 2019).
     """
-    from .mnist import load_mnist
+    from cl_bench.scenarios.mnist import load_mnist
 
     _check_stream(tuple(corruptions), severity)
     train, test, spec = load_mnist(root, download)
@@ -350,7 +349,7 @@ def _cifar_c(name: str, n_classes: int, root: str | None, severity: int, corrupt
 
     train = test = None
     if clean_root is not None:
-        from .cifar import CIFAR10, CIFAR100, load_cifar
+        from cl_bench.scenarios.cifar import CIFAR10, CIFAR100, load_cifar
 
         tr, te, clean_spec = load_cifar(CIFAR10 if n_classes == 10 else CIFAR100, clean_root, download=False)
         # The source side must see what the corrupted side sees: x/255, RobustBench's convention.

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from cl_bench.registry import SCENARIOS
-from cl_bench.streams import split_by_class, stratified_split
-from cl_bench.types import Scenario, Standardize, TensorData
+from cl_bench.core.registry import SCENARIOS
+from cl_bench.core.types import Scenario, Standardize, TensorData
+from cl_bench.data.streams import split_by_class, stratified_split
 
 _SPLIT_SEED = 0  # the train/test split is part of the dataset, not of the run
 

@@ -1,7 +1,7 @@
 """Split ImageNet-R: 200 ImageNet classes rendered as art, cartoons, sketches, ... (~30,000 images), class split.
 
 Read from an ImageFolder tree (``ROOT/<wnid>/<image>.jpg``, as ``imagenet-r.tar`` unpacks) through
-:class:`cl_bench.filedata.FileData`: images are decoded lazily (DataLoader workers during training) or once
+:class:`cl_bench.data.filedata.FileData`: images are decoded lazily (DataLoader workers during training) or once
 into a decoded-image cache. Two train/test splits:
 
 * ``split="seeded"`` (default): 80/20 per class, drawn with a fixed split seed (0), independent of the run seed.
@@ -23,12 +23,12 @@ from typing import Any
 import torch
 import yaml
 
-from cl_bench.augment import ResizedCropFlip
-from cl_bench.errors import ConfigError, DataError
-from cl_bench.filedata import FileData, scan_image_folder
-from cl_bench.registry import SCENARIOS
-from cl_bench.streams import split_by_class, stratified_split
-from cl_bench.types import Scenario, Standardize
+from cl_bench.core.errors import ConfigError, DataError
+from cl_bench.core.registry import SCENARIOS
+from cl_bench.core.types import Scenario, Standardize
+from cl_bench.data.augment import ResizedCropFlip
+from cl_bench.data.filedata import FileData, scan_image_folder
+from cl_bench.data.streams import split_by_class, stratified_split
 
 _SPLIT_SEED = 0  # the seeded train/test split is part of the dataset, not of the run
 SPLIT_FILES = ("imagenet-r_train.yaml", "imagenet-r_test.yaml")

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cl_bench.errors import ConfigError, DataError
-from cl_bench.registry import SCENARIOS
-from cl_bench.streams import split_by_class, stratified_split
-from cl_bench.types import Experience, Scenario, Standardize, TensorData
+from cl_bench.core.errors import ConfigError, DataError
+from cl_bench.core.registry import SCENARIOS
+from cl_bench.core.types import Experience, Scenario, Standardize, TensorData
+from cl_bench.data.streams import split_by_class, stratified_split
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from cl_bench.errors import ConfigError
-from cl_bench.registry import SCENARIOS
-from cl_bench.types import Experience, Scenario
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.registry import SCENARIOS
+from cl_bench.core.types import Experience, Scenario
 
 
 def _base_scenario(wrapper: str, base: str, base_args: dict[str, Any] | None) -> Scenario:

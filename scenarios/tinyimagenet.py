@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from cl_bench.augment import CropFlip
-from cl_bench.errors import DataError
-from cl_bench.filedata import FileData, find_images
-from cl_bench.registry import SCENARIOS
-from cl_bench.streams import split_by_class
-from cl_bench.types import Scenario, Standardize, TensorData
+from cl_bench.core.errors import DataError
+from cl_bench.core.registry import SCENARIOS
+from cl_bench.core.types import Scenario, Standardize, TensorData
+from cl_bench.data.augment import CropFlip
+from cl_bench.data.filedata import FileData, find_images
+from cl_bench.data.streams import split_by_class
 
 # Normalisation and augmentation of mammoth's seq-tinyimg (Buzzega et al., NeurIPS 2020).
 _TRANSFORM = Standardize(255.0, (0.4802, 0.4480, 0.3975), (0.2770, 0.2691, 0.2821))

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from cl_bench.errors import ConfigError
-from cl_bench.registry import SCENARIOS
-from cl_bench.streams import split_by_class
-from cl_bench.types import Scenario, TensorData
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.registry import SCENARIOS
+from cl_bench.core.types import Scenario, TensorData
+from cl_bench.data.streams import split_by_class
 
 _SHAPE = (1, 4, 4)
 
@@ -115,8 +115,8 @@ def toy_tta(
         source_epochs: Epochs of the source phase.
         source_free: Give TTA methods no source data.
     """
-    from cl_bench.tta import TTA_SETTINGS, tta_experiences, tta_spec
-    from cl_bench.types import SourceDomain
+    from cl_bench.core.types import SourceDomain
+    from cl_bench.data.tta_streams import TTA_SETTINGS, tta_experiences, tta_spec
 
     if n_domains < 1 or n_classes < 2 or n_train < 1 or n_test < 1:
         raise ConfigError("toy_tta needs n_domains >= 1, n_classes >= 2, n_train >= 1 and n_test >= 1")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cl_bench.backbones import create_backbone
 from cl_bench.components import BackboneInput
 from cl_bench.components.backbone_input import IMAGENET_MEAN, IMAGENET_STD
-from cl_bench.errors import ConfigError
-from cl_bench.registry import SCENARIOS
-from cl_bench.types import Standardize
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.registry import SCENARIOS
+from cl_bench.core.types import Standardize
+from cl_bench.nets.backbones import create_backbone
 
 
 def test_mnist_standardised_batch_becomes_imagenet_normalised_rgb() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cl_bench.backbones import backbone_tag, create_backbone, weights_sha256
-from cl_bench.errors import ConfigError
+from cl_bench.core.errors import ConfigError
+from cl_bench.nets.backbones import backbone_tag, create_backbone, weights_sha256
 
 TINY_VIT = {"img_size": 16, "patch_size": 8, "embed_dim": 24, "depth": 2, "num_heads": 2}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cl_bench.cli import main, parse_sets
-from cl_bench.errors import UserError
+from cl_bench.core.errors import UserError
 
 MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 

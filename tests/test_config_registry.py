@@ -14,10 +14,10 @@ from typing import Literal
 
 import pytest
 
-from cl_bench.config import build_config, config_to_dict, public_name
-from cl_bench.errors import ConfigError, UserError
-from cl_bench.method import Method
-from cl_bench.registry import METHODS, METRICS, SCENARIOS, Registry
+from cl_bench.core.config import build_config, config_to_dict, public_name
+from cl_bench.core.errors import ConfigError, UserError
+from cl_bench.core.method import Method
+from cl_bench.core.registry import METHODS, METRICS, SCENARIOS, Registry
 
 REGISTRIES = {"method": METHODS, "scenario": SCENARIOS, "metric": METRICS}
 
@@ -68,7 +68,7 @@ def test_duplicate_of_a_builtin_is_caught_before_the_first_lookup(
     """Registering a built-in's name before anything looked a name up must fail then, not break loading later."""
     uid = uuid.uuid4().hex[:8]
     (tmp_path / f"reg_{uid}.py").write_text(
-        "from cl_bench.registry import Registry\n"
+        "from cl_bench.core.registry import Registry\n"
         f"REG = Registry('method', 'cl_bench_test_{uid}', ('builtins_{uid}',))\n"
     )
     (tmp_path / f"builtins_{uid}.py").write_text(
@@ -232,8 +232,8 @@ PLUGIN_MODULE = '''
 from dataclasses import dataclass
 from typing import ClassVar
 
-from cl_bench.method import Method
-from cl_bench.registry import METHODS
+from cl_bench.core.method import Method
+from cl_bench.core.registry import METHODS
 
 
 @dataclass(frozen=True)

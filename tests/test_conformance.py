@@ -9,10 +9,11 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-from cl_bench.method import Caps, SupervisedMethod
-from cl_bench.registry import METHODS
+from cl_bench.core.method import Caps
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import Batch, Experience, PredictContext
+from cl_bench.families.supervised import SupervisedMethod
 from cl_bench.testing import CHECKS, ConformanceError, check_method, toy_scenario
-from cl_bench.types import Batch, Experience, PredictContext
 
 METHODS_UNDER_TEST = METHODS.names()
 

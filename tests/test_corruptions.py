@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cl_bench.errors import ConfigError, DataError
-from cl_bench.registry import SCENARIOS
-from cl_bench.runner import Protocol, RunSpec, run
-from cl_bench.scenarios.corruptions import BENCHMARK_ORDER, CORRUPTIONS, corrupt, is_canonical
+from cl_bench.core.errors import ConfigError, DataError
+from cl_bench.core.registry import SCENARIOS
+from cl_bench.data.corruptions import BENCHMARK_ORDER, CORRUPTIONS, corrupt, is_canonical
+from cl_bench.run.runner import run
+from cl_bench.run.spec import Protocol, RunSpec
 
 
 def smooth_images(n: int, h: int, w: int, c: int, seed: int = 0) -> np.ndarray:

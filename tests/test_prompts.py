@@ -9,10 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cl_bench.backbones import create_backbone
 from cl_bench.cli import main
 from cl_bench.components.prompts import (
-    TINY_VIT,
     CodaPrompt,
     PromptedViT,
     PromptPool,
@@ -20,11 +18,13 @@ from cl_bench.components.prompts import (
     gram_schmidt_,
     merge_prefixes,
 )
-from cl_bench.errors import ConfigError
-from cl_bench.method import Caps
-from cl_bench.registry import METHODS, SCENARIOS
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.method import Caps
+from cl_bench.core.registry import METHODS, SCENARIOS
+from cl_bench.core.types import StreamInfo
+from cl_bench.families.vit_prompt import TINY_VIT
+from cl_bench.nets.backbones import create_backbone
 from cl_bench.testing import check_method, toy_scenario
-from cl_bench.types import StreamInfo
 
 PROMPT_METHODS = ["l2p", "dualprompt", "coda_prompt", "one_prompt", "l2_vit"]
 VIT_KW = {"img_size": 8, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import torch
 
-from cl_bench.errors import DivergenceError, UserError
-from cl_bench.record import load_record, matrix_of
-from cl_bench.runner import CHECKPOINT_FILE, Protocol, RunSpec, resume, run, run_id_for
+from cl_bench.core.errors import DivergenceError, UserError
+from cl_bench.core.record import load_record, matrix_of
+from cl_bench.run.runner import CHECKPOINT_FILE, resume, run
+from cl_bench.run.spec import Protocol, RunSpec, run_id_for
 
 # Split-Digits with ER: 2 epochs x 5 experiences = 292 iterations, evaluated at every one. The first
 # checkpoint (iteration 20) comes early, so the kill lands mid-run with a wide margin.
@@ -133,14 +134,14 @@ DIE_AFTER_CHECKPOINT = """
 import os, sys
 import torch
 torch.set_num_threads(1)
-from cl_bench import runner
+from cl_bench.run import runner, spec
 real_save = torch.save
 def save_then_die(obj, path, *a, **k):
     real_save(obj, path, *a, **k)
     os.replace(path, os.path.join(os.path.dirname(path), runner.CHECKPOINT_FILE))
     os._exit(9)
 runner.torch.save = save_then_die
-runner.run(runner.RunSpec(method="er", scenario="split_digits", seed=0, protocol=runner.Protocol(epochs=2)),
+runner.run(spec.RunSpec(method="er", scenario="split_digits", seed=0, protocol=spec.Protocol(epochs=2)),
            sys.argv[1], checkpoint_every=20)
 """
 
@@ -175,7 +176,7 @@ def test_diverging_run_raises_and_leaves_a_failed_record(tmp_path: Path) -> None
 
 
 def _split_digits() -> Any:
-    from cl_bench.registry import SCENARIOS
+    from cl_bench.core.registry import SCENARIOS
 
     return SCENARIOS.create("split_digits")
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from cl_bench.errors import ConfigError, DataError
-from cl_bench.registry import SCENARIOS
+from cl_bench.core.errors import ConfigError, DataError
+from cl_bench.core.registry import SCENARIOS
+from cl_bench.core.types import Scenario
 from cl_bench.scenarios import mnist
 from cl_bench.scenarios.mnist import load_mnist, read_idx
-from cl_bench.types import Scenario
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"  # ../shared/data/mnist of the repo
 needs_mnist = pytest.mark.skipif(

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from cl_bench.cli import main
-from cl_bench.leaderboard import build_board, write_board
-from cl_bench.record import load_record
+from cl_bench.core.record import load_record
+from cl_bench.report.leaderboard import build_board
+from cl_bench.report.writers import write_board
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO.parent / "shared" / "data" / "mnist"

@@ -11,17 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from cl_bench.errors import ConfigError, UserError
-from cl_bench.method import Caps, Method
+from cl_bench.core.errors import ConfigError, UserError
+from cl_bench.core.method import Caps, Method
+from cl_bench.core.record import load_record
+from cl_bench.core.registry import SCENARIOS
+from cl_bench.core.types import PredictContext, StreamInfo
+from cl_bench.data.tta_streams import GRADUAL_SEVERITIES, dirichlet_order
 from cl_bench.metrics import AccuracyMatrix, compute_all
 from cl_bench.metrics.tta import online_errors
-from cl_bench.models import WideResNet, build_source_model
-from cl_bench.record import load_record
-from cl_bench.registry import SCENARIOS
-from cl_bench.runner import RunSpec, resume, run
+from cl_bench.nets.models import WideResNet, build_source_model
+from cl_bench.run.runner import resume, run
+from cl_bench.run.source import source_model
+from cl_bench.run.spec import RunSpec
 from cl_bench.testing import check_method
-from cl_bench.tta import GRADUAL_SEVERITIES, dirichlet_order, source_model
-from cl_bench.types import PredictContext, StreamInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
@@ -188,7 +190,7 @@ def test_source_model_is_cached_and_seeded(tmp_path: Path, monkeypatch: pytest.M
     sc = SCENARIOS.create("toy_tta", n_domains=1)
     a = source_model(sc, seed=3)
     assert len(list((tmp_path / "source_models").glob("*.pt"))) == 1
-    from cl_bench import tta
+    from cl_bench.run import source as tta
 
     tta._MEMORY.clear()  # the disk cache alone must give the same weights
     b = source_model(sc, seed=3)
@@ -216,7 +218,8 @@ def test_source_and_bn_adapt_runs_record_tta_metrics(tmp_path: Path) -> None:
     # BN statistics of the shifted batches undo most of the shift; the source model's stay wrong
     assert bn["metrics"]["online_error"] < src["metrics"]["online_error"]
     assert src["metrics"]["clean_acc_after"] > 0.9
-    from cl_bench.leaderboard import TTA_METRICS, build_board, to_markdown
+    from cl_bench.report.leaderboard import TTA_METRICS, build_board
+    from cl_bench.report.writers import to_markdown
 
     board = build_board([tmp_path])
     assert board.metrics == TTA_METRICS and "online_error" in to_markdown(board)
@@ -360,7 +363,7 @@ def test_corrupted_wraps_an_image_scenario() -> None:
 
 
 def test_source_training_does_not_depend_on_the_global_rng(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cl_bench import tta
+    from cl_bench.run import source as tta
 
     weights = []
     for noise in (0, 1):

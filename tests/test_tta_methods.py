@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from cl_bench.components import EMATeacher, ReliableEntropy, TTAugment, softmax_entropy
-from cl_bench.errors import ConfigError
-from cl_bench.registry import METHODS
-from cl_bench.scenarios.corruptions import corrupt
-from cl_bench.types import Standardize, StreamInfo, TensorData
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import Standardize, StreamInfo, TensorData
+from cl_bench.data.corruptions import corrupt
 
 TRANSFORM = Standardize(scale=255.0, mean=(0.3,), std=(0.4,))
 

@@ -5,18 +5,17 @@ References:
     See each component's docstring.
 """
 
-from .backbone_input import BackboneInput
-from .batchnorm import PriorBatchNorm, batch_norm_layers, use_test_batch_stats
-from .buffer import ReservoirBuffer
-from .ema import EMATeacher
-from .feature_cache import FeatureCache
-from .norm import adapt_only, bn_affine_params, require_bn
-from .penalty import FisherPenalty, diagonal_fisher
-from .pretrained import Encoder, PretrainedConfig
-from .prompts import CodaPrompt, PromptedViT, PromptPool
-from .prototypes import PrototypeHead
-from .tta_augment import TTAugment, make_augment
-from .tta_losses import (
+from cl_bench.components.backbone_input import BackboneInput
+from cl_bench.components.batchnorm import PriorBatchNorm, batch_norm_layers, use_test_batch_stats
+from cl_bench.components.buffer import ReservoirBuffer
+from cl_bench.components.ema import EMATeacher
+from cl_bench.components.feature_cache import FeatureCache
+from cl_bench.components.norm import adapt_only, bn_affine_params, require_bn
+from cl_bench.components.penalty import FisherPenalty, diagonal_fisher
+from cl_bench.components.prompts import CodaPrompt, PromptedViT, PromptPool
+from cl_bench.components.prototypes import PrototypeHead
+from cl_bench.components.tta_augment import TTAugment, make_augment
+from cl_bench.components.tta_losses import (
     ReliableEntropy,
     cross_entropy_to,
     pseudo_label_fisher,
@@ -24,21 +23,9 @@ from .tta_losses import (
     source_batches,
     symmetric_cross_entropy,
 )
-from .tta_setup import (
-    TTAOptimConfig,
-    adaptable_copy,
-    clone_source,
-    generator,
-    generator_copy,
-    make_optimizer,
-    need_source_data,
-    source_fisher_penalty,
-)
 
-__all__ = ["BackboneInput", "CodaPrompt", "Encoder", "FeatureCache", "FisherPenalty", "PretrainedConfig",
-           "PromptPool", "PromptedViT", "PrototypeHead", "ReservoirBuffer", "diagonal_fisher"]
-__all__ += ["PriorBatchNorm", "batch_norm_layers", "use_test_batch_stats"]
-__all__ += ["EMATeacher", "TTAugment", "make_augment", "ReliableEntropy", "cross_entropy_to", "pseudo_label_fisher",
-            "softmax_entropy", "source_batches", "symmetric_cross_entropy", "TTAOptimConfig", "adaptable_copy",
-            "clone_source", "generator", "generator_copy", "make_optimizer", "need_source_data",
-            "source_fisher_penalty", "adapt_only", "bn_affine_params", "require_bn"]  # fmt: skip
+__all__ = ["BackboneInput", "CodaPrompt", "EMATeacher", "FeatureCache", "FisherPenalty", "PriorBatchNorm",
+           "PromptPool", "PromptedViT", "PrototypeHead", "ReliableEntropy", "ReservoirBuffer", "TTAugment",
+           "adapt_only", "batch_norm_layers", "bn_affine_params", "cross_entropy_to", "diagonal_fisher",
+           "make_augment", "pseudo_label_fisher", "require_bn", "softmax_entropy", "source_batches",
+           "symmetric_cross_entropy", "use_test_batch_stats"]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.errors import ConfigError
+from cl_bench.core.errors import ConfigError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -47,7 +47,7 @@ class BackboneInput:
     ``image_size`` (antialiased when shrinking), then ``(x - mean) / std``.
 
     Build it with :meth:`for_backbone` (reads the backbone's ``pretrained_cfg``) and
-    :meth:`for_stream` (reads the stream's :class:`~cl_bench.types.Standardize`), or directly.
+    :meth:`for_stream` (reads the stream's :class:`~cl_bench.core.types.Standardize`), or directly.
 
     Attributes:
         image_size: Side of the square images the backbone gets (None keeps the stream's size).

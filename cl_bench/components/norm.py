@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from cl_bench.errors import ConfigError
-
-from .batchnorm import batch_norm_layers
+from cl_bench.components.batchnorm import batch_norm_layers
+from cl_bench.core.errors import ConfigError
 
 
 def require_bn(model: nn.Module, method: str) -> None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.types import TensorData
+from cl_bench.core.types import TensorData
 
 
 def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,133 @@
+"""Run records: the JSON contract every tool reads (DESIGN.md, "Run record").
+
+Records are written atomically (temp file + rename), so a reader never sees a
+half-written file, and loading one recomputes its metrics from the accuracy
+matrix and checks that they agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cl_bench.core.errors import UserError
+from cl_bench.metrics import AccuracyMatrix, compute_all
+
+SCHEMA_VERSION = 1
+RECORD_FILE = "run.json"
+REQUIRED_KEYS = (
+    "schema_version", "run_id", "status", "method", "scenario", "protocol", "seed",
+    "accuracy_matrix", "metrics", "cost", "env", "error",
+)  # fmt: skip
+STATUSES = ("completed", "failed", "running")
+
+
+class RecordError(UserError):
+    """A record file is unreadable or does not follow the schema."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
+    """Atomically write ``record`` as ``run_dir/run.json`` and return the path."""
+    path = Path(run_dir) / RECORD_FILE
+    atomic_write_bytes(path, (json.dumps(_jsonable(record), indent=1) + "\n").encode())
+    return path
+
+
+def validate_record(record: Any, source: str = "record") -> None:
+    """Check the schema of a loaded record and that its metrics match its matrix.
+
+    Raises:
+        RecordError: Naming the first problem found.
+    """
+    if not isinstance(record, dict):
+        raise RecordError(f"{source} is not a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        raise RecordError(f"{source} lacks the keys {', '.join(missing)}; it is not a cl_bench run record")
+    if record["schema_version"] != SCHEMA_VERSION:
+        raise RecordError(
+            f"{source} has schema_version {record['schema_version']}; this cl_bench reads {SCHEMA_VERSION}"
+        )
+    if record["status"] not in STATUSES:
+        raise RecordError(f"{source} has status {record['status']!r}; expected one of {', '.join(STATUSES)}")
+    try:
+        matrix = AccuracyMatrix.from_dict(record["accuracy_matrix"])
+    except (ValueError, TypeError) as err:
+        raise RecordError(f"{source} has a malformed accuracy_matrix: {err}") from None
+    stored = record["metrics"] or {}
+    fresh = compute_all(matrix, [k for k in stored if k in _known_metrics()])
+    for name, value in fresh.items():
+        old = stored[name]
+        if (value is None) != (old is None) or (value is not None and abs(value - old) > 1e-9):
+            raise RecordError(
+                f"{source}: metric {name} is stored as {old} but its accuracy matrix gives {value}; "
+                f"the record was edited or written by an incompatible version"
+            )
+
+
+def _known_metrics() -> set[str]:
+    from cl_bench.metrics import METRIC_SPECS
+
+    return set(METRIC_SPECS)
+
+
+def load_record(path: str | Path) -> dict[str, Any]:
+    """Read and validate a record (``run.json`` or the run directory holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RECORD_FILE
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecordError(f"no run record at {path}; pass a run.json file or the run directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RecordError(f"{path} is not valid JSON ({err}); the record is corrupt") from None
+    validate_record(record, str(path))
+    return record
+
+
+def matrix_of(record: dict[str, Any]) -> AccuracyMatrix:
+    """The :class:`AccuracyMatrix` stored in a record."""
+    return AccuracyMatrix.from_dict(record["accuracy_matrix"])
+
+
+def git_sha() -> str | None:
+    """Commit of the cl_bench checkout, if it is one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+            text=True, timeout=5, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

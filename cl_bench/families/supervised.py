@@ -1,0 +1,128 @@
+"""The supervised family: a network trained by gradient steps on cross-entropy.
+
+Hooks a subclass fills in (do not override the rest unless the method changes what a step is):
+
+* ``regularizer(x, y, out)``: extra loss added to the step's cross-entropy (EWC, L2, LwF).
+* ``observe(batch)``: override only to change what a step sees (replay adds memory samples),
+  calling :meth:`SupervisedMethod.step` for the update.
+* ``begin_experience`` / ``end_experience``: call ``super()`` first (task-class bookkeeping).
+
+The family's config, :class:`TrainConfig`, holds the network and optimiser fields every
+supervised method shares; a method's ``Config`` inherits from it.
+
+References:
+    De Lange et al., "Continual evaluation for lifelong learning: identifying the stability gap"
+        (ICLR 2023): the MLP 2x400 / SGD 0.01 defaults on MNIST-scale streams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cl_bench.core.method import Method
+from cl_bench.core.types import Batch, Experience, PredictContext, StreamInfo
+from cl_bench.nets.models import build_model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Network and optimiser fields shared by the supervised methods.
+
+    Defaults follow De Lange et al. (ICLR 2023) for MNIST-scale streams: an MLP
+    with two hidden layers of 400 units trained by SGD at lr 0.01.
+    """
+
+    model: str = "mlp"
+    hidden_size: int = 400
+    hidden_layers: int = 2
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+def build_network(cfg: TrainConfig, info: StreamInfo) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The network (on ``info.device``) and optimiser that ``cfg`` asks for, for the stream ``info`` describes."""
+    net = build_model(cfg.model, info.input_shape, info.n_classes, cfg.hidden_size, cfg.hidden_layers).to(info.device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return net, torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return net, torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+class SupervisedMethod(Method):
+    """A network trained by gradient steps on cross-entropy, plus a regulariser hook.
+
+    Subclasses usually override only :meth:`regularizer`, or :meth:`observe` to
+    change what a step sees (e.g. replay adds memory samples). In task-incremental
+    streams, training logits are masked to the classes of each example's task
+    (a multi-head network sharing one output layer).
+    """
+
+    Config: ClassVar[type] = TrainConfig
+
+    def setup(self, info: StreamInfo, seed: int) -> None:
+        super().setup(info, seed)
+        self.device = torch.device(info.device)
+        self.net: nn.Module
+        self.opt: torch.optim.Optimizer
+        self.net, self.opt = build_network(self.config, info)
+        self.task_classes = torch.zeros(info.n_experiences, info.n_classes, dtype=torch.bool, device=self.device)
+
+    def begin_experience(self, exp: Experience) -> None:
+        if exp.task_id is not None:
+            self.task_classes[exp.task_id, list(exp.classes)] = True
+
+    def mask_logits(self, out: torch.Tensor, task_ids: torch.Tensor | None) -> torch.Tensor:
+        """``out`` restricted to each example's task classes when task ids are given."""
+        if task_ids is None:
+            return out
+        return out.masked_fill(~self.task_classes[task_ids], torch.finfo(out.dtype).min)
+
+    def regularizer(self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor | float:
+        """Extra loss added to the cross-entropy of a step (0 by default).
+
+        Args:
+            x: Inputs of the step.
+            y: Labels of the step.
+            out: Unmasked network outputs on ``x`` (all classes).
+        """
+        return 0.0
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, task_ids: torch.Tensor | None) -> torch.Tensor:
+        """One optimiser step on ``x, y``; returns the (detached) loss."""
+        self.net.train()
+        out = self.net(x)
+        loss = F.cross_entropy(self.mask_logits(out, task_ids), y) + self.regularizer(x, y, out)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def observe(self, batch: Batch) -> dict[str, Any]:
+        return {"loss": self.step(batch.x, batch.y, batch.task_ids)}
+
+    def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            return self.net(x)
+        finally:
+            self.net.train(was_training)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "task_classes": self.task_classes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.task_classes.copy_(state["task_classes"])

@@ -1,0 +1,162 @@
+"""Set-up shared by the test-time adaptation methods: the source-model copy and the optimiser.
+
+References:
+    Döbler et al. "Robust Mean Teacher for Continual and Gradual Test-Time Adaptation" (RMT).
+    CVPR 2023 — its benchmark (mariodoebler/test-time-adaptation) fixes the CIFAR-10-C optimiser
+    used as default here: Adam, lr 1e-3, beta 0.9, no weight decay, one step per test batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from cl_bench.components.batchnorm import use_test_batch_stats
+from cl_bench.components.norm import adapt_only, bn_affine_params, require_bn
+from cl_bench.components.penalty import FisherPenalty
+from cl_bench.components.tta_losses import pseudo_label_fisher, source_batches
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.types import StreamInfo
+
+
+@dataclass(frozen=True)
+class TTAOptimConfig:
+    """Optimiser of a test-time adaptation method (defaults: the RMT benchmark's CIFAR-10-C configs).
+
+    Attributes:
+        optimizer: "adam" or "sgd".
+        lr: Learning rate.
+        beta: Adam's beta1 (beta2 = 0.999).
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay.
+    """
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    beta: float = 0.9
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.beta < 1 or self.momentum < 0 or self.weight_decay < 0:
+            raise ValueError("beta must be in [0, 1), momentum and weight_decay >= 0")
+
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TTAOptimConfig) -> torch.optim.Optimizer:
+    """The optimiser ``cfg`` describes over ``params``."""
+    params = list(params)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta, 0.999), weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def clone_source(info: StreamInfo, method: str) -> nn.Module:
+    """A private copy of the stream's source model on the run's device.
+
+    Raises:
+        ConfigError: The stream has no source model (not a test-time adaptation stream).
+    """
+    if info.source_model is None:
+        raise ConfigError(
+            f"Method {method!r} adapts a trained source model at test time, but this stream provides "
+            "none. Run it on a test-time adaptation stream (e.g. --scenario digits_c or mnist_c with the "
+            "TTA protocol), which trains or loads the source model before the stream starts."
+        )
+    return copy.deepcopy(info.source_model).to(info.device)
+
+
+def adaptable_copy(
+    info: StreamInfo, method: str, train: Literal["norm", "all"]
+) -> tuple[nn.Module, dict[str, nn.Parameter]]:
+    """The source model prepared for adaptation: a private copy normalising with test-batch statistics.
+
+    Args:
+        info: The stream description (its ``source_model`` is copied, never changed).
+        method: Method name, for messages.
+        train: "norm" makes only the batch-norm affine parameters trainable (Tent family);
+            "all" every parameter (mean-teacher family).
+
+    Returns:
+        The model, in eval mode (no dropout noise; batch norm uses batch statistics regardless),
+        and its trainable parameters by name.
+
+    Raises:
+        ConfigError: No source model, or no batch norm in it.
+    """
+    model = clone_source(info, method)
+    require_bn(model, method)
+    model = use_test_batch_stats(model).eval()
+    if train == "norm":
+        named = dict(bn_affine_params(model))
+        adapt_only(model, list(named.values()))
+        return model, named
+    model.requires_grad_(True)
+    return model, dict(model.named_parameters())
+
+
+def need_source_data(info: StreamInfo, method: str, what: str, disable: str) -> None:
+    """Raise :class:`ConfigError` when a source-statistics feature is on but no source data exists.
+
+    Args:
+        info: The stream description.
+        method: Method name.
+        what: What the source data is needed for.
+        disable: The setting that turns the feature off.
+    """
+    if info.source_data is None:
+        raise ConfigError(
+            f"Method {method!r} needs the labelled source training data for {what}, but this stream "
+            f"is source-free (no source data). Set {disable} to run without it, or run on a stream "
+            "whose protocol provides the source data."
+        )
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` (all of a method's randomness comes from it)."""
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def generator_copy(g: torch.Generator) -> torch.Generator:
+    """A new generator in ``g``'s current state: ``predict`` draws the augmentations ``adapt`` will
+    draw next without advancing ``g`` (so it changes no state and matches ``adapt``'s output)."""
+    copy_ = torch.Generator()
+    copy_.set_state(g.get_state())
+    return copy_
+
+
+def source_fisher_penalty(
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    info: StreamInfo,
+    *,
+    alpha: float,
+    n_samples: int,
+    batch_size: int,
+    seed: int,
+    method: str,
+) -> FisherPenalty:
+    """EATA/PSMT's anti-forgetting term ``alpha * sum F (theta - theta_source)^2`` over ``params``.
+
+    F is :func:`pseudo_label_fisher` on ``n_samples`` source images (a seeded random subset). With
+    ``alpha = 0`` the penalty is empty and no source data is needed.
+
+    Raises:
+        ConfigError: ``alpha > 0`` on a source-free stream.
+    """
+    penalty = FisherPenalty(2.0 * alpha)  # FisherPenalty computes strength/2 * sum F (theta - theta*)^2
+    if alpha > 0:
+        need_source_data(info, method, "the Fisher information of its penalty towards the source weights",
+                         "method.fisher_alpha=0")  # fmt: skip
+        assert info.source_data is not None
+        batches = source_batches(info.source_data, n_samples, batch_size, torch.device(info.device), generator(seed))
+        penalty.consolidate(model, pseudo_label_fisher(model, params, batches))
+    return penalty

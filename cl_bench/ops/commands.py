@@ -1,0 +1,116 @@
+"""What ``cl-bench sweep | leaderboard | plot | regress | tune`` do, callable from Python.
+
+:mod:`cl_bench.cli` parses the command line and calls these with plain
+arguments; each prints its report and returns the exit code (0 success, 1 a
+failed run or a regression; user errors raise :class:`~cl_bench.core.errors.UserError`,
+which the CLI turns into exit code 2).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cl_bench.core.errors import UserError
+
+
+def sweep(spec_path: str, *, executor: str = "local", workers: int | None = None, address: str | None = None,
+          max_retries: int = 1, dry_run: bool = False) -> int:  # fmt: skip
+    """Validate and run a sweep spec; print a summary. Exit 1 if any run failed."""
+    from cl_bench.ops.sweep import load_sweep_spec, plan, run_sweep, summarize
+
+    spec = load_sweep_spec(spec_path)
+    if dry_run:
+        states = plan(spec)
+        for run_id, state in states:
+            print(f"{state:<10} {run_id}")
+        print(f"{len(states)} runs; nothing was run (--dry-run)")
+        return 0
+    result = run_sweep(spec, executor=executor, workers=workers, address=address, max_retries=max_retries)
+    print(summarize(result))
+    if not result.ok:
+        print("restart the same command to resume: completed runs are skipped, interrupted ones resume from their "
+              "checkpoints", file=sys.stderr)  # fmt: skip
+    return 0 if result.ok else 1
+
+
+def leaderboard(dirs: Sequence[str], *, out: str | None = None, metrics: str | None = None,
+                rank_by: str | None = None, quiet: bool = False) -> int:  # fmt: skip
+    """Build the board of the records under ``dirs`` and write Markdown, CSV and HTML."""
+    from cl_bench.report.leaderboard import build_board, parse_metrics
+    from cl_bench.report.writers import to_markdown, write_board
+
+    board = build_board(dirs, parse_metrics(metrics), rank_by)
+    target = Path(out) if out else Path(dirs[0]) / "leaderboard"
+    files = write_board(board, target)
+    if not quiet:
+        print(to_markdown(board))
+    n = sum(len(r.records) for g in board.groups for r in g.rows)
+    print(f"{n} records in {len(board.groups)} group(s), {len(board.skipped)} skipped; wrote "
+          + ", ".join(str(p) for p in files.values()))  # fmt: skip
+    for path, why in board.skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    return 0
+
+
+def plot(records: Sequence[str], *, out: str = "overlay.png", experience: int | None = None) -> int:
+    """Overlay the per-iteration curves of several run records in one PNG."""
+    from cl_bench.core.record import load_record
+    from cl_bench.report.leaderboard import find_records, run_labels
+    from cl_bench.report.plots import plot_overlay
+
+    paths = find_records(records)
+    if not paths:
+        raise UserError(f"no run.json found under {', '.join(records)}")
+    loaded = [load_record(p) for p in paths]
+    if experience is not None:
+        n = min(len(r["accuracy_matrix"]["boundary"]) for r in loaded)
+        if not 0 <= experience < n:
+            raise UserError(f"--experience must be between 0 and {n - 1} for these records, got {experience}")
+    print(plot_overlay(loaded, out, experience, run_labels(loaded)))
+    return 0
+
+
+def regress(against: str, *, fresh: str | None = None, out: str | None = None, workers: int | None = None,
+            tolerances: dict[str, float] | None = None, spread: float = 1.0, only_worse: bool = False,
+            metrics: str | None = None, scenario_sets: dict[str, Any] | None = None, update: bool = False,
+            verbose: bool = False) -> int:  # fmt: skip
+    """Compare fresh runs of the golden set with it (exit 1 on a regression), or update it."""
+    from cl_bench.ops import regress as rg
+
+    if update:
+        print(rg.update_golden(against, fresh=fresh, workers=workers, scenario_sets=scenario_sets))
+        return 0
+    tol = {**rg.load_tolerances(Path(against)), **(tolerances or {})}
+    chosen = tuple(m.strip() for m in metrics.split(",")) if metrics else None
+    config = rg.RegressConfig(tolerances=tol, spread=spread, only_worse=only_worse, metrics=chosen)
+    report = rg.regress(against, fresh=fresh, out=out, config=config, workers=workers, scenario_sets=scenario_sets)
+    print(rg.format_report(report, verbose))
+    if not report.ok:
+        print(f"if the change is intended, update the golden set: cl-bench regress --against {against} --update",
+              file=sys.stderr)  # fmt: skip
+    return 0 if report.ok else 1
+
+
+def tune(spec_path: str, *, executor: str = "local", workers: int | None = None, address: str | None = None) -> int:
+    """Run the two-phase protocol of a tune spec and print chosen configs with both phases' scores."""
+    from cl_bench.ops.tune import load_tune_spec, run_tune
+    from cl_bench.report.leaderboard import tune_table
+
+    spec = load_tune_spec(spec_path)
+    summary = run_tune(spec, executor=executor, workers=workers, address=address)
+    title, note, header, rows = tune_table(summary)
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
+    print(title)
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    print(f"summary: {Path(spec.out) / 'tune.json'}; records: {spec.out}/phase1, {spec.out}/phase2 "
+          f"(`cl-bench leaderboard {spec.out}` shows both phases)")  # fmt: skip
+    for run_id, err in summary["failed_runs"].items():
+        print(f"failed: {run_id}: {err}", file=sys.stderr)
+    # A diverging run is a result of the protocol (the chosen values did not transfer); anything else is not.
+    broken = [e for e in summary["failed_runs"].values() if not e.startswith("DivergenceError")]
+    return 1 if broken else 0

@@ -1,0 +1,133 @@
+"""Per-experience accuracy curves of a run record, with experience boundaries marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: records are plotted on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cl_bench.metrics import AccuracyMatrix  # noqa: E402
+
+
+def plot_accuracy_curves(record: dict[str, Any], path: str | Path) -> Path:
+    """Draw accuracy on every experience against training iteration and save a PNG.
+
+    Dotted vertical lines mark the iteration at which each experience's training
+    ended; the dip of an old experience's curve just after a line is the
+    stability gap (De Lange et al., ICLR 2023).
+
+    Args:
+        record: A run record (see DESIGN.md).
+        path: Where the PNG is written.
+
+    Returns:
+        The path written.
+    """
+    m = AccuracyMatrix.from_dict(record["accuracy_matrix"])
+    if m.online:
+        return _plot_online_error(record, m, Path(path))
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    cmap = plt.get_cmap("tab10" if m.n_experiences <= 10 else "tab20")
+    for e in range(m.n_experiences):
+        pts = [(m.iteration[p], m.acc(p, e)) for p in range(m.n_points) if m.n_total[p][e]]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, lw=1.2, color=cmap(e % cmap.N), label=f"exp {e}")
+    for b in m.boundary:
+        ax.axvline(m.iteration[b], color="0.5", ls=":", lw=1)
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{record['method']['name']} on {record['scenario']['name']} (seed {record['seed']})")
+    ax.legend(loc="lower left", fontsize=8, ncol=min(5, max(1, m.n_experiences)))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")  # then rename: a reader never sees half a PNG
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def plot_overlay(
+    records: list[dict[str, Any]],
+    path: str | Path,
+    experience: int | None = None,
+    labels: list[str] | None = None,
+) -> Path:
+    """Overlay the per-iteration accuracy curves of several runs in one PNG.
+
+    Each run contributes one line: its mean accuracy over the experiences seen
+    so far (default), or its accuracy on one ``experience`` from the end of that
+    experience's training on, where the stability gap of De Lange et al. (ICLR
+    2023) shows. Dotted lines mark the experience boundaries of the first run.
+
+    Args:
+        records: Run records (see DESIGN.md).
+        path: Where the PNG is written.
+        experience: Plot this experience's accuracy instead of the seen-experience mean.
+        labels: Legend entries (default: method, seed and scenario of each record).
+
+    Returns:
+        The path written.
+    """
+    from cl_bench.report.curves import boundary_iterations, experience_accuracy, seen_accuracy
+
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    cmap = plt.get_cmap("tab10" if len(records) <= 10 else "tab20")
+    for k, record in enumerate(records):
+        m = AccuracyMatrix.from_dict(record["accuracy_matrix"])
+        if experience is None:
+            xs, ys = seen_accuracy(m)
+        else:
+            xs, ys = experience_accuracy(m, experience, from_boundary=True)
+        label = labels[k] if labels else f"{record['method']['name']} s{record['seed']} ({record['scenario']['name']})"
+        ax.plot(xs, ys, lw=1.3, color=cmap(k % cmap.N), label=label)
+        if k == 0:
+            for it in boundary_iterations(m):
+                ax.axvline(it, color="0.5", ls=":", lw=1)
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel("test accuracy" + ("" if experience is None else f" on experience {experience}"))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("accuracy on the experiences seen so far" if experience is None
+                 else f"experience {experience} after it was learnt (stability gap)")  # fmt: skip
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _plot_online_error(record: dict[str, Any], m: AccuracyMatrix, path: Path) -> Path:
+    """Test-time adaptation records: online error of each experience (domain) in stream order."""
+    from cl_bench.metrics.tta import online_errors
+
+    errs = online_errors(m)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    xs = list(range(len(errs)))
+    ax.plot(xs, errs, marker="o", ms=3, lw=1.2, label="online error")
+    clean = [e for e in xs if m.severity[e] == 0]
+    if clean:
+        ax.plot(clean, [errs[e] for e in clean], "s", color="tab:green", ms=5, label="clean source images")
+    ax.set_xlabel("experience (domain) in stream order")
+    ax.set_ylabel("online error")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{record['method']['name']} on {record['scenario']['name']} (seed {record['seed']})")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,13 @@
+"""The public conformance kit: ``check_method`` for methods (scikit-learn's ``check_estimator`` is the model).
+
+Third-party packages run the same suite on their own methods (registered or not)::
+
+    from cl_bench.testing import check_method
+    check_method(MyMethod)          # raises ConformanceError naming each failed check
+"""
+
+from cl_bench.testing.check_method import CHECKS, check_method, toy_scenario
+from cl_bench.testing.results import CheckResult, ConformanceError, ConformanceReport, ConformanceViolation
+
+__all__ = ["CHECKS", "CheckResult", "ConformanceError", "ConformanceReport", "ConformanceViolation", "check_method",
+           "toy_scenario"]
