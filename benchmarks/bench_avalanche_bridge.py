@@ -19,8 +19,8 @@ import tempfile
 
 import torch
 
-from cl_bench.run.runner import run
-from cl_bench.run.spec import Protocol, RunSpec
+from cl_bench.engine.runner import run
+from cl_bench.engine.spec import Protocol, RunSpec
 
 
 def main() -> None:

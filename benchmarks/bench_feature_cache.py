@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from cl_bench.run.runner import run
-from cl_bench.run.spec import Protocol, RunSpec
+from cl_bench.engine.runner import run
+from cl_bench.engine.spec import Protocol, RunSpec
 
 SWEEP: list[tuple[str, dict[str, Any]]] = [
     ("ncm", {"metric": "cosine"}),

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 from cl_bench.components import BackboneInput
 from cl_bench.core.registry import SCENARIOS
+from cl_bench.engine.runner import run
+from cl_bench.engine.spec import Protocol, RunSpec
 from cl_bench.nets.backbones import create_backbone
-from cl_bench.run.runner import run
-from cl_bench.run.spec import Protocol, RunSpec
 
 VIT = {"image_size": 16, "patch_size": 4, "depth": 4, "embed_dim": 48, "num_heads": 3}
 METHOD_CONFIGS: dict[str, dict[str, Any]] = {

@@ -27,7 +27,7 @@ Protocol (identical for all three):
 
 What each variant does:
 
-1. ``cl_bench``: ``cl_bench.run.runner`` with ``RunSpec(method="finetune",
+1. ``cl_bench``: ``cl_bench.engine.runner`` with ``RunSpec(method="finetune",
    scenario="split_mnist", protocol=Protocol(eval_every=1, eval_subset=0,
    batch_size=32, epochs=1))``. The timed part is the runner's loop (method
    setup, training, every evaluation); building the scenario (reading the IDX
@@ -108,9 +108,9 @@ from torch import nn
 
 from cl_bench.core.errors import UserError
 from cl_bench.core.types import Scenario
-from cl_bench.run.rng import shuffle_seed
-from cl_bench.run.runner import _Run, run
-from cl_bench.run.spec import Protocol, RunSpec, run_id_for
+from cl_bench.engine.rng import shuffle_seed
+from cl_bench.engine.runner import _Run, run
+from cl_bench.engine.spec import Protocol, RunSpec, run_id_for
 from cl_bench.scenarios.mnist import split_mnist
 
 BATCH_SIZE = 32

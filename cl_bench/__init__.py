@@ -19,10 +19,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "run": "cl_bench.run.runner",
-    "resume": "cl_bench.run.runner",
-    "RunSpec": "cl_bench.run.spec",
-    "Protocol": "cl_bench.run.spec",
+    "run": "cl_bench.engine.runner",
+    "resume": "cl_bench.engine.runner",
+    "RunSpec": "cl_bench.engine.spec",
+    "Protocol": "cl_bench.engine.spec",
     "METHODS": "cl_bench.core.registry",
     "SCENARIOS": "cl_bench.core.registry",
     "METRICS": "cl_bench.core.registry",

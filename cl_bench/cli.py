@@ -77,7 +77,7 @@ def _load_yaml_config(path: str) -> dict[str, Any]:
 def build_spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Merge ``--config`` YAML and flags (flags win) into a RunSpec and run options."""
     from cl_bench.core.config import build_config
-    from cl_bench.run.spec import Protocol, RunSpec
+    from cl_bench.engine.spec import Protocol, RunSpec
 
     cfg = _load_yaml_config(args.config) if args.config else {}
     method_cfg = dict(cfg.get("method") or {})
@@ -147,7 +147,7 @@ def _higher(name: str) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from cl_bench.run.runner import resume, run
+    from cl_bench.engine.runner import resume, run
 
     progress = sys.stderr.isatty() and not args.quiet
     if args.resume:

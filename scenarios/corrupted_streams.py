@@ -32,7 +32,7 @@ _CIFAR_TRANSFORM = Standardize(scale=255.0)  # [0, 1] inputs, the RobustBench co
 
 @dataclass(frozen=True)
 class TTAOptions:
-    """The test-time adaptation options every corruption stream takes (see :mod:`cl_bench.run.source`).
+    """The test-time adaptation options every corruption stream takes (see :mod:`cl_bench.engine.source`).
 
     Attributes:
         setting: continual, gradual, mixed_domains, reset_each_shift or correlated.

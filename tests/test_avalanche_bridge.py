@@ -28,9 +28,9 @@ from cl_bench.core.errors import ConfigError, DataError, UserError  # noqa: E402
 from cl_bench.core.record import matrix_of  # noqa: E402
 from cl_bench.core.registry import METHODS, SCENARIOS  # noqa: E402
 from cl_bench.core.types import TensorData  # noqa: E402
+from cl_bench.engine.runner import resume, run
+from cl_bench.engine.spec import Protocol, RunSpec
 from cl_bench.metrics import AccuracyMatrix  # noqa: E402
-from cl_bench.run.runner import resume, run
-from cl_bench.run.spec import Protocol, RunSpec
 from cl_bench.testing import check_method  # noqa: E402
 
 PER_ITERATION = Protocol(eval_every=1, eval_subset=0)  # the toy stream's own 4 epochs of batch 16

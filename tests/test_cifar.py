@@ -13,8 +13,8 @@ from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.data.augment import CropFlip
 from cl_bench.data.streams import resolve_class_order
-from cl_bench.run.runner import RunInterrupted, resume, run
-from cl_bench.run.spec import Protocol, RunSpec
+from cl_bench.engine.runner import RunInterrupted, resume, run
+from cl_bench.engine.spec import Protocol, RunSpec
 from cl_bench.scenarios import cifar
 from cl_bench.scenarios.cifar import CIFAR10, CIFAR100, load_cifar, read_batch
 

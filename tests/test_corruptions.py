@@ -12,8 +12,8 @@ from PIL import Image
 from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.data.corruptions import BENCHMARK_ORDER, CORRUPTIONS, corrupt, is_canonical
-from cl_bench.run.runner import run
-from cl_bench.run.spec import Protocol, RunSpec
+from cl_bench.engine.runner import run
+from cl_bench.engine.spec import Protocol, RunSpec
 
 
 def smooth_images(n: int, h: int, w: int, c: int, seed: int = 0) -> np.ndarray:

@@ -16,10 +16,10 @@ import torch
 from cl_bench.core.errors import UserError
 from cl_bench.core.method import Caps, IterationCallback
 from cl_bench.core.types import Experience
+from cl_bench.engine.rng import shuffle_seed
+from cl_bench.engine.runner import run
+from cl_bench.engine.spec import Protocol, RunSpec
 from cl_bench.families.supervised import SupervisedMethod
-from cl_bench.run.rng import shuffle_seed
-from cl_bench.run.runner import run
-from cl_bench.run.spec import Protocol, RunSpec
 from cl_bench.testing import ConformanceError, check_method
 
 PROTOCOL = Protocol(eval_every=3, eval_subset=0)

@@ -259,8 +259,8 @@ def test_tinyimagenet_layout_errors(breakage, needle: str, tiny: Path, tmp_path:
 
 def test_imagenet_r_run_resumes_to_the_same_record(imagenet_r: Path, tmp_path: Path) -> None:
     # Worker-decoded, augmented batches must not depend on where a run was interrupted.
-    from cl_bench.run.runner import RunInterrupted, resume, run
-    from cl_bench.run.spec import Protocol, RunSpec
+    from cl_bench.engine.runner import RunInterrupted, resume, run
+    from cl_bench.engine.spec import Protocol, RunSpec
 
     spec = RunSpec(method="er", method_config={"model": "cnn", "buffer_size": 10}, scenario="split_imagenet_r",
                    scenario_config={"root": str(imagenet_r), "n_experiences": 2, "image_size": 16, "workers": 1},

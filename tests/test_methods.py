@@ -15,8 +15,8 @@ import torch
 
 from cl_bench.core.registry import METHODS, SCENARIOS
 from cl_bench.core.types import Batch, StreamInfo
-from cl_bench.run.runner import run
-from cl_bench.run.spec import Protocol, RunSpec
+from cl_bench.engine.runner import run
+from cl_bench.engine.spec import Protocol, RunSpec
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"  # ../shared/data/mnist of the repo
 pytestmark = pytest.mark.skipif(

@@ -9,9 +9,9 @@ import torch
 
 from cl_bench.components import FeatureCache, PrototypeHead
 from cl_bench.components.feature_cache import row_hashes
+from cl_bench.engine.runner import run
+from cl_bench.engine.spec import RunSpec
 from cl_bench.nets.backbones import create_backbone
-from cl_bench.run.runner import run
-from cl_bench.run.spec import RunSpec
 
 
 # -- PrototypeHead ---------------------------------------------------------------------------------------------------

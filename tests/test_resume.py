@@ -20,8 +20,8 @@ import torch
 
 from cl_bench.core.errors import DivergenceError, UserError
 from cl_bench.core.record import load_record, matrix_of
-from cl_bench.run.runner import CHECKPOINT_FILE, resume, run
-from cl_bench.run.spec import Protocol, RunSpec, run_id_for
+from cl_bench.engine.runner import CHECKPOINT_FILE, resume, run
+from cl_bench.engine.spec import Protocol, RunSpec, run_id_for
 
 # Split-Digits with ER: 2 epochs x 5 experiences = 292 iterations, evaluated at every one. The first
 # checkpoint (iteration 20) comes early, so the kill lands mid-run with a wide margin.
@@ -134,7 +134,7 @@ DIE_AFTER_CHECKPOINT = """
 import os, sys
 import torch
 torch.set_num_threads(1)
-from cl_bench.run import runner, spec
+from cl_bench.engine import runner, spec
 real_save = torch.save
 def save_then_die(obj, path, *a, **k):
     real_save(obj, path, *a, **k)

@@ -10,7 +10,7 @@ import torch
 
 from cl_bench.cli import main
 from cl_bench.core.registry import SCENARIOS
-from cl_bench.run.spec import Protocol, RunSpec, run_id_for
+from cl_bench.engine.spec import Protocol, RunSpec, run_id_for
 
 
 def _record(out: str) -> dict:
@@ -128,7 +128,7 @@ def test_list_shows_the_new_scenarios(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_online_blurry_is_consumed_in_stream_order(tmp_path: Path) -> None:
     from cl_bench.core.registry import METHODS
-    from cl_bench.run.runner import run
+    from cl_bench.engine.runner import run
 
     seen: list[list[int]] = []
 

@@ -17,12 +17,12 @@ from cl_bench.core.record import load_record
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import PredictContext, StreamInfo
 from cl_bench.data.tta_streams import GRADUAL_SEVERITIES, dirichlet_order
+from cl_bench.engine.runner import resume, run
+from cl_bench.engine.source import source_model
+from cl_bench.engine.spec import RunSpec
 from cl_bench.metrics import AccuracyMatrix, compute_all
 from cl_bench.metrics.tta import online_errors
 from cl_bench.nets.models import WideResNet, build_source_model
-from cl_bench.run.runner import resume, run
-from cl_bench.run.source import source_model
-from cl_bench.run.spec import RunSpec
 from cl_bench.testing import check_method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,7 +190,7 @@ def test_source_model_is_cached_and_seeded(tmp_path: Path, monkeypatch: pytest.M
     sc = SCENARIOS.create("toy_tta", n_domains=1)
     a = source_model(sc, seed=3)
     assert len(list((tmp_path / "source_models").glob("*.pt"))) == 1
-    from cl_bench.run import source as tta
+    from cl_bench.engine import source as tta
 
     tta._MEMORY.clear()  # the disk cache alone must give the same weights
     b = source_model(sc, seed=3)
@@ -363,7 +363,7 @@ def test_corrupted_wraps_an_image_scenario() -> None:
 
 
 def test_source_training_does_not_depend_on_the_global_rng(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cl_bench.run import source as tta
+    from cl_bench.engine import source as tta
 
     weights = []
     for noise in (0, 1):

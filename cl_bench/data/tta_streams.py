@@ -2,7 +2,7 @@
 
 A TTA stream is a sequence of unlabelled test domains (one experience each, ``train`` None) plus a
 clean source domain (:class:`~cl_bench.core.types.SourceDomain`). The source phase (training or
-loading the source model) is :mod:`cl_bench.run.source`; the TTA loop is :mod:`cl_bench.run.tta_loop`.
+loading the source model) is :mod:`cl_bench.engine.source`; the TTA loop is :mod:`cl_bench.engine.tta_loop`.
 
 Stream settings (:data:`TTA_SETTINGS`), as in the continual TTA literature:
 

@@ -1,12 +1,12 @@
 """Executors that run sweep jobs: a local process pool, or Ray.
 
-Each job runs one :class:`~cl_bench.run.spec.RunSpec` in a worker process through
+Each job runs one :class:`~cl_bench.engine.spec.RunSpec` in a worker process through
 :func:`execute_job`, which makes runs restartable and exactly-once:
 
 - the run directory is ``<out>/<run_id>`` with a deterministic ``run_id``, so a
   restarted sweep finds its own records;
 - a run whose record says ``completed`` is skipped; one with a checkpoint
-  resumes from it (:func:`cl_bench.run.runner.resume`); anything else starts afresh;
+  resumes from it (:func:`cl_bench.engine.runner.resume`); anything else starts afresh;
 - while a worker runs a job it holds an exclusive ``flock`` on
   ``<out>/.locks/<run_id>.lock`` (holding its pid). The kernel drops the lock
   when the worker dies, so a retried or restarted job can take over, but two
@@ -89,7 +89,7 @@ def is_completed(run_dir: Path) -> bool:
 
 def state_of(run_dir: Path) -> str:
     """"completed", "resumable" (has a checkpoint), "failed" or "new"."""
-    from cl_bench.run.runner import CHECKPOINT_FILE
+    from cl_bench.engine.runner import CHECKPOINT_FILE
 
     status = _read_status(run_dir)
     if status == "completed":
@@ -106,8 +106,8 @@ def execute_job(job: Job) -> JobResult:
     """
     import torch
 
-    from cl_bench.run.runner import resume, run
-    from cl_bench.run.spec import run_id_for
+    from cl_bench.engine.runner import resume, run
+    from cl_bench.engine.spec import run_id_for
 
     t0 = time.perf_counter()
     torch.set_num_threads(job.threads)
@@ -200,7 +200,7 @@ def run_local(jobs: list[Job], workers: int, max_retries: int, progress: Progres
                     result = fut.result()
                 except cf.process.BrokenProcessPool as err:
                     interrupted.append(job)
-                    from cl_bench.run.spec import run_id_for
+                    from cl_bench.engine.spec import run_id_for
 
                     result = JobResult(run_id_for(job.spec), "failed", f"worker died: {err}")
                 results[result.run_id] = result
@@ -249,7 +249,7 @@ def run_ray(
             try:
                 result = ray.get(done[0])
             except ray.exceptions.RayError as err:
-                from cl_bench.run.spec import run_id_for
+                from cl_bench.engine.spec import run_id_for
 
                 result = JobResult(run_id_for(job.spec), "failed", f"worker died: {type(err).__name__}")
             results.append(result)

@@ -235,7 +235,7 @@ def rerun_spec(record: dict[str, Any], golden_dir: Path, scenario_sets: Mapping[
     (``--set scenario.root=DIR``) override parameters the scenario has.
     """
     from cl_bench.core.registry import SCENARIOS
-    from cl_bench.run.spec import spec_from_record
+    from cl_bench.engine.spec import spec_from_record
 
     spec = spec_from_record(record)
     sc = dict(spec.scenario_config)
@@ -326,9 +326,9 @@ def update_golden(
     records; ``fresh`` takes finished records from a directory instead.
     """
     from cl_bench.core.record import write_record
+    from cl_bench.engine.spec import run_id_for
     from cl_bench.ops.executors import stderr_log
     from cl_bench.ops.sweep import expand, load_sweep_spec
-    from cl_bench.run.spec import run_id_for
 
     log = log or stderr_log
     golden_dir = Path(against)

@@ -136,7 +136,7 @@ def validate(spec: SweepSpec, build_scenarios: bool = True) -> list[str]:
     """
     from cl_bench.core.config import build_config
     from cl_bench.core.registry import METHODS, SCENARIOS
-    from cl_bench.run.spec import Protocol
+    from cl_bench.engine.spec import Protocol
 
     errors: list[str] = []
     known: dict[str, Any] = {}
@@ -188,12 +188,12 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
 
 
 def expand(spec: SweepSpec) -> list[Any]:
-    """The runs of ``spec`` as :class:`~cl_bench.run.spec.RunSpec` objects, without duplicates.
+    """The runs of ``spec`` as :class:`~cl_bench.engine.spec.RunSpec` objects, without duplicates.
 
     Order: scenario, method, method overrides, scenario overrides, seed.
     """
     from cl_bench.core.config import build_config
-    from cl_bench.run.spec import Protocol, RunSpec, run_id_for
+    from cl_bench.engine.spec import Protocol, RunSpec, run_id_for
 
     protocol = build_config(Protocol, dict(spec.protocol), "the sweep's protocol")
     runs: dict[str, Any] = {}
@@ -267,9 +267,9 @@ def run_specs(
     max_retries: int = 1,
     log: Callable[[str], None] | None = None,
 ) -> SweepResult:
-    """Run the given :class:`~cl_bench.run.spec.RunSpec` list like a sweep (see :func:`run_sweep`)."""
+    """Run the given :class:`~cl_bench.engine.spec.RunSpec` list like a sweep (see :func:`run_sweep`)."""
+    from cl_bench.engine.spec import run_id_for
     from cl_bench.ops import executors
-    from cl_bench.run.spec import run_id_for
 
     log = log or executors.stderr_log
     out = Path(out).resolve()
@@ -316,8 +316,8 @@ def summarize(result: SweepResult) -> str:
 
 def plan(spec: SweepSpec) -> list[tuple[str, str]]:
     """``(run_id, state)`` for every run: "completed", "resumable", "failed", "new"."""
+    from cl_bench.engine.spec import run_id_for
     from cl_bench.ops import executors
-    from cl_bench.run.spec import run_id_for
 
     out = Path(spec.out)
     return [(run_id_for(rs), executors.state_of(out / run_id_for(rs))) for rs in expand(spec)]

@@ -131,8 +131,8 @@ def parse_tune_spec(data: Any, source: str = "the tune spec") -> TuneSpec:
     """
     from cl_bench.core.config import build_config
     from cl_bench.core.registry import METHODS, SCENARIOS
+    from cl_bench.engine.spec import Protocol
     from cl_bench.metrics import METRIC_SPECS
-    from cl_bench.run.spec import Protocol
 
     if not isinstance(data, dict):
         raise UserError(f"{source} must be a YAML mapping (methods:, tune_scenario:, eval_scenario:, search:, ...)")
@@ -256,7 +256,7 @@ def _cell_json(c: Cell) -> dict[str, Any]:
 
 def _score(out: Path, specs: list[Any], metric: str) -> Cell:
     from cl_bench.core.record import RecordError, load_record
-    from cl_bench.run.spec import run_id_for
+    from cl_bench.engine.spec import run_id_for
 
     values = []
     for s in specs:
@@ -284,8 +284,8 @@ def run_tune(
     """
     from cl_bench.core.config import build_config
     from cl_bench.core.record import atomic_write_bytes
+    from cl_bench.engine.spec import Protocol, RunSpec, run_id_for
     from cl_bench.ops.sweep import run_specs
-    from cl_bench.run.spec import Protocol, RunSpec, run_id_for
 
     out = Path(spec.out)
     protocol = build_config(Protocol, dict(spec.protocol), "the tune spec's protocol")

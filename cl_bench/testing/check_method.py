@@ -31,7 +31,7 @@ output and that the shared ``info.source_model`` is never changed (methods deep-
 online accuracy of each domain to beat chance + 0.1; ``check_resume`` interrupts the stream mid-domain;
 ``check_no_peeking`` does not apply (a TTA method only ever sees unlabelled test batches).
 
-The method runs through the real runner (:func:`cl_bench.run.runner.run` / :func:`~cl_bench.run.runner.resume`
+The method runs through the real runner (:func:`cl_bench.engine.runner.run` / :func:`~cl_bench.engine.runner.resume`
 with ``method_cls``) with per-iteration evaluation, class-incrementally unless it needs task ids at
 test time (or ``setting=`` says otherwise). One run uses a monitored subclass: its hooks see guarded
 views of each experience (touching test data, or training data before ``begin_experience``, raises),
@@ -69,8 +69,8 @@ from cl_bench.core.method import Method
 from cl_bench.core.record import matrix_of
 from cl_bench.core.registry import METHODS, SCENARIOS
 from cl_bench.core.types import Scenario
-from cl_bench.run.runner import RunInterrupted, resume, run
-from cl_bench.run.spec import Protocol, RunSpec
+from cl_bench.engine.runner import RunInterrupted, resume, run
+from cl_bench.engine.spec import Protocol, RunSpec
 from cl_bench.testing.monitor import Monitor, difference, instrument
 from cl_bench.testing.results import CheckResult, ConformanceError, ConformanceReport, ConformanceViolation
 

@@ -212,8 +212,8 @@ class Monitor:
 
     def adapt(self, method: Method, adapt: Callable[[torch.Tensor], torch.Tensor],
               predict: Callable[..., torch.Tensor], x: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        from cl_bench.run.rng import rng_state as _rng_state
-        from cl_bench.run.rng import set_rng_state as _set_rng_state
+        from cl_bench.engine.rng import rng_state as _rng_state
+        from cl_bench.engine.rng import set_rng_state as _set_rng_state
 
         self.adapt_calls += 1
         expected = None

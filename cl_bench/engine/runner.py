@@ -30,12 +30,12 @@ from cl_bench.core.record import RECORD_FILE, SCHEMA_VERSION, git_sha, load_reco
 from cl_bench.core.registry import METHODS, SCENARIOS
 from cl_bench.core.types import Batch, Experience, PredictContext, Scenario, StreamInfo
 from cl_bench.data.tta_streams import TTA_BATCH_SIZE
+from cl_bench.engine.evaluator import Evaluator
+from cl_bench.engine.rng import augment_seed, rng_state, seed_everything, set_rng_state, shuffle_seed
+from cl_bench.engine.source import source_model
+from cl_bench.engine.spec import Protocol, RunSpec, check_device, run_id_for, spec_from_record
 from cl_bench.metrics import compute_all
 from cl_bench.report.plots import plot_accuracy_curves
-from cl_bench.run.evaluator import Evaluator
-from cl_bench.run.rng import augment_seed, rng_state, seed_everything, set_rng_state, shuffle_seed
-from cl_bench.run.source import source_model
-from cl_bench.run.spec import Protocol, RunSpec, check_device, run_id_for, spec_from_record
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
