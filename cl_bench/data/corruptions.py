@@ -10,7 +10,7 @@ so the same seed gives the same output. Like the original (``np.uint8(...)``),
 results are truncated, not rounded, to uint8.
 
 Where the original relied on ImageMagick or OpenCV, this module re-implements the
-operation directly:
+operation directly (the primitives are in :mod:`cl_bench.data.image_ops`):
 
 * motion blur (``motion_blur`` and the snow layer): ImageMagick's one-sided
   Gaussian line kernel of width ``2 * radius + 1`` at the sampled angle, with
@@ -45,6 +45,7 @@ from PIL import Image
 from scipy import ndimage
 
 from cl_bench.core.errors import ConfigError, DataError
+from cl_bench.data import image_ops as ops
 
 BENCHMARK_ORDER: tuple[str, ...] = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
@@ -55,154 +56,8 @@ CORRUPTIONS: tuple[str, ...] = BENCHMARK_ORDER + EXTRA
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 FROST_FILES: tuple[str, ...] = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg")
 _FROST_DRAWN = 5  # the original draws np.random.randint(5): frost6 is never used
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 _Fn = Callable[..., np.ndarray]
-
-
-# -- helpers -----------------------------------------------------------------------------------------------------------
-def _luma(x: np.ndarray) -> np.ndarray:
-    """Grey level of RGB ``x`` (N, H, W, 3) as (N, H, W, 1)."""
-    return (x @ _LUMA)[..., None]
-
-
-def _gaussian(x: np.ndarray, sigma: float, mode: str = "nearest", truncate: float = 4.0) -> np.ndarray:
-    """Gaussian blur over H, W of (N, H, W, C) (skimage.filters.gaussian's defaults: nearest, truncate 4)."""
-    return ndimage.gaussian_filter(x, sigma=(0, sigma, sigma, 0), mode=mode, truncate=truncate)
-
-
-def _filter2d(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Correlate each channel of (N, H, W, C) with a 2-D ``kernel``, reflect-101 borders (OpenCV's default)."""
-    kh, kw = kernel.shape
-    ph, pw = kh // 2, kw // 2
-    padded = np.pad(x, ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)), mode="reflect")
-    n, h, w, c = padded.shape
-    t = torch.from_numpy(np.ascontiguousarray(padded.transpose(0, 3, 1, 2).reshape(n * c, 1, h, w), np.float32))
-    out = torch.nn.functional.conv2d(t, torch.from_numpy(kernel.astype(np.float32))[None, None])
-    return out.numpy().reshape(n, c, x.shape[1], x.shape[2]).transpose(0, 2, 3, 1)
-
-
-def _clipped_zoom(x: np.ndarray, factor: float) -> np.ndarray:
-    """Zoom the centre of (N, H, W, C) by ``factor`` (bilinear) and crop back to H x W."""
-    h, w = x.shape[1:3]
-    ch, cw = int(np.ceil(h / factor)), int(np.ceil(w / factor))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    mh, mw = _zoom_matrix(ch, factor), _zoom_matrix(cw, factor)  # scipy.ndimage.zoom(order=1), separably
-    th, tw = (len(mh) - h) // 2, (len(mw) - w) // 2
-    return _separable(x[:, top : top + ch, left : left + cw], mh[th : th + h], mw[tw : tw + w])
-
-
-def _zoom_matrix(n: int, factor: float) -> np.ndarray:
-    """``scipy.ndimage.zoom(v, factor, order=1)`` of a length-``n`` vector as a matrix (it is linear in v)."""
-    return ndimage.zoom(np.eye(n), (factor, 1), order=1)
-
-
-def _separable(x: np.ndarray, mh: np.ndarray, mw: np.ndarray) -> np.ndarray:
-    """Apply ``mh`` (P, H) along H and ``mw`` (Q, W) along W of (N, H, W, C) -> (N, P, Q, C)."""
-    t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32))  # (N, C, H, W)
-    t = torch.from_numpy(mh.astype(np.float32)) @ t @ torch.from_numpy(mw.T.astype(np.float32))
-    return t.permute(0, 2, 3, 1).numpy()
-
-
-def _motion_blur(x: np.ndarray, radius: int, sigma: float, angles: np.ndarray) -> np.ndarray:
-    """ImageMagick-style motion blur of (N, H, W, C), one angle (degrees) per image.
-
-    The kernel is a one-sided Gaussian line: weights exp(-i^2 / 2 sigma^2), i = 0 .. 2 radius, normalised,
-    sampled at integer offsets (i cos a, i sin a) rounded half-down, borders clamped to the edge.
-    """
-    n, h, w, _ = x.shape
-    width = 2 * radius + 1
-    i = np.arange(width, dtype=np.float64)
-    weights = np.exp(-(i**2) / (2 * sigma**2))
-    weights /= weights.sum()
-    rad = np.deg2rad(angles)[:, None]
-    off_x = np.ceil(i[None] * np.cos(rad) - 0.5).astype(np.int64)  # (N, width)
-    off_y = np.ceil(i[None] * np.sin(rad) - 0.5).astype(np.int64)
-    rows, cols, batch = np.arange(h), np.arange(w), np.arange(n)[:, None, None]
-    out = np.zeros_like(x, dtype=np.float32)
-    for k in range(width):
-        rr = np.clip(rows[None] + off_y[:, k : k + 1], 0, h - 1)  # (N, H)
-        cc = np.clip(cols[None] + off_x[:, k : k + 1], 0, w - 1)  # (N, W)
-        out += weights[k] * x[batch, rr[:, :, None], cc[:, None, :]]
-    return out
-
-
-def _reflect101(i: np.ndarray, n: int) -> np.ndarray:
-    if n == 1:
-        return np.zeros_like(i)
-    period = 2 * (n - 1)
-    i = np.abs(i) % period
-    return np.where(i >= n, period - i, i)
-
-
-def _reflect(i: np.ndarray, n: int) -> np.ndarray:
-    period = 2 * n
-    i = i % period
-    return np.where(i >= n, period - 1 - i, i)
-
-
-def _bilinear(x: np.ndarray, ys: np.ndarray, xs: np.ndarray, border: Callable[[np.ndarray, int], np.ndarray]) -> (
-    np.ndarray
-):  # fmt: skip
-    """Sample (N, H, W, C) at per-image coordinates ``ys``, ``xs`` (N, H, W), bilinear, ``border`` index map."""
-    n, h, w, _ = x.shape
-    y0, x0 = np.floor(ys), np.floor(xs)
-    fy, fx = (ys - y0)[..., None], (xs - x0)[..., None]
-    y0, x0 = y0.astype(np.int64), x0.astype(np.int64)
-    b = np.arange(n)[:, None, None]
-    ya, yb, xa, xb = border(y0, h), border(y0 + 1, h), border(x0, w), border(x0 + 1, w)
-    top = x[b, ya, xa] * (1 - fx) + x[b, ya, xb] * fx
-    bottom = x[b, yb, xa] * (1 - fx) + x[b, yb, xb] * fx
-    return (top * (1 - fy) + bottom * fy).astype(np.float32)
-
-
-def _plasma_fractal(rng: np.random.Generator, n: int, mapsize: int, wibbledecay: float) -> np.ndarray:
-    """Diamond-square height maps in [0, 1], one per image: (N, mapsize, mapsize); mapsize a power of two."""
-    maps = np.zeros((n, mapsize, mapsize))
-    step, wibble = mapsize, 100.0
-
-    def wibbled_mean(total: np.ndarray) -> np.ndarray:
-        return total / 4 + wibble * rng.uniform(-wibble, wibble, total.shape)
-
-    while step >= 2:
-        half = step // 2
-        corners = maps[:, 0:mapsize:step, 0:mapsize:step]
-        square = corners + np.roll(corners, -1, axis=1)
-        square = square + np.roll(square, -1, axis=2)
-        maps[:, half:mapsize:step, half:mapsize:step] = wibbled_mean(square)
-        centres = maps[:, half:mapsize:step, half:mapsize:step]
-        corners = maps[:, 0:mapsize:step, 0:mapsize:step]
-        top = centres + np.roll(centres, 1, axis=1) + corners + np.roll(corners, -1, axis=2)
-        maps[:, 0:mapsize:step, half:mapsize:step] = wibbled_mean(top)
-        left = centres + np.roll(centres, 1, axis=2) + corners + np.roll(corners, -1, axis=1)
-        maps[:, half:mapsize:step, 0:mapsize:step] = wibbled_mean(left)
-        step //= 2
-        wibble /= wibbledecay
-    maps -= maps.min(axis=(1, 2), keepdims=True)
-    return maps / maps.max(axis=(1, 2), keepdims=True)
-
-
-def _disk(radius: float, alias_blur: float) -> np.ndarray:
-    """Anti-aliased disk kernel (make_cifar_c.py's ``disk``), trimmed to its non-zero support."""
-    r = 8 if radius <= 8 else int(np.ceil(radius))
-    ks = 3 if radius <= 8 else 5
-    grid = np.arange(-r, r + 1)
-    xx, yy = np.meshgrid(grid, grid)
-    disk = ((xx**2 + yy**2) <= radius**2).astype(np.float64)
-    disk /= disk.sum()
-    taps = np.arange(ks) - ks // 2
-    g = np.exp(-(taps**2) / (2 * alias_blur**2))
-    g /= g.sum()
-    disk = ndimage.correlate1d(ndimage.correlate1d(disk, g, axis=0, mode="mirror"), g, axis=1, mode="mirror")
-    nz_r, nz_c = np.nonzero(disk.any(axis=1))[0], np.nonzero(disk.any(axis=0))[0]
-    return disk[nz_r[0] : nz_r[-1] + 1, nz_c[0] : nz_c[-1] + 1]
-
-
-def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """PIL's BOX resampling from ``n_in`` to ``n_out`` samples as an (n_out, n_in) matrix."""
-    eye = np.eye(n_in, dtype=np.float32)
-    return np.stack([np.asarray(Image.fromarray(row[None]).resize((n_out, 1), Image.BOX))[0]
-                     for row in eye], axis=1)  # fmt: skip
 
 
 # -- the corruptions (x: float32 (N, H, W, C) in [0, 1]; return unclipped values in [0, 1] scale) ----------------------
@@ -237,13 +92,13 @@ def speckle_noise(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) 
 
 def gaussian_blur(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.ndarray:
     """Gaussian blur, sigma 0.4-1."""
-    return _gaussian(x, [0.4, 0.6, 0.7, 0.8, 1.0][s - 1])
+    return ops.gaussian(x, [0.4, 0.6, 0.7, 0.8, 1.0][s - 1])
 
 
 def glass_blur(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.ndarray:
     """Gaussian blur, local pixel shuffling (1-2 passes), Gaussian blur again."""
     sigma, delta, iterations = [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)][s - 1]
-    img = np.uint8(np.clip(_gaussian(x, sigma), 0, 1) * 255)
+    img = np.uint8(np.clip(ops.gaussian(x, sigma), 0, 1) * 255)
     n, h, w, _ = img.shape
     b = np.arange(n)
     # The original's "swap" ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` acts on numpy views, so it copies the
@@ -253,20 +108,20 @@ def glass_blur(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> 
             for c in range(w - delta, delta, -1):
                 dx, dy = rng.integers(-delta, delta, size=(2, n))  # numpy randint(-d, d): d excluded
                 img[b, r, c] = img[b, r + dy, c + dx]
-    return _gaussian(img / np.float32(255), sigma)
+    return ops.gaussian(img / np.float32(255), sigma)
 
 
 def defocus_blur(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.ndarray:
     """Convolution with an anti-aliased disk, radius 0.3-1.5."""
     radius, alias = [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)][s - 1]
-    return _filter2d(x, _disk(radius, alias))
+    return ops.filter2d(x, ops.disk(radius, alias))
 
 
 def motion_blur(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.ndarray:
     """Line blur (radius 6-9, sigma 1-2.5) at a random angle in [-45, 45) degrees per image."""
     radius, sigma = [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)][s - 1]
     # ImageMagick worked on 8-bit images: quantise first, as the PNG round trip did
-    return _motion_blur(np.floor(x * 255) / 255, radius, sigma, rng.uniform(-45, 45, size=len(x)))
+    return ops.line_motion_blur(np.floor(x * 255) / 255, radius, sigma, rng.uniform(-45, 45, size=len(x)))
 
 
 def zoom_blur(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.ndarray:
@@ -275,7 +130,7 @@ def zoom_blur(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> n
     factors = np.arange(1, top, 0.01)
     out = np.zeros_like(x)
     for f in factors:
-        out += _clipped_zoom(x, float(f))
+        out += ops.clipped_zoom(x, float(f))
     return (x + out) / (len(factors) + 1)
 
 
@@ -287,11 +142,11 @@ def snow(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.nda
     ][s - 1]  # fmt: skip
     n, h, w, c = x.shape
     layer = rng.normal(loc=loc, scale=scale, size=(n, h, w, 1))
-    layer = _clipped_zoom(layer, zoom)
+    layer = ops.clipped_zoom(layer, zoom)
     layer[layer < thresh] = 0
     layer = np.floor(np.clip(layer, 0, 1) * 255) / 255  # the original's 8-bit PNG round trip
-    layer = np.floor(_motion_blur(layer, radius, sigma, rng.uniform(-135, -45, size=n)) * 255 + 0.5) / 255
-    grey = x if c == 1 else _luma(x)
+    layer = np.floor(ops.line_motion_blur(layer, radius, sigma, rng.uniform(-135, -45, size=n)) * 255 + 0.5) / 255
+    grey = x if c == 1 else ops.luma(x)
     x = keep * x + (1 - keep) * np.maximum(x, grey * 1.5 + 0.5)
     return x + layer + layer[:, ::-1, ::-1]
 
@@ -311,7 +166,7 @@ def frost(x: np.ndarray, s: int, rng: np.random.Generator, frost_dir: str | None
             r0, c0 = rng.integers(0, t.shape[0] - h), rng.integers(0, t.shape[1] - w)
             tex[i] = t[r0 : r0 + h, c0 : c0 + w]
     if c == 1:
-        tex = _luma(tex)
+        tex = ops.luma(tex)
     return a * x + b * tex / 255
 
 
@@ -364,7 +219,7 @@ def fog(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.ndar
     amount, decay = [(0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)][s - 1]
     n, h, w, _ = x.shape
     mapsize = 1 << max(5, int(np.ceil(np.log2(max(h, w)))))  # 32 for CIFAR, as the original
-    plasma = _plasma_fractal(rng, n, mapsize, decay)[:, :h, :w, None].astype(np.float32)
+    plasma = ops.plasma_fractal(rng, n, mapsize, decay)[:, :h, :w, None].astype(np.float32)
     max_val = x.max(axis=(1, 2, 3), keepdims=True)
     return (x + amount * plasma) * max_val / (max_val + amount)
 
@@ -391,7 +246,7 @@ def saturate(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np
     # same hue and value: each channel is V - S V g(hue); g = (V - channel) / delta, and hue 0 (red) when delta = 0
     g = np.where(delta > 0, (v - x) / np.maximum(delta, 1e-12), np.array([0, 1, 1], np.float32))
     out = v - sat_new * v * g
-    return _luma(out) if grey_input else out
+    return ops.luma(out) if grey_input else out
 
 
 def contrast(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.ndarray:
@@ -418,11 +273,11 @@ def elastic_transform(x: np.ndarray, s: int, rng: np.random.Generator, **_: obje
     yy, xx = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
     sx = xx[None] * inv[:, 0, 0, None, None] + yy[None] * inv[:, 1, 0, None, None] + inv[:, 2, 0, None, None]
     sy = xx[None] * inv[:, 0, 1, None, None] + yy[None] * inv[:, 1, 1, None, None] + inv[:, 2, 1, None, None]
-    warped = _bilinear(x, sy, sx, _reflect101)
+    warped = ops.bilinear(x, sy, sx, ops.reflect101)
     fields = rng.uniform(-1, 1, size=(2, n, h, w))
     fields = ndimage.gaussian_filter(fields, (0, 0, sigma, sigma), mode="reflect", truncate=3) * alpha
     dx, dy = fields[0], fields[1]
-    return _bilinear(warped, yy[None] + dy, xx[None] + dx, _reflect)
+    return ops.bilinear(warped, yy[None] + dy, xx[None] + dx, ops.reflect)
 
 
 def pixelate(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.ndarray:
@@ -430,9 +285,9 @@ def pixelate(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np
     c = [0.95, 0.9, 0.85, 0.75, 0.65][s - 1]
     h, w = x.shape[1:3]
     sh, sw = max(1, int(h * c)), max(1, int(w * c))
-    down_h, down_w = _resize_matrix(h, sh), _resize_matrix(w, sw)
-    up_h, up_w = _resize_matrix(sh, h), _resize_matrix(sw, w)
-    return _separable(_separable(x, down_h, down_w), up_h, up_w)
+    down_h, down_w = ops.resize_matrix(h, sh), ops.resize_matrix(w, sw)
+    up_h, up_w = ops.resize_matrix(sh, h), ops.resize_matrix(sw, w)
+    return ops.separable(ops.separable(x, down_h, down_w), up_h, up_w)
 
 
 def jpeg_compression(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.ndarray:
@@ -457,14 +312,14 @@ def spatter(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.
     ][s - 1]  # fmt: skip
     n, h, w, c = x.shape
     liquid = rng.normal(loc=loc, scale=scale, size=(n, h, w, 1))
-    liquid = _gaussian(liquid, sigma)
+    liquid = ops.gaussian(liquid, sigma)
     liquid[liquid < thresh] = 0
     if mud:
-        m = _gaussian((liquid > thresh).astype(np.float32), intensity)
+        m = ops.gaussian((liquid > thresh).astype(np.float32), intensity)
         m[m < 0.8] = 0
         colour = np.array([63, 42, 20], np.float32) / 255
         if c == 1:
-            colour = colour @ _LUMA
+            colour = colour @ ops.LUMA
         return x * (1 - m) + colour * m
     # water: brightness from a distance-to-edge map of the liquid layer (Canny edges -> mask boundary here)
     liquid8 = np.floor(liquid * 255)
@@ -475,29 +330,16 @@ def spatter(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.
         dist[i] = ndimage.distance_transform_edt(~edges[i]) if edges[i].any() else 20
     dist = np.minimum(dist, 20)
     dist = np.floor(ndimage.uniform_filter(dist, size=(1, 3, 3, 1), mode="mirror"))
-    dist = _equalize(dist.astype(np.uint8))
+    dist = ops.equalize(dist.astype(np.uint8))
     ker = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], np.float32)
-    dist = np.clip(np.round(_filter2d(dist.astype(np.float32), ker)), 0, 255)
+    dist = np.clip(np.round(ops.filter2d(dist.astype(np.float32), ker)), 0, 255)
     dist = ndimage.uniform_filter(dist, size=(1, 3, 3, 1), mode="mirror")
     m = liquid * dist
     m = m / np.maximum(m.max(axis=(1, 2, 3), keepdims=True), 1e-12) * intensity
     colour = np.array([175, 238, 238], np.float32) / 255  # the original adds (175, 238, 238) in channel order
     if c == 1:
-        colour = colour @ _LUMA
+        colour = colour @ ops.LUMA
     return x + m * colour
-
-
-def _equalize(img: np.ndarray) -> np.ndarray:
-    """Per-image histogram equalisation of uint8 (N, H, W, 1), as cv2.equalizeHist."""
-    out = np.empty(img.shape, np.float32)
-    for i in range(len(img)):
-        hist = np.bincount(img[i].ravel(), minlength=256)
-        cdf = hist.cumsum()
-        lo = cdf[np.nonzero(hist)[0][0]]
-        total = cdf[-1]
-        lut = np.zeros(256) if total == lo else np.round((cdf - lo) * 255.0 / (total - lo))
-        out[i] = lut[img[i]]
-    return np.clip(out, 0, 255)
 
 
 _FUNCTIONS: dict[str, _Fn] = {f.__name__: f for f in (
