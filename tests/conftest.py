@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import pytest
 import torch
 
 # The suite trains tiny models whose matmuls are far too small to gain from intra-op threads;
@@ -12,3 +14,34 @@ import torch
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 torch.set_num_threads(1)
+
+
+# -- the real MNIST test set ------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+MNIST_ENV = "CL_BENCH_MNIST"
+#: The two files of the 10,000-image MNIST test set (gzip or not); the loader splits them 8,000 / 2,000.
+MNIST_TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _holds_mnist_test_set(folder: Path) -> bool:
+    return all((folder / f).is_file() or (folder / f"{f}.gz").is_file() for f in MNIST_TEST_FILES)
+
+
+def find_mnist() -> Path | None:
+    """The folder holding the MNIST test set: ``$CL_BENCH_MNIST``, else ``../shared/data/mnist`` of the repo."""
+    given = os.environ.get(MNIST_ENV)
+    candidates = [Path(given).expanduser()] if given else [REPO.parent / "shared" / "data" / "mnist"]
+    return next((c.resolve() for c in candidates if _holds_mnist_test_set(c)), None)
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """Folder with the real MNIST test set (IDX files); the test is skipped, saying how to provide it, if absent."""
+    root = find_mnist()
+    if root is None:
+        where = os.environ.get(MNIST_ENV) or str(REPO.parent / "shared" / "data" / "mnist")
+        pytest.skip(
+            f"real MNIST test set not found in {where}: set {MNIST_ENV}=DIR to a folder holding "
+            f"{' and '.join(MNIST_TEST_FILES)} (gzip or not)"
+        )
+    return root

@@ -13,8 +13,6 @@ import pytest
 from cl_bench.cli import main, parse_sets
 from cl_bench.core.errors import UserError
 
-MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
-
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real ``cl-bench`` entry point in a subprocess."""
@@ -119,11 +117,10 @@ def test_parse_sets_sections() -> None:
         parse_sets(["novalue"])
 
 
-@pytest.mark.skipif(not MNIST.exists(), reason="needs ../shared/data/mnist")
-def test_issue_command_on_real_mnist(tmp_path: Path) -> None:
+def test_issue_command_on_real_mnist(tmp_path: Path, mnist_root: Path) -> None:
     """The documented MNIST command, shortened to 2 experiences to stay quick."""
     proc = cli("run", "--scenario", "split_mnist", "--method", "ewc", "--set", "lambda=100",
-               "--set", f"scenario.root={MNIST}", "--set", "scenario.n_experiences=2", "--eval-every", "1",
+               "--set", f"scenario.root={mnist_root}", "--set", "scenario.n_experiences=2", "--eval-every", "1",
                "--seed", "3", "--out", str(tmp_path))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = tmp_path.iterdir()

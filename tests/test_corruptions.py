@@ -203,12 +203,8 @@ def test_digits_c_runs_end_to_end(tmp_path: Path) -> None:
     assert record["scenario"]["spec"]["frost"] == "procedural (non-canonical)"
 
 
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-
-
-@pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), reason="real MNIST not available")
-def test_mnist_c_stream() -> None:
-    sc = SCENARIOS.create("mnist_c", root=str(MNIST_DIR), download=False, corruptions=("fog", "shot_noise"))
+def test_mnist_c_stream(mnist_root: Path) -> None:
+    sc = SCENARIOS.create("mnist_c", root=str(mnist_root), download=False, corruptions=("fog", "shot_noise"))
     assert len(sc) == 2 and sc[0].test.x.shape[1:] == (1, 28, 28) and sc[0].meta["corruption"] == "fog"
     assert sc.spec["frost"] is None
 

@@ -18,17 +18,18 @@ from cl_bench.core.types import Batch, StreamInfo
 from cl_bench.engine.runner import run
 from cl_bench.engine.spec import Protocol, RunSpec
 
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"  # ../shared/data/mnist of the repo
-pytestmark = pytest.mark.skipif(
-    not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), reason="real MNIST test set not available"
-)
-MNIST = {"root": str(MNIST_DIR), "download": False}
 FAST = Protocol(eval_every=0, epochs=1)
 SMALL = {"hidden_size": 100}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def mnist(mnist_root: Path) -> dict[str, Any]:
+    """Scenario config reading the real MNIST test set (the ``mnist_root`` fixture), never downloading."""
+    return {"root": str(mnist_root), "download": False}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, mnist: dict[str, Any]) -> Any:
     """``runs(method, scenario, scenario_config, method_config, protocol) -> metrics``, each run done once."""
     out = tmp_path_factory.mktemp("runs")
     cache: dict[str, dict[str, Any]] = {}
@@ -45,7 +46,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
             method=method,
             method_config={**SMALL, **(mc or {})},
             scenario=scenario,
-            scenario_config={**MNIST, **(sc or {})},
+            scenario_config={**mnist, **(sc or {})},
             protocol=protocol,
             seed=seed,
         )
@@ -113,8 +114,8 @@ def _drive(method: Any, scenario: Any, steps_per_exp: int, batch_size: int = 32)
     return sizes
 
 
-def test_agem_memory_never_exceeds_patterns_per_experience() -> None:
-    scenario = SCENARIOS.create("split_mnist", **MNIST)
+def test_agem_memory_never_exceeds_patterns_per_experience(mnist: dict[str, Any]) -> None:
+    scenario = SCENARIOS.create("split_mnist", **mnist)
     agem = METHODS.create("agem", patterns_per_exp=40, sample_size=16, hidden_size=50)
     sizes = _drive(agem, scenario, steps_per_exp=3)
     assert sizes == [(40 * (e + 1), 40 * (e + 1)) for e in range(5)]  # exactly 40 new examples per experience
@@ -124,8 +125,8 @@ def test_agem_memory_never_exceeds_patterns_per_experience() -> None:
         assert int(counts[list(exp.classes)].sum()) == 40
 
 
-def test_er_memory_stays_within_the_buffer() -> None:
-    scenario = SCENARIOS.create("split_mnist", **MNIST)
+def test_er_memory_stays_within_the_buffer(mnist: dict[str, Any]) -> None:
+    scenario = SCENARIOS.create("split_mnist", **mnist)
     er = METHODS.create("er", buffer_size=100, hidden_size=50)
     sizes = _drive(er, scenario, steps_per_exp=5)
     assert [s for s, _ in sizes] == [100] * 5 and {b for _, b in sizes} == {100}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,6 @@ from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Scenario
 from cl_bench.scenarios import mnist
 from cl_bench.scenarios.mnist import load_mnist, read_idx
-
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"  # ../shared/data/mnist of the repo
-needs_mnist = pytest.mark.skipif(
-    not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), reason="real MNIST test set not available"
-)
 
 
 # -- IDX fixtures in the real format ---------------------------------------------------------------------------------
@@ -257,18 +253,19 @@ def test_mismatched_or_invalid_contents_are_data_errors(tmp_path: Path, no_downl
 
 
 # -- real MNIST (the 10,000-image test set, test-only layout) --------------------------------------------------------
-def _mnist(name: str, **kw: object) -> Scenario:
-    return SCENARIOS.create(name, root=str(MNIST_DIR), download=False, **kw)
+@pytest.fixture
+def make_mnist(mnist_root: Path) -> Callable[..., Scenario]:
+    """``make_mnist(name, **config)`` builds an MNIST scenario from the real test set, never downloading."""
+    return lambda name, **kw: SCENARIOS.create(name, root=str(mnist_root), download=False, **kw)
 
 
 @pytest.fixture(scope="module")
-def real_mnist() -> tuple:
-    return load_mnist(str(MNIST_DIR), download=False)
+def real_mnist(mnist_root: Path) -> tuple:
+    return load_mnist(str(mnist_root), download=False)
 
 
-@needs_mnist
-def test_split_mnist_default(real_mnist: tuple) -> None:
-    scenario = _mnist("split_mnist")
+def test_split_mnist_default(real_mnist: tuple, make_mnist: Callable[..., Scenario]) -> None:
+    scenario = make_mnist("split_mnist")
     assert len(scenario) == 5 and scenario.n_classes == 10 and scenario.setting == "class_il"
     assert scenario.input_shape == (1, 28, 28)
     assert scenario.spec["n_train"] == 8000 and scenario.spec["n_test"] == 2000
@@ -287,12 +284,11 @@ def test_split_mnist_default(real_mnist: tuple) -> None:
     assert torch.bincount(test.y).tolist() == [196, 227, 206, 202, 196, 178, 192, 206, 195, 202]
 
 
-@needs_mnist
-def test_split_mnist_class_orders() -> None:
+def test_split_mnist_class_orders(make_mnist: Callable[..., Scenario]) -> None:
     seeded0, again, seeded1 = (
-        _mnist("split_mnist", seed=0),
-        _mnist("split_mnist", seed=0),
-        _mnist("split_mnist", seed=1),
+        make_mnist("split_mnist", seed=0),
+        make_mnist("split_mnist", seed=0),
+        make_mnist("split_mnist", seed=1),
     )
     order0 = seeded0.spec["class_order"]
     assert sorted(order0) == list(range(10)) and order0 == again.spec["class_order"]
@@ -300,25 +296,24 @@ def test_split_mnist_class_orders() -> None:
     assert [e.classes for e in seeded0] == [tuple(sorted(order0[2 * i : 2 * i + 2])) for i in range(5)]
     assert seeded0.spec_hash == again.spec_hash != seeded1.spec_hash
 
-    identity = _mnist("split_mnist", class_order="identity")
+    identity = make_mnist("split_mnist", class_order="identity")
     assert [e.classes for e in identity] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
 
     explicit = [9, 3, 0, 7, 1, 2, 8, 4, 6, 5]
     for given in (explicit, tuple(explicit), ",".join(map(str, explicit))):  # list, tuple, CLI string
-        scenario = _mnist("split_mnist", class_order=given)
+        scenario = make_mnist("split_mnist", class_order=given)
         assert [e.classes for e in scenario] == [(3, 9), (0, 7), (1, 2), (4, 8), (5, 6)]
         assert scenario.spec["class_order"] == explicit
 
-    uneven = _mnist("split_mnist", n_experiences=3, class_order="identity")
+    uneven = make_mnist("split_mnist", n_experiences=3, class_order="identity")
     assert [e.classes for e in uneven] == [(0, 1, 2), (3, 4, 5), (6, 7, 8, 9)]
 
 
-@needs_mnist
-def test_split_mnist_task_il_gives_task_ids() -> None:
-    scenario = _mnist("split_mnist", setting="task_il")
+def test_split_mnist_task_il_gives_task_ids(make_mnist: Callable[..., Scenario]) -> None:
+    scenario = make_mnist("split_mnist", setting="task_il")
     assert scenario.setting == "task_il" and scenario.spec["setting"] == "task_il"
     assert [e.task_id for e in scenario] == [0, 1, 2, 3, 4]
-    assert scenario.spec_hash != _mnist("split_mnist").spec_hash
+    assert scenario.spec_hash != make_mnist("split_mnist").spec_hash
 
 
 def _column_source(original: torch.Tensor, permuted: torch.Tensor) -> list[set[int]]:
@@ -329,10 +324,9 @@ def _column_source(original: torch.Tensor, permuted: torch.Tensor) -> list[set[i
     return [where.get(col.numpy().tobytes(), set()) for col in permuted.flatten(1).T.contiguous()]
 
 
-@needs_mnist
-def test_permuted_mnist(real_mnist: tuple) -> None:
+def test_permuted_mnist(real_mnist: tuple, make_mnist: Callable[..., Scenario]) -> None:
     train, test, _ = real_mnist
-    scenario = _mnist("permuted_mnist", n_experiences=3)
+    scenario = make_mnist("permuted_mnist", n_experiences=3)
     assert len(scenario) == 3 and scenario.setting == "domain_il" and scenario.n_classes == 10
     both = torch.cat([train.x, test.x])
     for exp in scenario:
@@ -346,15 +340,14 @@ def test_permuted_mnist(real_mnist: tuple) -> None:
         assert torch.equal(exp.test.x.flatten(1).sort(1).values, test.x.flatten(1).sort(1).values)
     xs = [exp.train.x for exp in scenario]
     assert not torch.equal(xs[0], xs[1]) and not torch.equal(xs[1], xs[2]) and not torch.equal(xs[0], xs[2])
-    again, other = _mnist("permuted_mnist", n_experiences=3), _mnist("permuted_mnist", n_experiences=3, seed=1)
+    again, other = make_mnist("permuted_mnist", n_experiences=3), make_mnist("permuted_mnist", n_experiences=3, seed=1)
     assert torch.equal(again[2].test.x, scenario[2].test.x) and again.spec_hash == scenario.spec_hash
     assert not torch.equal(other[0].test.x, scenario[0].test.x) and other.spec_hash != scenario.spec_hash
 
 
-@needs_mnist
-def test_rotated_mnist(real_mnist: tuple) -> None:
+def test_rotated_mnist(real_mnist: tuple, make_mnist: Callable[..., Scenario]) -> None:
     train, test, _ = real_mnist
-    scenario = _mnist("rotated_mnist")
+    scenario = make_mnist("rotated_mnist")
     assert len(scenario) == 20 and scenario.setting == "domain_il"
     angles = [exp.meta["angle"] for exp in scenario]
     assert angles == [9.0 * i for i in range(20)] and angles[-1] == 171.0
@@ -364,11 +357,10 @@ def test_rotated_mnist(real_mnist: tuple) -> None:
         assert torch.equal(exp.test.y, test.y) and exp.classes == tuple(range(10))
     assert not torch.equal(scenario[1].test.x, test.x)
     # Two experiences: 0 and 90 degrees; a quarter turn is exact (counter-clockwise, as torch.rot90).
-    half = _mnist("rotated_mnist", n_experiences=2)
+    half = make_mnist("rotated_mnist", n_experiences=2)
     assert torch.equal(half[1].test.x, torch.rot90(test.x, 1, dims=(-2, -1)))
 
 
-@needs_mnist
 @pytest.mark.parametrize(
     ("name", "overrides"),
     [
@@ -380,9 +372,9 @@ def test_rotated_mnist(real_mnist: tuple) -> None:
         ("rotated_mnist", {"n_experiences": 0}),
     ],
 )
-def test_bad_mnist_parameters(name: str, overrides: dict) -> None:
+def test_bad_mnist_parameters(name: str, overrides: dict, make_mnist: Callable[..., Scenario]) -> None:
     with pytest.raises(ConfigError):
-        _mnist(name, **overrides)
+        make_mnist(name, **overrides)
 
 
 # -- Split-Digits ----------------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from cl_bench.report.leaderboard import build_board
 from cl_bench.report.writers import write_board
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST = REPO.parent / "shared" / "data" / "mnist"
 CLI = [sys.executable, "-m", "cl_bench.cli"]
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 IN_CI = bool(os.environ.get("CI"))
@@ -101,7 +100,7 @@ def test_killed_worker_then_restart_completes_every_run_exactly_once(tmp_path: P
     assert third.returncode == 0 and "4 already completed, 0 to run" in third.stderr
 
 
-def test_regress_reruns_golden_records_and_names_a_corrupted_value(tmp_path: Path) -> None:
+def test_regress_reruns_golden_records_and_names_a_corrupted_value(tmp_path: Path, mnist_root: Path) -> None:
     golden = tmp_path / "golden"
     picks = ["split_digits-er-s0", "split_mnist-finetune-s0"]
     for src in _records(REPO / "results" / "golden"):
@@ -109,7 +108,7 @@ def test_regress_reruns_golden_records_and_names_a_corrupted_value(tmp_path: Pat
             (golden / src.name).mkdir(parents=True)
             shutil.copy(src / "run.json", golden / src.name / "run.json")
     assert len(_records(golden)) == 2
-    args = [*CLI, "regress", "--against", str(golden), "--set", f"scenario.root={MNIST}", "--out",
+    args = [*CLI, "regress", "--against", str(golden), "--set", f"scenario.root={mnist_root}", "--out",
             str(tmp_path / "fresh")]  # fmt: skip
     ok = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300)
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -158,12 +157,12 @@ def test_update_golden_shows_the_diff(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["regress", "--against", str(golden), "--fresh", str(fresh)]) == 0
 
 
-def test_tune_two_phase_protocol(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tune_two_phase_protocol(tmp_path: Path, capsys: pytest.CaptureFixture[str], mnist_root: Path) -> None:
     spec = tmp_path / "tune.yaml"
     spec.write_text(f"""\
 methods: [er]
 tune_scenario: {{name: split_digits}}
-eval_scenario: {{name: split_mnist, root: {MNIST}}}
+eval_scenario: {{name: split_mnist, root: {mnist_root}}}
 search: {{er: {{lr: [0.001, 0.1]}}}}
 strategy: grid
 budget: 2

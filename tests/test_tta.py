@@ -26,7 +26,6 @@ from cl_bench.nets.models import WideResNet, build_source_model
 from cl_bench.testing import check_method
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 
 
 @pytest.fixture(autouse=True)
@@ -322,9 +321,8 @@ def test_tta_conformance_catches_broken_methods() -> None:
 
 
 # -- real data ---------------------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), reason="real MNIST not available")
-def test_bn_adapt_beats_source_on_corrupted_mnist(tmp_path: Path) -> None:
-    config = {"root": str(MNIST_DIR), "download": False, "corruptions": ("contrast", "fog"), "n_per_domain": 400,
+def test_bn_adapt_beats_source_on_corrupted_mnist(tmp_path: Path, mnist_root: Path) -> None:
+    config = {"root": str(mnist_root), "download": False, "corruptions": ("contrast", "fog"), "n_per_domain": 400,
               "train_domains": False, "source_epochs": 1}  # fmt: skip
     err = {}
     for name in ("source", "bn_adapt"):
@@ -348,9 +346,8 @@ def test_cli_bad_checkpoint_is_a_user_error(tmp_path: Path, capsys: pytest.Captu
     assert "test batch 16): 3 experiences" in table and "0:s5 " in table and "2:s5 " in table
 
 
-@pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists(), reason="real MNIST not available")
-def test_corrupted_wraps_an_image_scenario() -> None:
-    sc = SCENARIOS.create("corrupted", base="split_mnist", root=str(MNIST_DIR), corruptions=("fog", "contrast"),
+def test_corrupted_wraps_an_image_scenario(mnist_root: Path) -> None:
+    sc = SCENARIOS.create("corrupted", base="split_mnist", root=str(mnist_root), corruptions=("fog", "contrast"),
                           n_per_domain=100, setting="gradual")  # fmt: skip
     assert len(sc) == 18 and sc[3].meta == {"corruption": "fog", "severity": 4} and sc.spec["base"] == "split_mnist"
     assert sc.source is not None and len(sc.source.train) == 8000 and len(sc.source.test) == 2000  # type: ignore[arg-type]
