@@ -6,7 +6,7 @@ and writes one self-describing run record per run.
 
 The stable public names (they keep working whatever moves inside the package)::
 
-    from cl_bench import run, resume, RunSpec, Protocol, METHODS, SCENARIOS, METRICS, Method, Caps
+    from cl_bench import run, resume, RunSpec, Protocol, METHODS, SCENARIOS, METRICS, Method, Caps, create_model
 
 They are resolved lazily, so ``import cl_bench.metrics`` stays free of torch.
 """
@@ -28,6 +28,7 @@ _PUBLIC = {
     "METRICS": "cl_bench.core.registry",
     "Method": "cl_bench.core.method",
     "Caps": "cl_bench.core.method",
+    "create_model": "cl_bench.nets.registry",
 }
 
 

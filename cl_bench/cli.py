@@ -178,6 +178,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from cl_bench.core.registry import METHODS, METRICS, SCENARIOS
 
+    if args.what == "models":
+        from cl_bench.ops.commands import list_models
+
+        return list_models(verbose=args.verbose)
+
     registry = {"methods": METHODS, "scenarios": SCENARIOS, "metrics": METRICS}[args.what]
     for entry in registry.entries():
         extra = ""
@@ -222,8 +227,8 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", metavar="FILE.yaml", help="YAML with method:, scenario:, protocol: sections")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
-    ls = sub.add_parser("list", help="list registered methods, scenarios or metrics")
-    ls.add_argument("what", choices=["methods", "scenarios", "metrics"])
+    ls = sub.add_parser("list", help="list registered methods, scenarios, metrics or models")
+    ls.add_argument("what", choices=["methods", "scenarios", "metrics", "models"])
     ls.add_argument("-v", "--verbose", action="store_true", help="also show each one's parameters")
     ls.set_defaults(func=cmd_list)
     _add_report_commands(sub)

@@ -26,7 +26,7 @@ from torch import nn
 
 from cl_bench.core.method import Method
 from cl_bench.core.types import Batch, Experience, PredictContext, StreamInfo
-from cl_bench.nets.models import build_model
+from cl_bench.nets.registry import create_model, model_entry
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class TrainConfig:
     with two hidden layers of 400 units trained by SGD at lr 0.01.
     """
 
-    model: str = "mlp"
+    model: str = "mlp"  # any name of cl_bench.nets.registry.list_models() (`cl-bench list models -v`)
     hidden_size: int = 400
     hidden_layers: int = 2
     optimizer: Literal["sgd", "adam"] = "sgd"
@@ -51,8 +51,14 @@ class TrainConfig:
 
 
 def build_network(cfg: TrainConfig, info: StreamInfo) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """The network (on ``info.device``) and optimiser that ``cfg`` asks for, for the stream ``info`` describes."""
-    net = build_model(cfg.model, info.input_shape, info.n_classes, cfg.hidden_size, cfg.hidden_layers).to(info.device)
+    """The network (on ``info.device``) and optimiser that ``cfg`` asks for, for the stream ``info`` describes.
+
+    ``cfg.model`` names a network of the model registry; ``hidden_size`` / ``hidden_layers`` reach only the
+    networks that take them (mlp, cnn), so ``--set model=resnet18`` needs no other change.
+    """
+    sizes = {"hidden_size": cfg.hidden_size, "hidden_layers": cfg.hidden_layers}
+    options = {k: v for k, v in sizes.items() if k in model_entry(cfg.model).options}
+    net = create_model(cfg.model, info.n_classes, info.input_shape, **options).to(info.device)
     params = [p for p in net.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
         return net, torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

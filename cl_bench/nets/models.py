@@ -1,12 +1,10 @@
 """Small networks for the embedded and MNIST-scale streams.
 
-Methods build their network through :func:`build_model` so that every method
-on a stream gets the same architecture from the same config fields.
+The model registry (:mod:`cl_bench.nets.registry`) registers these under names; methods build their
+network through it so that every method on a stream gets the same architecture from the same config fields.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -58,21 +56,20 @@ class SmallCNN(nn.Module):
 def build_model(
     name: str, input_shape: tuple[int, ...], n_classes: int, hidden_size: int = 400, hidden_layers: int = 2
 ) -> nn.Module:
-    """Build one of :data:`MODELS` for inputs of ``input_shape``.
+    """Build ``mlp`` or ``cnn`` for inputs of ``input_shape`` (kept for callers of the old API).
 
     Every model exposes ``features`` (input -> embedding) and ``head``
     (embedding -> logits), which methods such as LwF or prototype heads use.
+    New code calls :func:`cl_bench.nets.registry.create_model`, which knows every network.
 
     Raises:
         ConfigError: For an unknown name, or a CNN on non-image inputs.
     """
-    if name == "mlp":
-        return MLP(math.prod(input_shape), n_classes, hidden_size, hidden_layers)
-    if name == "cnn":
-        if len(input_shape) != 3:
-            raise ConfigError(f"model 'cnn' needs image inputs (C, H, W), got shape {input_shape}; use model=mlp")
-        return SmallCNN(input_shape[0], n_classes, width=max(8, hidden_size // 8))
-    raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} (--set model=mlp)")
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} (--set model=mlp)")
+    from cl_bench.nets.registry import create_model  # the registry imports this module
+
+    return create_model(name, n_classes, input_shape, hidden_size=hidden_size, hidden_layers=hidden_layers)
 
 
 # -- source models of test-time adaptation streams ------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""What ``cl-bench sweep | leaderboard | plot | regress | tune`` do, callable from Python.
+"""What ``cl-bench sweep | leaderboard | plot | regress | tune | list models`` do, callable from Python.
 
 :mod:`cl_bench.cli` parses the command line and calls these with plain
 arguments; each prints its report and returns the exit code (0 success, 1 a
@@ -114,3 +114,24 @@ def tune(spec_path: str, *, executor: str = "local", workers: int | None = None,
     # A diverging run is a result of the protocol (the chosen values did not transfer); anything else is not.
     broken = [e for e in summary["failed_runs"].values() if not e.startswith("DivergenceError")]
     return 1 if broken else 0
+
+
+def list_models(*, verbose: bool = False, n_classes: int = 10) -> int:
+    """Print the registered networks; with ``verbose``, each one's parameter count, input size and reference.
+
+    Counts are for ``n_classes`` outputs at the entry's reference input size (built on the CPU, not trained).
+    """
+    import textwrap
+
+    from cl_bench.nets.registry import create_model, list_models, model_entry, parameter_count
+
+    for name in list_models():
+        entry = model_entry(name)
+        print(f"{name:<18} {entry.description}")
+        if verbose:
+            shape = "x".join(map(str, entry.input_shape)) if entry.input_shape else "any"
+            count = parameter_count(create_model(name, n_classes, entry.input_shape))
+            print(f"{'':<19}params: {count:,} ({n_classes} classes)   input: {shape}")
+            print(textwrap.fill(entry.reference, width=100, initial_indent=" " * 19 + "ref: ",
+                                subsequent_indent=" " * 24))  # fmt: skip
+    return 0

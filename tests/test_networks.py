@@ -1,0 +1,101 @@
+"""The model registry and the CIFAR ResNets: exact parameter counts, features/head, selection by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import cl_bench
+from cl_bench.cli import main
+from cl_bench.core.errors import ConfigError
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import Batch, StreamInfo
+from cl_bench.nets import registry
+from cl_bench.nets.registry import create_model, list_models, model_entry, parameter_count, register_model
+
+# Counts derived from the reference code, with a 10-class head on 3x32x32 inputs:
+#   mammoth backbone/ResNet18.py (nf=64): stem 3x3 conv 1,728 + BN 128; 8 basic blocks, 3 conv+BN projection
+#   shortcuts; linear 512*10 + 10.  GEM model/common.py ResNet18(nf=20): the same with widths 20-40-80-160.
+#   PyCIL convs/cifar_resnet.py resnet32: 463,504 (15 blocks, parameter-free DownsampleA) + linear 64*10 + 10.
+#   RobustBench WideResNet-28-10: 36,479,194 (the count of its CIFAR-10 "Standard" checkpoint).
+REFERENCE_COUNTS = {
+    "resnet18": 11_173_962,
+    "reduced_resnet18": 1_094_750,
+    "resnet32": 464_154,
+    "wrn28_10": 36_479_194,
+}
+
+
+@pytest.mark.parametrize("name, count", REFERENCE_COUNTS.items())
+def test_parameter_counts_equal_the_reference_implementations(name: str, count: int) -> None:
+    assert parameter_count(create_model(name, n_classes=10, input_shape=(3, 32, 32))) == count
+
+
+@pytest.mark.parametrize("name, feature_dim", [("resnet18", 512), ("reduced_resnet18", 160), ("resnet32", 64)])
+def test_features_and_head_are_separable(name: str, feature_dim: int) -> None:
+    torch.manual_seed(0)
+    net = create_model(name, n_classes=7, input_shape=(3, 32, 32)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    emb = net.features(x)
+    assert emb.shape == (2, feature_dim)
+    assert isinstance(net.head, nn.Linear) and net.head.out_features == 7
+    torch.testing.assert_close(net.head(emb), net(x))
+
+
+def test_head_size_follows_n_classes() -> None:
+    # Only the head depends on n_classes: 100 classes add 90 * (512 + 1) parameters to ResNet-18.
+    diff = parameter_count(create_model("resnet18", 100)) - parameter_count(create_model("resnet18", 10))
+    assert diff == 90 * 513
+
+
+def test_resnet32_shortcuts_are_parameter_free_and_resnet18_stem_keeps_resolution() -> None:
+    r32 = create_model("resnet32", 10)
+    assert not [m for m in r32.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    r18 = create_model("resnet18", 10)
+    assert not [m for m in r18.modules() if isinstance(m, nn.MaxPool2d)]
+    stem = r18.conv1(torch.zeros(1, 3, 32, 32))
+    assert stem.shape[-2:] == (32, 32)  # 3x3 stem at stride 1 (ImageNet ResNets halve twice here)
+
+
+def test_registry_lists_names_and_rejects_unknown_ones() -> None:
+    assert {"mlp", "cnn", "lenet_bn", "wrn28_10", "resnet18", "reduced_resnet18", "resnet32"} <= set(list_models())
+    assert list_models("resnet*") == ["resnet18", "resnet32"]
+    assert cl_bench.create_model is create_model
+    with pytest.raises(ConfigError, match="unknown model 'resnet19'"):
+        create_model("resnet19", 10)
+    with pytest.raises(ConfigError, match="takes no option hidden_size"):
+        create_model("resnet18", 10, hidden_size=3)
+    with pytest.raises(ConfigError, match="needs image inputs"):
+        create_model("resnet32", 10, input_shape=(784,))
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("resnet18", reference="x")(lambda n_classes, input_shape: nn.Linear(1, n_classes))
+
+
+def test_register_model_adds_a_network_that_create_model_builds() -> None:
+    @register_model("test_tiny_linear", input_shape=(4,), reference="a test network")
+    def tiny(n_classes: int, input_shape: tuple[int, ...], bias: bool = True) -> nn.Module:
+        """A linear layer."""
+        return nn.Linear(input_shape[0], n_classes, bias=bias)
+
+    try:
+        assert model_entry("test_tiny_linear").options == ("bias",)
+        assert parameter_count(create_model("test_tiny_linear", 3, bias=False)) == 12
+    finally:
+        registry._MODELS.pop("test_tiny_linear")  # keep the global registry as other tests expect it
+
+
+def test_a_method_trains_a_network_picked_by_name() -> None:
+    method = METHODS.create("er", model="resnet32", buffer_size=8)
+    method.setup(StreamInfo((3, 32, 32), 10, 2, "class_il"), seed=0)
+    assert parameter_count(method.net) == REFERENCE_COUNTS["resnet32"]
+    before = [p.detach().clone() for p in method.net.parameters()]
+    method.observe(Batch(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]), None, 0))
+    assert any(not torch.equal(a, b) for a, b in zip(before, method.net.parameters(), strict=True))
+
+
+def test_cli_lists_models_with_counts_and_references(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "models", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18" in out and "11,173,962" in out and "3x32x32" in out and "mammoth" in out
+    assert "464,154" in out and "1,094,750" in out
