@@ -26,6 +26,9 @@ References:
     Lomonaco et al. "Avalanche: an End-to-End Library for Continual Learning".
     CVPR Workshops 2021.
 
+    Chaudhry, Ranzato, Rohrbach, Elhoseiny. "Efficient Lifelong Learning with
+    A-GEM". ICLR 2019.
+
     De Lange, van de Ven, Tuytelaars. "Continual evaluation for lifelong learning:
     identifying the stability gap". ICLR 2023. Reference code:
     https://github.com/Mattdl/ContinualEvaluation (src/eval/continual_eval_metrics.py).
@@ -50,6 +53,9 @@ RWALK = (
     'Forgetting and Intransigence", ECCV 2018'
 )
 AVALANCHE = 'Lomonaco et al., "Avalanche: an End-to-End Library for Continual Learning", CVPR Workshops 2021'
+AGEM = (
+    'Chaudhry, Ranzato, Rohrbach & Elhoseiny, "Efficient Lifelong Learning with A-GEM", ICLR 2019'
+)
 STABILITY_GAP = (
     'De Lange, van de Ven & Tuytelaars, "Continual evaluation for lifelong learning: identifying the '
     'stability gap", ICLR 2023'
@@ -221,55 +227,125 @@ def wc_acc(m: AccuracyMatrix) -> float:
     return current if t == 1 else current / t + (1 - 1 / t) * min_acc(m)
 
 
-def _windowed(m: AccuracyMatrix, w: int, sign: float) -> float:
-    """Mean over i < L of the largest windowed drop of ``sign * a(., i)`` over b_i <= p <= b_L.
+def _tracked(m: AccuracyMatrix, i: int) -> list[float]:
+    """a(p, i) at the evaluated points from the start of experience i's training to b_L.
 
-    Convention, from the reference code (Mattdl/ContinualEvaluation at bae2a58,
-    src/eval/continual_eval_metrics.py, ``WindowedForgettingPluginMetric``): each
-    task keeps a deque of its last ``w`` tracked accuracies, so a window is w
-    consecutive evaluations *of that experience* (points where it was not
-    evaluated do not count) and a pair p < q qualifies iff q - p < w in that
-    series; the per-task value starts at 0 and a one-element window gives 0, so
-    the result is never negative; per-task values are then averaged. The deque
-    runs continuously across experience transitions, so the window may start at
-    b_i itself: the drop from the end of training on i into the first iterations
-    of i + 1 -- the stability gap -- counts. The reference deque starts even
-    earlier, at the task's first tracking during its own training, and averages
-    over the current task too; cl_bench's contract (DESIGN.md) instead looks only
-    at points from b_i on and averages over earlier experiences i < L.
+    The start, as in the reference code, is the first point after training on i began
+    (b_{i-1} + 1): the tracker evaluates the tasks seen so far after each training
+    iteration, and at b_{i-1} task i was not yet seen; the first experience is also
+    tracked at the pre-update point 0.
     """
     b = m.boundary
-    return _mean(
-        _max_drop([sign * a for _, a in _evaluated(m, i, b[i], b[-1])], w) for i in range(len(b) - 1)
-    )
+    return [a for _, a in _evaluated(m, i, 0 if i == 0 else b[i - 1] + 1, b[-1])]
 
 
-_WF = "Windowed forgetting: largest accuracy drop within {} consecutive eval points after training, mean."
-_WP = "Windowed plasticity: largest accuracy gain within {} consecutive eval points after training, mean."
+def _max_rise_from_window_start(series: Sequence[float], w: int) -> float:
+    """Largest ``series[q] - series[s]``, s < q < s + w, over the windows the reference deque forms.
+
+    ContinualEvaluation's ``WindowedPlasticityPluginMetric`` reuses the forgetting
+    plugin's scan, which skips every start value below an earlier one in the window;
+    right for drops, but for rises it leaves only the window's first element as a
+    useful start (later candidates are >= it). The deque holds the last ``w``
+    tracked values, so the starts are 0 and every s with s + w <= n. 0 when nothing
+    rises (per-task values start at 0), NaN if empty. A monotone deque of candidate
+    maxima over (s, s + w) keeps this O(n).
+    """
+    n = len(series)
+    if not n:
+        return math.nan
+    starts = [0] + list(range(1, n - w + 1))
+    best = 0.0
+    window: deque[int] = deque()  # indices j in (s, min(s + w, n)), values decreasing
+    right = 0  # next index to push
+    for s in starts:
+        while right < min(s + w, n):
+            while window and series[window[-1]] <= series[right]:
+                window.pop()
+            window.append(right)
+            right += 1
+        while window and window[0] <= s:
+            window.popleft()
+        if window:
+            best = max(best, series[window[0]] - series[s])
+    return best
+
+
+def _windowed(m: AccuracyMatrix, w: int, plasticity: bool) -> float:
+    """Task average of the windowed forgetting (or plasticity) of every experience i <= L.
+
+    Reference code: Mattdl/ContinualEvaluation, src/eval/continual_eval_metrics.py,
+    ``WindowedForgettingPluginMetric`` / ``WindowedPlasticityPluginMetric`` averaged by
+    ``TaskAveragingPluginMetric``. Each task keeps a deque of its last ``w`` tracked
+    accuracies (:func:`_tracked`: a window is w consecutive evaluations *of that
+    experience*); after every tracking step the task's value becomes the max of
+    itself (starting at 0) and the largest drop a[p] - a[q], p < q, inside the deque
+    (for WP: the largest rise from the deque's first element, see
+    :func:`_max_rise_from_window_start`). The result is the mean over every task
+    tracked so far, the one being learned included. The reference averages in
+    float32 (``torch.mean``); we average in float64.
+    """
+    scan = _max_rise_from_window_start if plasticity else _max_drop
+    return _mean(scan(_tracked(m, i), w) for i in range(len(m.boundary)))
+
+
+_WF = "Windowed forgetting: largest accuracy drop within {} consecutive eval points, mean over experiences."
+_WP = "Windowed plasticity: largest accuracy gain within {} consecutive eval points, mean over experiences."
 
 
 @metric("wf_10", higher_is_better=False, description=_WF.format(10), reference=STABILITY_GAP)
 def wf_10(m: AccuracyMatrix) -> float:
     """Windowed forgetting WF^10; see :func:`_windowed` for the window convention."""
-    return _windowed(m, 10, 1.0)
+    return _windowed(m, 10, plasticity=False)
 
 
 @metric("wf_100", higher_is_better=False, description=_WF.format(100), reference=STABILITY_GAP)
 def wf_100(m: AccuracyMatrix) -> float:
     """Windowed forgetting WF^100; see :func:`_windowed` for the window convention."""
-    return _windowed(m, 100, 1.0)
+    return _windowed(m, 100, plasticity=False)
 
 
 @metric("wp_10", higher_is_better=True, description=_WP.format(10), reference=STABILITY_GAP)
 def wp_10(m: AccuracyMatrix) -> float:
-    """Windowed plasticity WP^10: the largest increase a(q, i) - a(p, i), same windows as WF."""
-    return _windowed(m, 10, -1.0)
+    """Windowed plasticity WP^10: the reference's largest increase, same windows as WF."""
+    return _windowed(m, 10, plasticity=True)
 
 
 @metric("wp_100", higher_is_better=True, description=_WP.format(100), reference=STABILITY_GAP)
 def wp_100(m: AccuracyMatrix) -> float:
-    """Windowed plasticity WP^100: the largest increase a(q, i) - a(p, i), same windows as WF."""
-    return _windowed(m, 100, -1.0)
+    """Windowed plasticity WP^100: the reference's largest increase, same windows as WF."""
+    return _windowed(m, 100, plasticity=True)
+
+
+def _lca(m: AccuracyMatrix, beta: int) -> float:
+    """Learning curve area: mean over experiences of the mean of their first ``beta`` accuracies while learned.
+
+    Reference code: ContinualEvaluation's ``TrackingLCAPluginMetric`` (A-GEM's LCA
+    computed per task, then averaged over tasks, which A-GEM notes is the same
+    number). "While learned" is the points :func:`_tracked` starts at up to b_i: the
+    pre-update point 0 for the first experience, b_{i-1} + 1 .. b_i for the others
+    (the reference never tracks a task at b_{i-1}, so A-GEM's zero-shot accuracy is
+    absent except for the first task). An experience with fewer than ``beta``
+    evaluated points while learned has no LCA and is left out, as in the reference;
+    NaN when none has one.
+    """
+    b, per_task = m.boundary, []
+    for i in range(len(b)):
+        points = _evaluated(m, i, 0 if i == 0 else b[i - 1] + 1, b[i])
+        if len(points) >= beta:
+            per_task.append(_mean(a for _, a in points[:beta]))
+    return _mean(per_task)
+
+
+@metric(
+    "lca_10",
+    higher_is_better=True,
+    description="Learning curve area: mean accuracy over the first 10 eval points while an experience "
+    "is learned, mean over experiences.",
+    reference=AGEM,
+)
+def lca_10(m: AccuracyMatrix) -> float:
+    """LCA with beta = 10 (A-GEM; ContinualEvaluation's default); see :func:`_lca`."""
+    return _lca(m, 10)
 
 
 def _dips(m: AccuracyMatrix) -> list[tuple[float, int | None]]:

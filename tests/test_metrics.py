@@ -22,6 +22,7 @@ CONTRACT = {
     "wf_100": False,
     "wp_10": True,
     "wp_100": True,
+    "lca_10": True,
     "stability_gap": False,
     "stability_gap_max": False,
     "stability_gap_recovery": False,
@@ -138,18 +139,31 @@ def test_min_acc_excludes_own_boundary() -> None:
 
 
 def test_windowed_on_continual_matrix() -> None:
-    # exp0 from b0: 0.9 0.4 0.8 0.8 0.6 0.4 0.6 0.6 -> largest drop 0.9 - 0.4 = 0.5, largest rise 0.4 -> 0.8
-    # exp1 from b1: 0.9 0.6 0.7 0.7 0.7 -> drop 0.3, rise 0.1.  Fewer than 10 points: w = 10 and 100 agree.
+    # Tracked from the start of each experience's own training (exp0 from p0) to the end:
+    # exp0 p0..p9: 0.1 0.5 0.9 0.4 0.8 0.8 0.6 0.4 0.6 0.6 -> drop 0.9 - 0.4 = 0.5; rise 0.9 - 0.1 = 0.8
+    # exp1 p3..p9: 0.5 0.7 0.9 0.6 0.7 0.7 0.7              -> drop 0.3;             rise 0.4
+    # exp2 p6..p9: 0.5 0.7 0.8 0.8                          -> drop 0 (none);        rise 0.3
+    # Fewer than 10 points each: w = 10 and 100 agree; the mean includes the last experience.
     for fn in (F.wf_10, F.wf_100):
-        assert fn(CONTINUAL) == approx(0.4)  # (0.5 + 0.3) / 2
+        assert fn(CONTINUAL) == approx(0.8 / 3)  # (0.5 + 0.3 + 0) / 3
     for fn in (F.wp_10, F.wp_100):
-        assert fn(CONTINUAL) == approx(0.25)  # (0.4 + 0.1) / 2
+        assert fn(CONTINUAL) == approx(0.5)  # (0.8 + 0.4 + 0.3) / 3
+
+
+def test_lca_needs_beta_points_while_learned() -> None:
+    # CONTINUAL has at most 3 points per experience while learned: no experience has an LCA.
+    assert math.isnan(F.lca_10(CONTINUAL))
+    # exp0 learned over p0..p11 (12 points), exp1 over p12..p20 (9 points < 10: left out).
+    rows: list[list[float | None]] = [[k / 20, 0.0] for k in range(12)] + [[0.5, 0.9]] * 9
+    m = build(rows, boundary=[11, 20], totals=20)
+    assert F.lca_10(m) == approx(sum(range(10)) / 200)  # mean of 0/20 .. 9/20 = 0.225
 
 
 def _decay_matrix(insert_gaps: bool = False) -> AccuracyMatrix:
-    """exp0 after b0: 1.00, then a cliff to 0.50 and a slow decay 0.49, 0.48, ..., 0.21 (30 points).
+    """exp0 from p0: 0.00, then 1.00, a cliff to 0.50 and a slow decay 0.49, ..., 0.21 (32 points).
 
-    With ``insert_gaps``, a point where exp0 is not evaluated follows every real one.
+    exp1 is 0.5 throughout its training (no drop, no rise). With ``insert_gaps``, a
+    point where exp0 is not evaluated follows every real one after p1.
     """
     series = [1.0] + [(51 - k) / 100 for k in range(1, 31)]  # s_k for k = 0..30
     rows: list[list[float | None]] = [[0.0, 0.0]]  # p0 before training
@@ -162,29 +176,40 @@ def _decay_matrix(insert_gaps: bool = False) -> AccuracyMatrix:
 
 def test_windowed_forgetting_window_size() -> None:
     m = _decay_matrix()
-    # w = 10: the window may start at b0 and spans s_0..s_9 (q - p < 10): 1.00 - 0.42
-    assert F.wf_10(m) == approx(0.58)
+    # exp0 tracked 0.00, s_0 .. s_30. w = 10: s_0 - s_9 = 1.00 - 0.42 (q - p < 10); exp1: 0.
+    assert F.wf_10(m) == approx(0.58 / 2)
     # w = 100 covers every point: 1.00 - s_30 = 1.00 - 0.21
-    assert F.wf_100(m) == approx(0.79)
-    # Monotone decay: no increase at all, clipped at 0 as in the reference code.
-    assert F.wp_10(m) == 0.0
-    assert F.wp_100(m) == 0.0
+    assert F.wf_100(m) == approx(0.79 / 2)
+    # The only rise is 0.00 -> 1.00 at the start of exp0's training.
+    assert F.wp_10(m) == approx(0.5)
+    assert F.wp_100(m) == approx(0.5)
 
 
 def test_windowed_counts_only_evaluated_points() -> None:
     # Unevaluated points neither break nor stretch the window: same values as without gaps.
     m = _decay_matrix(insert_gaps=True)
-    assert F.wf_10(m) == approx(0.58)
-    assert F.wf_100(m) == approx(0.79)
+    assert F.wf_10(m) == approx(0.58 / 2)
+    assert F.wf_100(m) == approx(0.79 / 2)
 
 
 def test_windowed_plasticity_window_size() -> None:
-    # exp0 after b0: 0.20, 0.21, ..., 0.50 (31 points); gains 0.09 within 10 points, 0.30 overall.
-    rows: list[list[float | None]] = [[0.0, 0.0]] + [[(20 + k) / 100, 0.5] for k in range(31)]
-    m = build(rows, boundary=[1, 31], totals=100)
-    assert F.wp_10(m) == approx(0.09)
-    assert F.wp_100(m) == approx(0.30)
+    # exp0 from p0: 0.20, 0.21, ..., 0.50 (31 points); gains 0.09 within 10 points, 0.30 overall.
+    rows: list[list[float | None]] = [[(20 + k) / 100, 0.5] for k in range(31)]
+    m = build(rows, boundary=[0, 30], totals=100)
+    assert F.wp_10(m) == approx(0.09 / 2)  # exp1: constant 0.5, gains 0
+    assert F.wp_100(m) == approx(0.30 / 2)
     assert F.wf_10(m) == 0.0
+
+
+def test_windowed_plasticity_reference_quirk() -> None:
+    # The reference scan skips start values below an earlier one in the window, so WP only
+    # measures rises from the window's first element: 0.5 0.2 0.9 gives 0.4, not 0.2 -> 0.9.
+    m = build([[0.5], [0.2], [0.9]], boundary=[2])
+    assert F.wp_10(m) == approx(0.4)
+    # Once the deque slides past p0 (w = 10, 12 points) 0.2 is the first element: 0.2 -> 0.9.
+    rows: list[list[float | None]] = [[0.5], [0.2]] + [[0.9]] * 10
+    assert F.wp_10(build(rows, boundary=[11])) == approx(0.7)
+    assert F.wp_10(build(rows[:10], boundary=[9])) == approx(0.4)  # never slides
 
 
 def test_stability_gap_dip_and_recovery() -> None:
@@ -252,7 +277,9 @@ def test_incomplete_matrix_uses_finished_experiences() -> None:
     assert F.fwt(m) == approx(-0.1)  # a(b0, 1) - a(p0, 1) = 0.0 - 0.1
     assert F.min_acc(m) == approx(0.4)  # min(0.4, 0.6); p4's 0.0 is after b1
     assert F.wc_acc(m) == approx(0.65)  # 0.9 / 2 + 0.4 / 2
-    assert F.wf_100(m) == approx(0.4)  # 0.8 -> 0.4
+    # exp0 p0..p3: 0.0 0.8 0.4 0.6; exp1 p2..p3: 0.5 0.9 (p4 ignored)
+    assert F.wf_100(m) == approx(0.2)  # (0.8 - 0.4 + 0) / 2
+    assert F.wp_100(m) == approx(0.6)  # (0.8 + 0.4) / 2
     assert F.stability_gap(m) == approx(0.4)
 
 
@@ -261,7 +288,13 @@ def test_single_experience() -> None:
     values = compute_all(m)
     for name in ("final_acc", "final_acc_pooled", "avg_incremental_acc", "wc_acc"):
         assert values[name] == approx(0.7)
-    undefined = set(CONTRACT) - {"final_acc", "final_acc_pooled", "avg_incremental_acc", "wc_acc"}
+    # The windowed metrics track the experience being learned: 0.2 -> 0.7.
+    for name in ("wf_10", "wf_100"):
+        assert values[name] == 0.0
+    for name in ("wp_10", "wp_100"):
+        assert values[name] == approx(0.5)
+    defined = {"final_acc", "final_acc_pooled", "avg_incremental_acc", "wc_acc", "wf_10", "wf_100", "wp_10"}
+    undefined = set(CONTRACT) - defined - {"wp_100"}
     for name in undefined:
         assert values[name] is None, name
         assert math.isnan(METRIC_SPECS[name].fn(m)), name
