@@ -30,5 +30,6 @@ from cl_bench.methods import (  # noqa: F401
     sar,
     slca,
     source,
+    t3a,
     tent,
 )
