@@ -28,6 +28,7 @@ from cl_bench.methods import (  # noqa: F401
     rdumb,
     rmt,
     sar,
+    shot_im,
     slca,
     source,
     t3a,
