@@ -7,6 +7,7 @@ the one place that names them. Each module holds one method family's whole logic
 from cl_bench.methods import (  # noqa: F401
     agem,
     bn_adapt,
+    bn_ema,
     coda_prompt,
     cotta,
     dualprompt,
@@ -18,6 +19,7 @@ from cl_bench.methods import (  # noqa: F401
     l2,
     l2_vit,
     l2p,
+    lame,
     lwf,
     ncm,
     one_prompt,
@@ -26,7 +28,9 @@ from cl_bench.methods import (  # noqa: F401
     rdumb,
     rmt,
     sar,
+    shot_im,
     slca,
     source,
+    t3a,
     tent,
 )

@@ -34,6 +34,9 @@ class Caps:
             it reports each iteration to the runner, which evaluates on the usual schedule.
         resumable: ``state_dict``/``load_state_dict`` capture everything, so checkpoints work
             (False: the runner refuses ``checkpoint_every`` and ``resume`` with a clear message).
+        updates_parameters: ``adapt`` may change network parameters (False: output-only methods such
+            as LAME or T3A; the conformance suite then checks that no ``nn.Parameter`` of the method's
+            networks changes during ``adapt``).
         exceptions: Conformance checks the method is exempt from, each with a reason.
     """
 
@@ -43,6 +46,7 @@ class Caps:
     pretrained_backbone: bool = False
     drives_loop: bool = False
     resumable: bool = True
+    updates_parameters: bool = True
     exceptions: tuple[tuple[str, str], ...] = ()
 
 

@@ -21,6 +21,8 @@ check_memory_budget       ``memory_size()`` is 0 for ``caps.memory == "none"`` a
 check_beats_chance        after each experience, accuracy on it beats 1/#classes + 0.1
 check_pre_update          TTA only: ``adapt(x)`` returns what ``predict(x)`` gave just before
                           it (the prediction made before updating on x)
+check_parameters_frozen   TTA with ``caps.updates_parameters=False`` only: no ``nn.Parameter``
+                          of the method's networks changes during ``adapt`` (LAME, T3A)
 ========================  =================================================================
 
 Methods with ``caps.adapts_at_test`` run the test-time adaptation path instead: the registered
@@ -229,6 +231,13 @@ def check_pre_update(ctx: _Context) -> str:
     return ctx.monitored_check("check_pre_update")
 
 
+def check_parameters_frozen(ctx: _Context) -> str:
+    """TTA, caps.updates_parameters=False: adapt changes no network parameter (output-only methods)."""
+    if not ctx.tta or ctx.cls.caps.updates_parameters:
+        return "not applicable: the method may update its parameters"
+    return ctx.monitored_check("check_parameters_frozen")
+
+
 def check_memory_budget(ctx: _Context) -> str:
     """memory_size() respects caps.memory after every step and experience."""
     return ctx.monitored_check("check_memory_budget")
@@ -301,7 +310,8 @@ def _assert_same_matrix(a: dict[str, Any], b: dict[str, Any], what: str) -> None
 
 
 _ALL = (check_config_roundtrip, check_protocol, check_no_peeking, check_deterministic, check_resume,
-        check_predict_pure, check_memory_budget, check_beats_chance, check_pre_update)  # fmt: skip
+        check_predict_pure, check_memory_budget, check_beats_chance, check_pre_update,
+        check_parameters_frozen)  # fmt: skip
 #: Every check, by name, in the order the suite runs them.
 CHECKS: dict[str, Callable[[_Context], str]] = {f.__name__: f for f in _ALL}
 

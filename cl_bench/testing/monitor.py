@@ -59,6 +59,12 @@ def _snapshot(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
+def _network_parameters(method: Any) -> dict[str, torch.Tensor]:
+    """A copy of every ``nn.Parameter`` of the networks the method holds as attributes, by attribute.name."""
+    return {f"{attr}.{name}": p.detach().clone() for attr, value in vars(method).items()
+            if isinstance(value, torch.nn.Module) for name, p in value.named_parameters()}  # fmt: skip
+
+
 def difference(a: Any, b: Any, path: str = "state", depth: int = 0) -> str | None:
     """Where two state dicts differ (a readable path), or None if they are equal."""
     if depth > 64:  # a reference cycle, not a state dict: give up on this branch
@@ -222,8 +228,15 @@ class Monitor:
             with self.inside("predict before adapt"), torch.no_grad():
                 expected = predict(x, PredictContext())
             _set_rng_state(rng)
+        frozen = "check_parameters_frozen" in self.enabled and not getattr(self.caps, "updates_parameters", True)
+        params_before = _network_parameters(method) if frozen else None
         with self.inside("adapt"):
             out = adapt(x)
+        if params_before is not None:
+            diff = difference(params_before, _network_parameters(method), path="parameters")
+            if diff is not None:
+                self.fail("check_parameters_frozen", f"adapt call {self.adapt_calls} changed {diff}, but the method "
+                          "declares caps.updates_parameters=False", hook="adapt")  # fmt: skip
         if "check_protocol" in self.enabled:
             if not isinstance(out, torch.Tensor) or not out.is_floating_point():
                 self.fail("check_protocol", f"adapt returned {type(out).__name__}, not a float tensor", hook="adapt")
