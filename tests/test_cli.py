@@ -45,7 +45,10 @@ def test_list_shows_names_descriptions_references(capsys: pytest.CaptureFixture[
         out = capsys.readouterr().out
         assert expected in out and "ref:" in out
     assert main(["list", "methods", "-v"]) == 0
-    assert "buffer_size: int" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # undo the line wrapping
+    assert "buffer_size: int = 200" in out and "lambda: float = 100.0" in out  # er's and ewc's defaults
+    assert main(["list", "scenarios", "-v"]) == 0
+    assert "n_experiences: int = 5" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize(

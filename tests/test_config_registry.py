@@ -155,7 +155,7 @@ def test_lambda_alias() -> None:
     assert by_public.config.lambda_ == by_field.config.lambda_ == 5000.0
     assert isinstance(by_public.config.lambda_, float)
     assert config_to_dict(by_public.config)["lambda"] == 5000.0 and "lambda_" not in config_to_dict(by_public.config)
-    assert METHODS.parameters("ewc")["lambda"] == "float" and "lambda_" not in METHODS.parameters("ewc")
+    assert METHODS.parameters("ewc")["lambda"] == "float = 100.0" and "lambda_" not in METHODS.parameters("ewc")
     assert public_name("lambda_") == "lambda" and public_name("lr") == "lr" and public_name("size_") == "size_"
 
 

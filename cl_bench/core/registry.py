@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
-from cl_bench.core.config import build_config, field_types, type_name
+from cl_bench.core.config import build_config, field_types, public_name, type_name
 from cl_bench.core.errors import UserError
 
 T = TypeVar("T")
@@ -229,11 +229,24 @@ class Registry(Generic[T]):
         return build_config(entry.config_cls, overrides or {}, f"{self.kind} {name!r}")
 
     def parameters(self, name: str) -> dict[str, str]:
-        """Public parameter name -> readable type, for help texts."""
+        """Public parameter name -> readable type and default (``"float = 100.0"``), for help texts.
+
+        ``cl-bench list ... -v`` prints these; a parameter without a default shows its type alone.
+        """
         entry = self.get(name)
         if entry.config_cls is None:
             return {}
-        return {k: type_name(t) for k, t in field_types(entry.config_cls).items()}
+        types_ = field_types(entry.config_cls)
+        out = {}
+        for f in dataclasses.fields(entry.config_cls):
+            key = public_name(f.name)
+            if f.default is not dataclasses.MISSING:
+                out[key] = f"{type_name(types_[key])} = {f.default!r}"
+            elif f.default_factory is not dataclasses.MISSING:
+                out[key] = f"{type_name(types_[key])} = {f.default_factory()!r}"
+            else:
+                out[key] = type_name(types_[key])
+        return out
 
     def create(self, name: str, **overrides: Any) -> Any:
         """Validate ``overrides`` and build the object.
