@@ -71,6 +71,14 @@ def _load_yaml_config(path: str) -> dict[str, Any]:
             raise UserError(f"{section}: in {path} must be a name or a mapping with name: and parameters")
     if data.get("protocol") is not None and not isinstance(data["protocol"], dict):
         raise UserError(f"protocol: in {path} must be a mapping (eval_every:, eval_subset:, ...)")
+    for key, kind, low in (("seed", int, None), ("checkpoint_every", int, 0), ("device", str, None),
+                           ("out", str, None)):  # fmt: skip
+        value = data.get(key)
+        # bool is an int in Python, so `seed: true` would silently be seed 1: refused like a float.
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise UserError(f"{key}: in {path} must be {kind.__name__}, got {value!r} ({type(value).__name__})")
+        if low is not None and value is not None and value < low:
+            raise UserError(f"{key}: in {path} must be >= {low}, got {value}")
     return data
 
 
@@ -146,17 +154,61 @@ def _higher(name: str) -> bool:
     return METRIC_SPECS[name].higher_is_better
 
 
+_CONFIG_FLAGS = ("scenario", "method", "set", "seed", "eval_every", "eval_subset", "epochs", "batch_size", "device",
+                 "config")  # fmt: skip
+
+
+def _check_resume_overrides(args: argparse.Namespace) -> None:
+    """Refuse ``--resume DIR`` with options describing another configuration than DIR's run."""
+    from cl_bench.core.record import RECORD_FILE, load_record
+    from cl_bench.engine.spec import run_id_for, spec_from_record
+
+    given = [f"--{f.replace('_', '-')}" for f in _CONFIG_FLAGS if getattr(args, f) not in (None, [])]
+    given += ["--online"] if args.online else []
+    run_dir = Path(args.resume)
+    if not given or not (run_dir / RECORD_FILE).exists():
+        return
+    recorded = spec_from_record(load_record(run_dir))
+    spec, _ = build_spec(args)
+    if run_id_for(spec) != run_id_for(recorded) or spec.device != recorded.device:
+        raise UserError(
+            f"--resume {run_dir} was given {', '.join(given)}, which describe another configuration than the "
+            f"run being resumed (that would be run {run_id_for(spec)}, this is {run_dir.name}); a resumed run "
+            f"always continues with its own recorded configuration. Drop those options to continue it, or start "
+            f"the other configuration as a new run without --resume"
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from cl_bench.engine import rundir
     from cl_bench.engine.runner import resume, run
+    from cl_bench.engine.spec import run_id_for
 
     progress = sys.stderr.isatty() and not args.quiet
     if args.resume:
-        record = resume(args.resume, checkpoint_every=args.checkpoint_every, progress=progress)
+        _check_resume_overrides(args)
         run_dir = Path(args.resume)
+        start = lambda: resume(run_dir, checkpoint_every=args.checkpoint_every, progress=progress)  # noqa: E731
     else:
         spec, options = build_spec(args)
-        record = run(spec, options["out"], checkpoint_every=options["checkpoint_every"], progress=progress)
-        run_dir = Path(options["out"]) / record["run_id"]
+        rundir.check_out(Path(options["out"]))
+        run_dir = Path(options["out"]) / run_id_for(spec)
+        if not args.force and rundir.status_of(run_dir) == "completed":
+            print(f"{run_dir} already holds a completed record of this run: kept, not recomputed "
+                  f"(add --force to run it again and overwrite it)", file=sys.stderr)  # fmt: skip
+        start = lambda: run(spec, options["out"], checkpoint_every=options["checkpoint_every"],  # noqa: E731
+                            progress=progress, force=args.force)  # fmt: skip
+    try:
+        record = start()
+    except KeyboardInterrupt:
+        ckpt = run_dir / rundir.CHECKPOINT_FILE
+        if ckpt.exists():
+            print(f"interrupted: the last checkpoint is {ckpt}; continue with `{rundir.resume_command(run_dir)}`",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            print(f"interrupted: {run_dir} has no checkpoint (run with --checkpoint-every N to make a run "
+                  f"resumable), so this run must start again", file=sys.stderr)  # fmt: skip
+        return 130
     cost = record["cost"]
     if record["accuracy_matrix"].get("online"):
         print(f"{record['method']['name']} on {record['scenario']['name']} (seed {record['seed']}, test batch "
@@ -224,6 +276,8 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="directory for run directories (default ./runs)")
     r.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N iterations")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    r.add_argument("--force", action="store_true",
+                   help="overwrite a completed record or discard an interrupted run's checkpoint in the run directory")
     r.add_argument("--config", metavar="FILE.yaml", help="YAML with method:, scenario:, protocol: sections")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
@@ -315,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["run", *argv]  # bare flags mean `run`: `cl-bench --seed 1`
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "workers", None) is not None and args.workers < 1:
+            raise UserError(f"--workers must be >= 1 (runs in parallel), got {args.workers}; leave it out to use "
+                            f"one per CPU core")  # fmt: skip
         return args.func(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

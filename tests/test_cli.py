@@ -51,6 +51,13 @@ def test_list_shows_names_descriptions_references(capsys: pytest.CaptureFixture[
     assert "n_experiences: int = 5" in " ".join(capsys.readouterr().out.split())
 
 
+# Files the table's rows refer to as {tmp}/NAME.
+FILES = {
+    "seed_float.yaml": "seed: 1.7\n", "seed_bool.yaml": "seed: true\n", "seed_word.yaml": "seed: zero\n",
+    "ckpt_neg.yaml": "checkpoint_every: -3\n", "a_file": "not a directory\n",
+}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
@@ -64,12 +71,25 @@ def test_list_shows_names_descriptions_references(capsys: pytest.CaptureFixture[
         (["--scenario", "split_mnist", "--set", "scenario.root=/nonexistent/dir"], "MNIST not found"),
         (["--eval-every", "-1"], "eval_every must be >= 0"),
         (["--resume", "/nonexistent/run"], "holds no run record"),
+        (["--config", "{tmp}/seed_float.yaml"], "seed: in {tmp}/seed_float.yaml must be int, got 1.7"),
+        (["--config", "{tmp}/seed_bool.yaml"], "must be int, got True (bool)"),
+        (["--config", "{tmp}/seed_word.yaml"], "must be int, got 'zero' (str)"),
+        (["--config", "{tmp}/ckpt_neg.yaml"], "checkpoint_every: in {tmp}/ckpt_neg.yaml must be >= 0"),
+        (["--out", "{tmp}/a_file"], "is a file; give a directory"),
+        (["--out", "{tmp}/a_file/sub"], "lies under {tmp}/a_file, which is a file"),
+        (["sweep", "{tmp}/seed_float.yaml", "--workers", "0"], "--workers must be >= 1"),
+        (["sweep", "{tmp}/seed_float.yaml", "--workers", "-2"], "--workers must be >= 1"),
+        (["regress", "--against", "{tmp}", "--workers", "0"], "--workers must be >= 1"),
     ],
 )
 def test_user_errors_exit_2_with_one_paragraph(tmp_path: Path, args: list[str], needle: str) -> None:
-    proc = cli("run", "--out", str(tmp_path / "out"), *args)
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    cmd = args if args[0] in ("sweep", "regress") else ["run", "--out", str(tmp_path / "out"), *args]
+    proc = cli(*cmd)
     assert proc.returncode == 2, proc.stderr
-    assert needle in proc.stderr
+    assert needle.replace("{tmp}", str(tmp_path)) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and proc.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out").exists()  # nothing half-written
@@ -96,7 +116,7 @@ def test_yaml_config_and_flag_precedence(tmp_path: Path, capsys: pytest.CaptureF
     out = tmp_path / "runs"
     argv = ["run", "--config", str(cfg), "--seed", "5", "--set", "protocol.eval_subset=50", "--out", str(out)]
     assert main(argv) == 0
-    (run_dir,) = out.iterdir()
+    (run_dir,) = [p for p in out.iterdir() if not p.name.startswith(".")]  # .locks holds the run locks
     record = json.loads((run_dir / "run.json").read_text())
     assert record["method"]["name"] == "finetune" and record["method"]["config"]["lr"] == 0.05
     assert record["seed"] == 5  # the flag wins over the file
@@ -126,7 +146,7 @@ def test_issue_command_on_real_mnist(tmp_path: Path, mnist_root: Path) -> None:
                "--set", f"scenario.root={mnist_root}", "--set", "scenario.n_experiences=2", "--eval-every", "1",
                "--seed", "3", "--out", str(tmp_path))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    (run_dir,) = tmp_path.iterdir()
+    (run_dir,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     record = json.loads((run_dir / "run.json").read_text())
     assert "only the 10k test files were found" in record["scenario"]["spec"]["split"]
     assert record["method"]["config"]["lambda"] == 100.0 and record["seed"] == 3

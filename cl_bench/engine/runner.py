@@ -13,7 +13,6 @@ import dataclasses
 import math
 import platform
 import resource
-import shutil
 import sys
 import time
 import traceback
@@ -30,6 +29,7 @@ from cl_bench.core.record import RECORD_FILE, SCHEMA_VERSION, git_sha, load_reco
 from cl_bench.core.registry import METHODS, SCENARIOS
 from cl_bench.core.types import Batch, Experience, PredictContext, Scenario, StreamInfo
 from cl_bench.data.tta_streams import TTA_BATCH_SIZE
+from cl_bench.engine import rundir
 from cl_bench.engine.evaluator import Evaluator
 from cl_bench.engine.rng import augment_seed, rng_state, seed_everything, set_rng_state, shuffle_seed
 from cl_bench.engine.source import source_model
@@ -37,7 +37,7 @@ from cl_bench.engine.spec import Protocol, RunSpec, check_device, run_id_for, sp
 from cl_bench.metrics import compute_all
 from cl_bench.report.plots import plot_accuracy_curves
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = rundir.CHECKPOINT_FILE
 
 
 class RunInterrupted(Exception):
@@ -158,6 +158,7 @@ class _Run:
             "rng": rng_state(),
             "cost": dict(self.cost),
             "tta_partial": list(self.tta_partial),
+            "identity": rundir.identity(self.spec),  # resume refuses another run's checkpoint
         }
         tmp = self.run_dir / f".{CHECKPOINT_FILE}.tmp"
         torch.save(state, tmp)
@@ -166,9 +167,11 @@ class _Run:
 
     def load_checkpoint(self, path: Path) -> dict[str, Any]:
         try:
-            return torch.load(path, map_location=self.spec.device, weights_only=False)
+            state = torch.load(path, map_location=self.spec.device, weights_only=False)
         except Exception as err:
             raise UserError(f"cannot read checkpoint {path} ({err}); it is corrupt — start the run afresh") from None
+        rundir.check_identity(state, self.spec, path)
+        return state
 
     # -- the loop -----------------------------------------------------------------------------------------
     def start(self, state: dict[str, Any] | None) -> None:
@@ -428,6 +431,7 @@ def run(
     progress: bool = False,
     method_cls: type[Method] | None = None,
     stop_after: int | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train ``spec.method`` on ``spec.scenario`` and write ``<out>/<run_id>/run.json``.
 
@@ -443,6 +447,9 @@ def run(
             done this many training iterations (after any evaluation and
             checkpoint due at that iteration), as if the process were killed
             there. The failed record and the last checkpoint stay for :func:`resume`.
+        force: Overwrite a completed record or an interrupted run's checkpoint in the run directory.
+            Without it a completed record is kept and returned, and a checkpoint is refused
+            (:func:`cl_bench.engine.rundir.prepare_fresh`).
 
     Returns:
         The completed run record.
@@ -455,10 +462,9 @@ def run(
     run_dir = Path(out) / run_id_for(spec)
     # _Run validates everything before anything touches the disk.
     r = _Run(spec, run_dir, checkpoint_every, progress, method_cls, stop_after)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    return _drive(r, None)
+    with rundir.claim(run_dir):
+        kept = rundir.prepare_fresh(run_dir, force)
+        return kept if kept is not None else _drive(r, None)
 
 
 def resume(
@@ -504,9 +510,10 @@ def resume(
     r = _Run(spec, run_dir, every, progress, method_cls, stop_after)
     # A process killed inside an atomic write leaves its temporary file; the write it belonged to
     # never landed, so the file is garbage and the resumed run rewrites what it held.
-    for stale in run_dir.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-    return _drive(r, r.load_checkpoint(ckpt))
+    with rundir.claim(run_dir):
+        for stale in run_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        return _drive(r, r.load_checkpoint(ckpt))
 
 
 __all__ = ["Protocol", "RunInterrupted", "RunSpec", "run", "resume", "run_id_for"]

@@ -8,7 +8,8 @@ Each job runs one :class:`~cl_bench.engine.spec.RunSpec` in a worker process thr
 - a run whose record says ``completed`` is skipped; one with a checkpoint
   resumes from it (:func:`cl_bench.engine.runner.resume`); anything else starts afresh;
 - while a worker runs a job it holds an exclusive ``flock`` on
-  ``<out>/.locks/<run_id>.lock`` (holding its pid). The kernel drops the lock
+  ``<out>/.locks/<run_id>.lock`` (holding its pid; :func:`cl_bench.engine.rundir.claim`, the same lock
+  ``cl-bench run`` takes). The kernel drops the lock
   when the worker dies, so a retried or restarted job can take over, but two
   live processes never train the same run;
 - records are written atomically by the runner, so a killed worker leaves the
@@ -21,7 +22,6 @@ References:
 from __future__ import annotations
 
 import concurrent.futures as cf
-import fcntl
 import multiprocessing
 import os
 import sys
@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from cl_bench.core.errors import DivergenceError, UserError
+from cl_bench.engine import rundir
 
-LOCK_DIR = ".locks"
+LOCK_DIR = rundir.LOCK_DIR
 
 
 @dataclass(frozen=True)
@@ -115,20 +116,8 @@ def execute_job(job: Job) -> JobResult:
         os.chdir(job.cwd)
     run_id = run_id_for(job.spec)
     run_dir = Path(job.out) / run_id
-    lock_path = Path(job.out) / LOCK_DIR / f"{run_id}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "?"
-            return JobResult(run_id, "busy", f"another live process (pid {holder}) is running it", 0.0, os.getpid())
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
-        try:
+    try:
+        with rundir.claim(run_dir):
             state = state_of(run_dir)
             if state == "completed":
                 return JobResult(run_id, "skipped", None, time.perf_counter() - t0, os.getpid())
@@ -138,12 +127,15 @@ def execute_job(job: Job) -> JobResult:
                     return JobResult(run_id, "resumed", None, time.perf_counter() - t0, os.getpid())
                 except DivergenceError:
                     raise
-                except UserError:  # unreadable checkpoint: start afresh below
+                except UserError:  # unreadable checkpoint or another run's: this sweep's spec starts afresh
                     pass
-            run(job.spec, job.out, checkpoint_every=job.checkpoint_every)
+            # force: the directory holds nothing this job can resume (state_of said so, or resume refused it)
+            run(job.spec, job.out, checkpoint_every=job.checkpoint_every, force=True)
             return JobResult(run_id, "completed", None, time.perf_counter() - t0, os.getpid())
-        except Exception as err:  # the run's failed record (if any) holds the traceback
-            return JobResult(run_id, "failed", f"{type(err).__name__}: {err}", time.perf_counter() - t0, os.getpid())
+    except rundir.RunBusy as err:
+        return JobResult(run_id, "busy", str(err), 0.0, os.getpid())
+    except Exception as err:  # the run's failed record (if any) holds the traceback
+        return JobResult(run_id, "failed", f"{type(err).__name__}: {err}", time.perf_counter() - t0, os.getpid())
 
 
 class Progress:
