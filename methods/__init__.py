@@ -9,6 +9,8 @@ from cl_bench.methods import (  # noqa: F401
     bn_adapt,
     coda_prompt,
     cotta,
+    der,
+    derpp,
     dualprompt,
     eata,
     er,
