@@ -10,6 +10,8 @@ from cl_bench.methods import (  # noqa: F401
     bn_ema,
     coda_prompt,
     cotta,
+    der,
+    derpp,
     dualprompt,
     eata,
     er,

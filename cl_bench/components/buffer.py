@@ -43,6 +43,15 @@ class ReservoirBuffer:
         if self.capacity == 0 or len(x) == 0:
             self.seen += len(x)
             return
+        self.place(x, y, t)
+
+    def place(
+        self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reservoir step for a batch: writes the kept examples and returns ``(slots, batch indices)``.
+
+        Subclasses storing extra per-example data (e.g. logits) write it at the same slots.
+        """
         if self.x is None:
             self.x = torch.empty((self.capacity, *x.shape[1:]), dtype=x.dtype, device=x.device)
             self.y = torch.empty(self.capacity, dtype=y.dtype, device=y.device)
@@ -58,17 +67,23 @@ class ReservoirBuffer:
             elif draws[i] < self.capacity:
                 slots[int(draws[i])] = i
         self.seen += n
+        dst = torch.tensor(list(slots), dtype=torch.long, device=x.device)
+        src = torch.tensor(list(slots.values()), dtype=torch.long, device=x.device)
         if slots:
-            dst = torch.tensor(list(slots), device=x.device)
-            src = torch.tensor(list(slots.values()), device=x.device)
             self.x[dst] = x[src]
             self.y[dst] = y[src]
             self.t[dst] = t[src] if t is not None else -1
+        return dst, src
+
+    def sample_indices(self, n: int) -> torch.Tensor:
+        """Slots of up to ``n`` stored examples drawn without replacement."""
+        assert self.x is not None, "sample() on an empty buffer"
+        return torch.randperm(self.size, generator=self.gen)[: min(n, self.size)].to(self.x.device)
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Up to ``n`` stored examples drawn without replacement: inputs, labels, task ids (-1 = none)."""
         assert self.x is not None and self.y is not None and self.t is not None, "sample() on an empty buffer"
-        idx = torch.randperm(self.size, generator=self.gen)[: min(n, self.size)].to(self.x.device)
+        idx = self.sample_indices(n)
         return self.x[idx], self.y[idx], self.t[idx]
 
     def state_dict(self) -> dict[str, Any]:
@@ -81,3 +96,43 @@ class ReservoirBuffer:
         self.x, self.y, self.t = state["x"], state["y"], state["t"]
         self.size, self.seen = state["size"], state["seen"]
         self.gen.set_state(state["gen"])
+
+
+class LogitReservoirBuffer(ReservoirBuffer):
+    """A :class:`ReservoirBuffer` that also keeps each stored example's logits (DER, DER++, X-DER).
+
+    References:
+        Buzzega et al. "Dark experience for general continual learning: a strong, simple baseline". NeurIPS 2020.
+    """
+
+    def __init__(self, capacity: int, seed: int = 0) -> None:
+        super().__init__(capacity, seed)
+        self.logits: torch.Tensor | None = None
+
+    def add_with_logits(
+        self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, t: torch.Tensor | None = None
+    ) -> None:
+        """Offer a batch with its (detached) logits; logits are stored at the slots the examples take."""
+        if self.capacity == 0 or len(x) == 0:
+            self.seen += len(x)
+            return
+        if self.logits is None:
+            self.logits = torch.empty((self.capacity, *logits.shape[1:]), dtype=logits.dtype, device=logits.device)
+        dst, src = self.place(x, y, t)
+        if len(dst):
+            self.logits[dst] = logits[src].detach()
+
+    def sample_with_logits(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Up to ``n`` stored examples without replacement: inputs, labels, task ids, logits."""
+        assert self.x is not None and self.y is not None and self.t is not None and self.logits is not None
+        idx = self.sample_indices(n)
+        return self.x[idx], self.y[idx], self.t[idx], self.logits[idx]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Contents (logits included), counters and generator state."""
+        return {**super().state_dict(), "logits": self.logits}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        super().load_state_dict(state)
+        self.logits = state["logits"]

@@ -1,0 +1,99 @@
+"""Dark experience replay (DER): replay of the network's own past logits.
+
+A reservoir memory keeps un-augmented inputs with the logits the network gave
+them when they were seen; each step adds ``alpha * MSE(net(x_mem), logits_mem)``
+to the cross-entropy of the incoming batch.
+
+References:
+    Buzzega et al. "Dark experience for general continual learning: a strong, simple baseline". NeurIPS 2020.
+    Official code: github.com/aimagelab/mammoth, ``models/der.py`` (loss) and ``utils/best_args.py``
+        (defaults, seq-mnist, buffer 200).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from cl_bench.components import LogitReservoirBuffer
+from cl_bench.core.method import Caps
+from cl_bench.core.registry import METHODS
+from cl_bench.core.types import Batch, StreamInfo
+from cl_bench.families.supervised import SupervisedMethod, TrainConfig
+
+
+@dataclass(frozen=True)
+class DERConfig(TrainConfig):
+    """DER hyper-parameters.
+
+    Attributes:
+        buffer_size: Memory capacity in examples (200: the smallest budget of Buzzega et al., Table 2).
+        alpha: Weight of the logit-replay MSE (0.2: mammoth ``utils/best_args.py``, seq-mnist, buffer 200).
+        replay_batch_size: Memory examples per step (0 = as many as the incoming batch; mammoth's
+            ``minibatch_size``).
+    """
+
+    buffer_size: int = 200
+    alpha: float = 0.2
+    replay_batch_size: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.buffer_size < 0 or self.replay_batch_size < 0 or self.alpha < 0:
+            raise ValueError("buffer_size, replay_batch_size and alpha must be >= 0")
+
+
+@METHODS.register(
+    "der",
+    reference="Buzzega et al., 'Dark experience for general continual learning: a strong, simple baseline' "
+    "(NeurIPS 2020)",
+)
+class DER(SupervisedMethod):
+    """Dark experience replay: CE on incoming data plus MSE between current and stored logits on memory."""
+
+    Config: ClassVar[type] = DERConfig
+    caps: ClassVar[Caps] = Caps(memory="bounded")
+
+    def setup(self, info: StreamInfo, seed: int) -> None:
+        super().setup(info, seed)
+        self.buffer = LogitReservoirBuffer(self.config.buffer_size, seed)
+        self._incoming_logits: torch.Tensor | None = None
+
+    def replay_n(self, batch: Batch) -> int:
+        """How many memory examples each replay term draws."""
+        return self.config.replay_batch_size or len(batch.x)
+
+    def replay_loss(self) -> torch.Tensor | float:
+        """``alpha * MSE`` between the network's logits on a memory sample and the stored logits."""
+        if not len(self.buffer) or self.config.alpha == 0:
+            return 0.0
+        mx, _, _, ml = self.buffer.sample_with_logits(self._n)
+        return self.config.alpha * F.mse_loss(self.net(mx), ml)
+
+    def regularizer(self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor | float:
+        # The incoming batch's logits (before the update) are what the memory keeps, as in mammoth.
+        self._incoming_logits = out.detach()
+        return self.replay_loss()
+
+    def observe(self, batch: Batch) -> dict[str, Any]:
+        self._n = self.replay_n(batch)
+        loss = self.step(batch.x, batch.y, batch.task_ids)
+        assert self._incoming_logits is not None
+        self.buffer.add_with_logits(batch.x, batch.y, self._incoming_logits, batch.task_ids)
+        return {"loss": loss}
+
+    def memory_size(self) -> int:
+        return len(self.buffer)
+
+    def memory_budget(self) -> int | None:
+        return self.config.buffer_size
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.buffer.load_state_dict(state["buffer"])
