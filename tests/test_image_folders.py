@@ -268,7 +268,7 @@ def test_imagenet_r_run_resumes_to_the_same_record(imagenet_r: Path, tmp_path: P
     full = run(spec, tmp_path / "a")
     with pytest.raises(RunInterrupted):
         run(spec, tmp_path / "b", checkpoint_every=3, stop_after=7)
-    resumed = resume(next((tmp_path / "b").iterdir()), checkpoint_every=3)
+    resumed = resume(next(p for p in (tmp_path / "b").iterdir() if not p.name.startswith(".")), checkpoint_every=3)
     keep = ("accuracy_matrix", "metrics", "scenario", "protocol")
     assert {k: resumed[k] for k in keep} == {k: full[k] for k in keep}
     assert full["accuracy_matrix"]["iteration"][-1] == 12  # 12 images per experience, batch 4, 2 epochs

@@ -269,7 +269,7 @@ def test_tta_run_resumes_mid_domain_to_the_same_record(tmp_path: Path) -> None:
     whole = run(spec, tmp_path / "a", method_cls=_Counting)
     with pytest.raises(Exception, match="stop_after"):
         run(spec, tmp_path / "b", checkpoint_every=1, method_cls=_Counting, stop_after=5)
-    again = resume(next((tmp_path / "b").iterdir()), method_cls=_Counting)
+    again = resume(next(p for p in (tmp_path / "b").iterdir() if not p.name.startswith(".")), method_cls=_Counting)
     assert again["accuracy_matrix"] == whole["accuracy_matrix"] and again["metrics"] == whole["metrics"]
 
 

@@ -261,7 +261,7 @@ def check_resume(ctx: _Context) -> str:
         record = run(ctx.spec(), out, checkpoint_every=every, method_cls=ctx.cls, stop_after=points[0])
     except RunInterrupted:
         stops += 1
-        run_dir = next(out.iterdir())
+        run_dir = next(p for p in out.iterdir() if not p.name.startswith("."))  # skip the .locks folder
         try:
             record = resume(run_dir, method_cls=ctx.cls, stop_after=points[1])
         except RunInterrupted:
