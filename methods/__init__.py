@@ -11,7 +11,6 @@ from cl_bench.methods import (  # noqa: F401
     coda_prompt,
     cotta,
     der,
-    derpp,
     dualprompt,
     eata,
     er,

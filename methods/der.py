@@ -1,8 +1,9 @@
-"""Dark experience replay (DER): replay of the network's own past logits.
+"""Dark experience replay (DER and DER++): replay of the network's own past logits (and, DER++, labels).
 
 A reservoir memory keeps un-augmented inputs with the logits the network gave
 them when they were seen; each step adds ``alpha * MSE(net(x_mem), logits_mem)``
-to the cross-entropy of the incoming batch.
+to the cross-entropy of the incoming batch; DER++ adds ``beta * CE`` on the stored
+labels of a second, independent memory sample. One paper, one file.
 
 References:
     Buzzega et al. "Dark experience for general continual learning: a strong, simple baseline". NeurIPS 2020.
@@ -97,3 +98,42 @@ class DER(SupervisedMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.buffer.load_state_dict(state["buffer"])
+
+@dataclass(frozen=True)
+class DERPPConfig(DERConfig):
+    """DER++ hyper-parameters (DER's, plus the label-replay weight).
+
+    Attributes:
+        alpha: Weight of the logit-replay MSE (0.2: mammoth ``utils/best_args.py``, seq-mnist, buffer 200).
+        beta: Weight of the label-replay CE (1.0: mammoth ``utils/best_args.py``, seq-mnist, buffer 200).
+    """
+
+    alpha: float = 0.2
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta < 0:
+            raise ValueError("beta must be >= 0")
+
+
+@METHODS.register(
+    "derpp",
+    reference="Buzzega et al., 'Dark experience for general continual learning: a strong, simple baseline' "
+    "(NeurIPS 2020), DER++",
+)
+class DERPP(DER):
+    """DER++: DER's logit replay plus cross-entropy on a second memory sample's stored labels."""
+
+    Config: ClassVar[type] = DERPPConfig
+
+    def replay_loss(self) -> torch.Tensor | float:
+        loss = super().replay_loss()
+        if not len(self.buffer) or self.config.beta == 0:
+            return loss
+        # A second draw, independent of the logit term's, as mammoth's derpp.py does.
+        mx, my, mt = self.buffer.sample(self._n)
+        out = self.net(mx)
+        if (mt >= 0).all():
+            out = self.mask_logits(out, mt)
+        return loss + self.config.beta * F.cross_entropy(out, my)
