@@ -72,27 +72,16 @@ def stderr_log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _read_status(run_dir: Path) -> str | None:
-    from cl_bench.core.record import RECORD_FILE, RecordError, load_record
-
-    if not (run_dir / RECORD_FILE).exists():
-        return None
-    try:
-        return str(load_record(run_dir)["status"])
-    except RecordError:
-        return "invalid"
-
-
 def is_completed(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a valid record with status ``completed``."""
-    return _read_status(run_dir) == "completed"
+    return rundir.status_of(run_dir) == "completed"
 
 
 def state_of(run_dir: Path) -> str:
     """"completed", "resumable" (has a checkpoint), "failed" or "new"."""
     from cl_bench.engine.runner import CHECKPOINT_FILE
 
-    status = _read_status(run_dir)
+    status = rundir.status_of(run_dir)
     if status == "completed":
         return "completed"
     if status in ("running", "failed") and (run_dir / CHECKPOINT_FILE).exists():
