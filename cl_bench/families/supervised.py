@@ -26,6 +26,7 @@ from torch import nn
 
 from cl_bench.core.method import Method
 from cl_bench.core.types import Batch, Experience, PredictContext, StreamInfo
+from cl_bench.families.schedules import LRSchedule, Schedule
 from cl_bench.nets.registry import create_model, model_entry
 
 
@@ -40,14 +41,31 @@ class TrainConfig:
     model: str = "mlp"  # any name of cl_bench.nets.registry.list_models() (`cl-bench list models -v`)
     hidden_size: int = 400
     hidden_layers: int = 2
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 0.0
+    nesterov: bool = False
+    # LR schedule (cl_bench.families.schedules); the defaults keep the constant lr of the De Lange protocol.
+    lr_schedule: Literal["constant", "multistep", "cosine"] = "constant"
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1  # mammoth's and PyCIL's MultiStepLR gamma
+    lr_total_steps: int = 0
+    lr_min: float = 0.0
+    lr_warmup_steps: int = 0
+    lr_reset: Literal["experience", "global"] = "experience"
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise ValueError("nesterov needs optimizer=sgd and momentum > 0")
+        self.schedule()  # validates the schedule fields
+
+    def schedule(self) -> Schedule:
+        """The learning-rate schedule these fields describe."""
+        return Schedule(self.lr_schedule, tuple(self.lr_milestones), self.lr_gamma, self.lr_total_steps,
+                        self.lr_min, self.lr_warmup_steps, self.lr_reset)  # fmt: skip
 
 
 def build_network(cfg: TrainConfig, info: StreamInfo) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -62,7 +80,10 @@ def build_network(cfg: TrainConfig, info: StreamInfo) -> tuple[nn.Module, torch.
     params = [p for p in net.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
         return net, torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return net, torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return net, torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return net, torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                nesterov=cfg.nesterov)  # fmt: skip
 
 
 class SupervisedMethod(Method):
@@ -82,11 +103,13 @@ class SupervisedMethod(Method):
         self.net: nn.Module
         self.opt: torch.optim.Optimizer
         self.net, self.opt = build_network(self.config, info)
+        self.lr_schedule = LRSchedule(self.opt, self.config.schedule())
         self.task_classes = torch.zeros(info.n_experiences, info.n_classes, dtype=torch.bool, device=self.device)
 
     def begin_experience(self, exp: Experience) -> None:
         if exp.task_id is not None:
             self.task_classes[exp.task_id, list(exp.classes)] = True
+        self.lr_schedule.begin_experience()
 
     def mask_logits(self, out: torch.Tensor, task_ids: torch.Tensor | None) -> torch.Tensor:
         """``out`` restricted to each example's task classes when task ids are given."""
@@ -111,6 +134,7 @@ class SupervisedMethod(Method):
         loss = F.cross_entropy(self.mask_logits(out, task_ids), y) + self.regularizer(x, y, out)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.lr_schedule.apply()
         self.opt.step()
         return loss.detach()
 
@@ -126,9 +150,11 @@ class SupervisedMethod(Method):
             self.net.train(was_training)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "task_classes": self.task_classes}
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "task_classes": self.task_classes,
+                "lr_step": self.lr_schedule.step_count}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["net"])
         self.opt.load_state_dict(state["opt"])
         self.task_classes.copy_(state["task_classes"])
+        self.lr_schedule.step_count = int(state.get("lr_step", 0))  # checkpoints before schedules had none
