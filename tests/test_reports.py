@@ -109,3 +109,17 @@ def test_regress_passes_on_itself_and_names_a_moved_metric(swept: Path, tmp_path
     out = capsys.readouterr().out
     moved = [line for line in out.splitlines() if " final_acc " in line]
     assert moved and all("worse" in line for line in moved), out
+
+
+def test_regress_cell_ignores_config_fields_added_later_with_their_default(swept: Path) -> None:
+    from cl_bench.ops.regress import cell_key
+
+    record = json.loads(next((swept / "runs").glob("*/run.json")).read_text())
+    older = json.loads(json.dumps(record))
+    config = older["method"]["config"]
+    dropped = next(iter(config))  # a record written before this field existed
+    config.pop(dropped)
+    assert cell_key(older) == cell_key(record)
+    changed = json.loads(json.dumps(record))
+    changed["method"]["config"][dropped] = "not-the-default"
+    assert cell_key(changed) != cell_key(record)

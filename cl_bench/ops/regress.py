@@ -119,7 +119,11 @@ class Report:
 def cell_key(record: dict[str, Any]) -> str:
     """Identity of a record's cell (everything but the seed), as canonical JSON."""
     proto = dict(sorted(record["protocol"].items()))
-    return json.dumps([record["method"]["name"], record["method"]["config"], record["scenario"]["name"],
+    # Only non-default values identify a cell: a field added later with a behaviour-preserving default
+    # (e.g. the LR schedule) must not orphan golden records written before it existed.
+    defaults = _method_defaults(record["method"]["name"]) or {}
+    config = {k: v for k, v in record["method"]["config"].items() if k not in defaults or defaults[k] != v}
+    return json.dumps([record["method"]["name"], config, record["scenario"]["name"],
                        record["scenario"]["spec_hash"], proto], sort_keys=True)  # fmt: skip
 
 
