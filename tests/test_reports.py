@@ -123,3 +123,15 @@ def test_regress_cell_ignores_config_fields_added_later_with_their_default(swept
     changed = json.loads(json.dumps(record))
     changed["method"]["config"][dropped] = "not-the-default"
     assert cell_key(changed) != cell_key(record)
+
+
+def test_a_lone_row_shows_its_non_default_parameters() -> None:
+    from cl_bench import METHODS
+    from cl_bench.report.leaderboard import run_labels
+
+    config = dict(METHODS.defaults("er") or {})
+    assert config, "er has a default configuration"
+    record = {"method": {"name": "er", "config": config}, "scenario": {"name": "s", "spec_hash": "h"}, "seed": 0}
+    assert run_labels([record]) == ["er s0"]
+    changed = {**record, "method": {"name": "er", "config": {**config, "lr": 0.5}}}
+    assert run_labels([changed]) == ["er (lr=0.5) s0"]

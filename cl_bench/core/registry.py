@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
-from cl_bench.core.config import build_config, field_types, public_name, type_name
+from cl_bench.core.config import build_config, config_to_dict, field_types, public_name, type_name
 from cl_bench.core.errors import UserError
 
 T = TypeVar("T")
@@ -247,6 +247,18 @@ class Registry(Generic[T]):
             else:
                 out[key] = type_name(types_[key])
         return out
+
+    def defaults(self, name: str) -> dict[str, Any] | None:
+        """``name``'s default configuration as a plain dict, or None when ``name`` is not registered here.
+
+        Boards and ``regress`` use it to tell a record's non-default parameters apart; a record of a method
+        that is no longer (or not yet) installed is still readable, so an unknown name is not an error.
+        """
+        try:
+            config = self.config(name)
+        except UserError:
+            return None
+        return config_to_dict(config) if config is not None else {}
 
     def create(self, name: str, **overrides: Any) -> Any:
         """Validate ``overrides`` and build the object.

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from cl_bench.core.errors import UserError
+from cl_bench.core.registry import METHODS
 from cl_bench.report.leaderboard import higher_is_better, load_records
 
 BASELINES_FILE = "baselines.yaml"
@@ -121,7 +122,7 @@ def cell_key(record: dict[str, Any]) -> str:
     proto = dict(sorted(record["protocol"].items()))
     # Only non-default values identify a cell: a field added later with a behaviour-preserving default
     # (e.g. the LR schedule) must not orphan golden records written before it existed.
-    defaults = _method_defaults(record["method"]["name"]) or {}
+    defaults = METHODS.defaults(record["method"]["name"]) or {}
     config = {k: v for k, v in record["method"]["config"].items() if k not in defaults or defaults[k] != v}
     return json.dumps([record["method"]["name"], config, record["scenario"]["name"],
                        record["scenario"]["spec_hash"], proto], sort_keys=True)  # fmt: skip
@@ -133,16 +134,6 @@ def cell_label(record: dict[str, Any], defaults: Mapping[str, Any] | None = None
     extra = ", ".join(f"{k}={v}" for k, v in cfg.items() if defaults is not None and defaults.get(k) != v)
     name = record["method"]["name"] + (f"({extra})" if extra else "")
     return f"{name} on {record['scenario']['name']}/{record['scenario']['spec_hash'][:6]}"
-
-
-def _method_defaults(name: str) -> dict[str, Any] | None:
-    from cl_bench.core.config import config_to_dict
-    from cl_bench.core.registry import METHODS
-
-    try:
-        return config_to_dict(METHODS.config(name))
-    except UserError:
-        return None
 
 
 def load_tolerances(golden: Path) -> dict[str, float]:
@@ -167,7 +158,7 @@ def compare(golden: Sequence[dict[str, Any]], fresh: Sequence[dict[str, Any]], c
     fresh_by = {(cell_key(r), r["seed"]): r for r in fresh}
     comparisons, problems = [], []
     for key, recs in by_cell.items():
-        label = cell_label(recs[0], _method_defaults(recs[0]["method"]["name"]))
+        label = cell_label(recs[0], METHODS.defaults(recs[0]["method"]["name"]))
         seeds = sorted(r["seed"] for r in recs)
         missing = [s for s in seeds if (key, s) not in fresh_by]
         if missing:

@@ -22,6 +22,7 @@ from typing import Any
 
 from cl_bench.core.errors import UserError
 from cl_bench.core.record import RECORD_FILE, RecordError, load_record
+from cl_bench.core.registry import METHODS
 
 DEFAULT_METRICS = ("final_acc", "avg_incremental_acc", "forgetting", "min_acc", "wc_acc", "stability_gap")
 #: Shown instead of (or, for a mix of records, besides) the defaults for test-time adaptation records.
@@ -158,16 +159,28 @@ def load_records(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, dict[str
     return good, skipped
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal once both are spelled as JSON (a record's lists are a config's tuples)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
 def _labels(rows: list[Row]) -> None:
-    """Label rows by method, plus the parameters that differ between rows of the same method."""
+    """Label rows by method, plus every parameter that differs from the method's default or between rows.
+
+    A row that stands alone in its table still shows its non-default parameters, so ``er (lr=0.1)`` is never
+    shown as plain ``er``.
+    """
     by_method: dict[str, list[Row]] = {}
     for row in rows:
         by_method.setdefault(row.method, []).append(row)
-    for same in by_method.values():
+    for method, same in by_method.items():
+        defaults = METHODS.defaults(method) or {}
         keys = sorted({k for r in same for k in r.config})
-        differing = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in same}) > 1]
+        shown = [k for k in keys
+                 if len({json.dumps(r.config.get(k), sort_keys=True) for r in same}) > 1
+                 or any(k in defaults and not _same(r.config.get(k), defaults[k]) for r in same)]  # fmt: skip
         for r in same:
-            extra = ", ".join(f"{k}={r.config.get(k)}" for k in differing)
+            extra = ", ".join(f"{k}={r.config.get(k)}" for k in shown)
             r.label = f"{r.method} ({extra})" if extra else r.method
 
 
