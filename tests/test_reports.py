@@ -135,3 +135,14 @@ def test_a_lone_row_shows_its_non_default_parameters() -> None:
     assert run_labels([record]) == ["er s0"]
     changed = {**record, "method": {"name": "er", "config": {**config, "lr": 0.5}}}
     assert run_labels([changed]) == ["er (lr=0.5) s0"]
+
+
+def test_sweep_dry_run_spells_the_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(f"methods: [er]\nscenarios: [split_digits]\nseeds: [0]\n"
+                    f"overrides: {{er: {{buffer_size: [50, 200]}}}}\nout: {tmp_path / 'runs'}\n")  # fmt: skip
+    assert main(["sweep", str(spec), "--dry-run"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("new")]
+    assert len(lines) == 2
+    assert "er: buffer_size=50" in lines[0] and "er: buffer_size=200" in lines[1]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

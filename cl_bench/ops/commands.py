@@ -24,8 +24,9 @@ def sweep(spec_path: str, *, executor: str = "local", workers: int | None = None
     spec = load_sweep_spec(spec_path)
     if dry_run:
         states = plan(spec)
-        for run_id, state in states:
-            print(f"{state:<10} {run_id}")
+        width = max((len(run_id) for run_id, _, _ in states), default=0)
+        for run_id, state, overrides in states:
+            print(f"{state:<10} {run_id:<{width}}  {overrides}".rstrip())
         print(f"{len(states)} runs; nothing was run (--dry-run)")
         return 0
     result = run_sweep(spec, executor=executor, workers=workers, address=address, max_retries=max_retries)

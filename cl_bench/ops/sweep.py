@@ -314,13 +314,23 @@ def summarize(result: SweepResult) -> str:
     return "\n".join(lines)
 
 
-def plan(spec: SweepSpec) -> list[tuple[str, str]]:
-    """``(run_id, state)`` for every run: "completed", "resumable", "failed", "new"."""
+def plan(spec: SweepSpec) -> list[tuple[str, str, str]]:
+    """``(run_id, state, overrides)`` for every run; state is "completed", "resumable", "failed" or "new".
+
+    ``overrides`` spells the grid values that tell the run apart (``er: buffer_size=50``), since run ids
+    differ from one another only by a hash when the overrides are all that differs.
+    """
     from cl_bench.engine.spec import run_id_for
     from cl_bench.ops import executors
 
     out = Path(spec.out)
-    return [(run_id_for(rs), executors.state_of(out / run_id_for(rs))) for rs in expand(spec)]
+
+    def spelled(rs: Any) -> str:
+        pairs = ((rs.method, rs.method_config), (rs.scenario, rs.scenario_config))
+        parts = [f"{name}: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())) for name, cfg in pairs if cfg]
+        return "; ".join(parts)
+
+    return [(run_id_for(rs), executors.state_of(out / run_id_for(rs)), spelled(rs)) for rs in expand(spec)]
 
 
 __all__: Sequence[str] = ["SweepSpec", "SweepResult", "load_sweep_spec", "parse_sweep_spec", "expand",
