@@ -20,7 +20,7 @@ from cl_bench.core.errors import UserError
 DEFAULT_METHOD = "er"
 DEFAULT_SCENARIO = "split_digits"
 _SECTIONS = ("method", "scenario", "protocol")
-COMMANDS = ("run", "list", "sweep", "leaderboard", "plot", "regress", "tune")
+COMMANDS = ("run", "list", "sweep", "leaderboard", "plot", "regress", "tune", "data")
 _CONFIG_KEYS = {"method", "scenario", "protocol", "seed", "device", "out", "checkpoint_every"}
 
 
@@ -286,6 +286,7 @@ def make_parser() -> argparse.ArgumentParser:
     ls.add_argument("-v", "--verbose", action="store_true", help="also show each one's parameters")
     ls.set_defaults(func=cmd_list)
     _add_report_commands(sub)
+    _add_data_command(sub)
     return parser
 
 
@@ -300,6 +301,32 @@ def _tolerances(items: Sequence[str]) -> dict[str, float]:
         if not sep:
             raise UserError(f"--tol takes METRIC=ABSOLUTE_TOLERANCE (e.g. --tol final_acc=0.03), got {item!r}")
     return out
+
+
+def _add_data_command(sub: Any) -> None:
+    """``data list | check | prepare``; the work is in :mod:`cl_bench.ops.datasets`."""
+    from cl_bench.ops import datasets
+
+    d = sub.add_parser("data", help="list, check and unpack the datasets the scenarios read",
+                       description="Which files each scenario reads, whether they are right (layouts and published "
+                       "checksums), and unpacking a downloaded archive into the layout the scenario reads.")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dl = dsub.add_parser("list", help="every dataset: scenarios, layout, published files, presence under a root")
+    dl.add_argument("--root", help="data root to look in (default $CL_BENCH_DATA, else ~/.cache/cl_bench)")
+    dl.set_defaults(func=lambda a: datasets.list_datasets(a.root))
+    dc = dsub.add_parser("check", help="verify layouts and published checksums under ROOT; say what is wrong")
+    dc.add_argument("root", metavar="ROOT")
+    dc.add_argument("--dataset", action="append", help="check only this dataset (repeatable)")
+    dc.set_defaults(func=lambda a: datasets.check(a.root, a.dataset))
+    dp = dsub.add_parser("prepare", help="verify a downloaded archive and unpack it into the scenario's layout")
+    dp.add_argument("source", metavar="FILE|NAME", help="a downloaded published file, or a dataset name (--download)")
+    dp.add_argument("--root", help="data root (default $CL_BENCH_DATA, else ~/.cache/cl_bench)")
+    dp.add_argument("--download", action="store_true", help="download dataset NAME's published files first")
+    dp.add_argument("--url", help="mirror to download from (datasets published as one file)")
+    dp.add_argument("--skip-checksum", action="store_true",
+                    help="unpack although no published MD5 matches (your own or a mirrored copy)")
+    dp.set_defaults(func=lambda a: datasets.prepare(a.source, a.root, download=a.download, url=a.url,
+                                                    skip_checksum=a.skip_checksum))
 
 
 def _add_report_commands(sub: Any) -> None:
