@@ -206,3 +206,175 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path: Path) -> None:
         resume(tmp_path)
     record = run(_quick(0), tmp_path)
     assert resume(tmp_path / record["run_id"]) == record  # completed: nothing to do
+
+
+# -- never lose a run: re-running the original command, changed configs, a second process, Ctrl-C ----------
+
+
+def _quick_cli(out: Path, *extra: str) -> list[str]:
+    """The CLI command of :func:`_quick` (seed 0) writing into ``out``."""
+    return [*CLI, "run", "--scenario", "split_digits", "--method", "er", "--seed", "0", "--epochs", "1",
+            "--eval-every", "5", "--out", str(out), *extra]  # fmt: skip
+
+
+def _crash(out: Path, spec: RunSpec | None = None) -> Path:
+    """A run of ``spec`` (default :func:`_quick` seed 0) that crashed after its checkpoint at iteration 20."""
+    spec = spec or _quick(0)
+    with pytest.raises(Exception, match="stop_after"):
+        run(spec, out, checkpoint_every=EVERY, stop_after=EVERY + 5)
+    run_dir = out / run_id_for(spec)
+    assert (run_dir / CHECKPOINT_FILE).exists()
+    return run_dir
+
+
+def _cli(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, env=CHILD_ENV, capture_output=True, text=True, timeout=600, check=False)
+
+
+def _one_paragraph(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.slow
+def test_rerunning_the_command_of_a_crashed_run_keeps_its_checkpoint(tmp_path: Path) -> None:
+    run_dir = _crash(tmp_path)
+    saved = (run_dir / CHECKPOINT_FILE).read_bytes()
+    err = _one_paragraph(_cli(_quick_cli(tmp_path)))
+    assert f"cl-bench run --resume {run_dir}" in err and "--force" in err
+    assert (run_dir / CHECKPOINT_FILE).read_bytes() == saved  # the progress survives the re-typed command
+    assert load_record(run_dir)["status"] == "failed"
+    # The same holds through the Python API, and the checkpoint then resumes to the uninterrupted result.
+    with pytest.raises(UserError, match="--resume"):
+        run(_quick(0), tmp_path)
+    assert (run_dir / CHECKPOINT_FILE).read_bytes() == saved
+    resumed, fresh = resume(run_dir), run(_quick(0), tmp_path / "fresh")
+    assert resumed["accuracy_matrix"] == fresh["accuracy_matrix"] and resumed["metrics"] == fresh["metrics"]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_without_its_record_is_kept_too(tmp_path: Path) -> None:
+    run_dir = _crash(tmp_path)
+    (run_dir / "run.json").unlink()
+    with pytest.raises(UserError, match="checkpoint"):
+        run(_quick(0), tmp_path)
+    assert (run_dir / CHECKPOINT_FILE).exists()
+
+
+@pytest.mark.slow
+def test_force_discards_the_checkpoint_and_starts_afresh(tmp_path: Path) -> None:
+    run_dir = _crash(tmp_path)
+    (run_dir / "notes.txt").write_text("the user's own file")
+    record = run(_quick(0), tmp_path, force=True)
+    assert record["status"] == "completed" and not (run_dir / CHECKPOINT_FILE).exists()
+    assert (run_dir / "notes.txt").read_text() == "the user's own file"  # --force removes run files only
+
+
+@pytest.mark.slow
+def test_a_completed_record_is_kept_unless_forced(tmp_path: Path) -> None:
+    first = run(_quick(0), tmp_path)
+    run_dir = tmp_path / first["run_id"]
+    stamp = (run_dir / "run.json").stat().st_mtime_ns
+    proc = _cli([*_quick_cli(tmp_path), "-q"])
+    assert proc.returncode == 0, proc.stderr
+    assert "already holds a completed record of this run: kept" in proc.stderr
+    assert (run_dir / "run.json").stat().st_mtime_ns == stamp  # not recomputed, not rewritten
+    again = run(_quick(0), tmp_path, force=True)
+    assert (run_dir / "run.json").stat().st_mtime_ns != stamp
+    assert _comparable(again) == _comparable(first)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"method_config": {"lr": 0.5}},  # same method, another learning rate: would resume "completed" silently
+        {"method": "finetune"},  # another method: KeyError on the buffer state before
+        {"method_config": {"buffer_size": 50}},  # another buffer size: IndexError before
+    ],
+    ids=["another_lr", "another_method", "another_buffer_size"],
+)
+@pytest.mark.slow
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path: Path, other: dict[str, Any]) -> None:
+    run_dir = _crash(tmp_path / "mine")
+    foreign = _crash(tmp_path / "other", RunSpec(**{"method": "er", "scenario": "split_digits", "seed": 0,
+                                                     "protocol": _quick(0).protocol, **other}))  # fmt: skip
+    (run_dir / CHECKPOINT_FILE).write_bytes((foreign / CHECKPOINT_FILE).read_bytes())
+    before = load_record(run_dir)
+    err = _one_paragraph(_cli([*CLI, "run", "--resume", str(run_dir)]))
+    assert f"belongs to run {foreign.name}" in err and run_dir.name in err
+    assert "KeyError" not in err and "IndexError" not in err
+    with pytest.raises(UserError, match="belongs to run"):
+        resume(run_dir)
+    assert load_record(run_dir) == before  # the refusal wrote nothing
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "flags", [["--set", "lr=0.5"], ["--method", "finetune"], ["--set", "buffer_size=50"], ["--seed", "1"]]
+)
+@pytest.mark.slow
+def test_resume_refuses_options_that_change_the_configuration(tmp_path: Path, flags: list[str]) -> None:
+    run_dir = _crash(tmp_path)
+    before = load_record(run_dir)
+    err = _one_paragraph(_cli([*CLI, "run", "--resume", str(run_dir), *flags]))
+    assert flags[0] in err and "describe another configuration" in err
+    assert load_record(run_dir) == before and (run_dir / CHECKPOINT_FILE).exists()
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from cl_bench.engine import rundir
+with rundir.claim(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_a_second_process_on_the_same_run_is_refused_by_the_lock(tmp_path: Path) -> None:
+    run_dir = tmp_path / run_id_for(_quick(0))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], env=CHILD_ENV,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"being written by another live process \\(pid {holder.pid}"):
+            run(_quick(0), tmp_path)
+        err = _one_paragraph(_cli(_quick_cli(tmp_path)))
+        assert f"pid {holder.pid}" in err
+        assert not (run_dir / "run.json").exists()  # the refused run wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout:
+            holder.stdout.close()
+    assert run(_quick(0), tmp_path)["status"] == "completed"  # the lock dies with its holder
+
+
+@pytest.mark.slow
+def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    cmd = [*CLI, "run", "--scenario", "split_digits", "--method", "er", "--seed", "0", "--epochs", "2",
+           "--checkpoint-every", str(EVERY), "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=CHILD_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while not list(out.glob(f"*/{CHECKPOINT_FILE}")):
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint appeared within 300 s"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    run_dir = out / run_id_for(SPEC)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert f"the last checkpoint is {run_dir / CHECKPOINT_FILE}" in err
+    assert f"`cl-bench run --resume {run_dir}`" in err
+    assert (run_dir / CHECKPOINT_FILE).exists() and load_record(run_dir)["status"] == "failed"
