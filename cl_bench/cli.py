@@ -21,7 +21,6 @@ DEFAULT_METHOD = "er"
 DEFAULT_SCENARIO = "split_digits"
 _SECTIONS = ("method", "scenario", "protocol")
 COMMANDS = ("run", "list", "sweep", "leaderboard", "plot", "regress", "tune", "data")
-_CONFIG_KEYS = {"method", "scenario", "protocol", "seed", "device", "out", "checkpoint_every"}
 
 
 def _parse_value(text: str) -> Any:
@@ -54,67 +53,37 @@ def parse_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _load_yaml_config(path: str) -> dict[str, Any]:
-    data = read_yaml_file(path, "config file") or {}
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must be a mapping with method:, scenario: and protocol: sections")
-    unknown = set(data) - _CONFIG_KEYS
-    if unknown:
-        raise UserError(
-            f"config file {path} has unknown top-level keys {sorted(unknown)}; allowed: {sorted(_CONFIG_KEYS)}"
-        )
-    for section in ("method", "scenario"):
-        value = data.get(section)
-        if isinstance(value, str):
-            data[section] = {"name": value}
-        elif value is not None and not isinstance(value, dict):
-            raise UserError(f"{section}: in {path} must be a name or a mapping with name: and parameters")
-    if data.get("protocol") is not None and not isinstance(data["protocol"], dict):
-        raise UserError(f"protocol: in {path} must be a mapping (eval_every:, eval_subset:, ...)")
-    for key, kind, low in (("seed", int, None), ("checkpoint_every", int, 0), ("device", str, None),
-                           ("out", str, None)):  # fmt: skip
-        value = data.get(key)
-        # bool is an int in Python, so `seed: true` would silently be seed 1: refused like a float.
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            raise UserError(f"{key}: in {path} must be {kind.__name__}, got {value!r} ({type(value).__name__})")
-        if low is not None and value is not None and value < low:
-            raise UserError(f"{key}: in {path} must be >= {low}, got {value}")
-    return data
-
-
 def build_spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """Merge ``--config`` YAML and flags (flags win) into a RunSpec and run options."""
-    from cl_bench.core.config import build_config
-    from cl_bench.engine.spec import Protocol, RunSpec
+    """Merge ``--config`` YAML and flags (flags win) into a RunSpec and run options.
 
-    cfg = _load_yaml_config(args.config) if args.config else {}
-    method_cfg = dict(cfg.get("method") or {})
-    scenario_cfg = dict(cfg.get("scenario") or {})
-    protocol_cfg = dict(cfg.get("protocol") or {})
-    method = args.method or method_cfg.pop("name", None) or DEFAULT_METHOD
-    method_cfg.pop("name", None)
-    scenario = args.scenario or scenario_cfg.pop("name", None) or DEFAULT_SCENARIO
-    scenario_cfg.pop("name", None)
+    Both the file and the merged result go through :meth:`RunSpec.from_mapping`, the one place that
+    checks a run mapping's top-level fields.
+    """
+    from cl_bench.engine.spec import RUN_OPTIONS, RunSpec
+
+    cfg: dict[str, Any] = {}
+    if args.config:
+        cfg = read_yaml_file(args.config, "config file") or {}
+        RunSpec.from_mapping(cfg, str(args.config), options=RUN_OPTIONS)  # the file alone, named in messages
+    merged = RunSpec.from_mapping({k: v for k, v in cfg.items() if k not in RUN_OPTIONS}).to_mapping()
     sets = parse_sets(args.set or [])
-    method_cfg.update(sets["method"])
-    scenario_cfg.update(sets["scenario"])
-    protocol_cfg.update(sets["protocol"])
-    for flag, key in (("eval_every", "eval_every"), ("eval_subset", "eval_subset"), ("epochs", "epochs"),
-                      ("batch_size", "batch_size")):  # fmt: skip
+    for section in _SECTIONS:
+        merged[section].update(sets[section])
+    merged["method"]["name"] = args.method or merged["method"]["name"]
+    merged["scenario"]["name"] = args.scenario or merged["scenario"]["name"]
+    for flag in ("eval_every", "eval_subset", "epochs", "batch_size"):
         if getattr(args, flag) is not None:
-            protocol_cfg[key] = getattr(args, flag)
+            merged["protocol"][flag] = getattr(args, flag)
     if args.online:
-        protocol_cfg["online"] = True
-    protocol = build_config(Protocol, protocol_cfg, "the protocol")
-    spec = RunSpec(
-        method=method, method_config=method_cfg, scenario=scenario, scenario_config=scenario_cfg,
-        protocol=protocol, seed=args.seed if args.seed is not None else int(cfg.get("seed", 0)),
-        device=args.device or cfg.get("device", "cpu"),
-    )  # fmt: skip
+        merged["protocol"]["online"] = True
+    for key in ("seed", "device"):
+        if getattr(args, key) is not None:
+            merged[key] = getattr(args, key)
+    spec = RunSpec.from_mapping(merged, "the command line")
     options = {
         "out": args.out or cfg.get("out", "runs"),
         "checkpoint_every": args.checkpoint_every if args.checkpoint_every is not None
-        else int(cfg.get("checkpoint_every", 0)),
+        else cfg.get("checkpoint_every", 0),
     }  # fmt: skip
     return spec, options
 

@@ -1,19 +1,22 @@
 """What defines a run: the :class:`Protocol` every compared method shares and the :class:`RunSpec`.
 
 A record's ``run_id`` is derived from the spec (:func:`run_id_for`), and a record gives its spec back
-(:func:`spec_from_record`).
+(:func:`spec_from_record`). :meth:`RunSpec.from_mapping` is the one door from a mapping (a ``--config`` YAML
+file, a sweep's or tune's run, a record's request) to a spec: it type-checks every top-level field, so the
+CLI, sweeps, tuning and regression refuse the same mistakes with the same message.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from cl_bench.core.config import build_config
-from cl_bench.core.errors import UserError
+from cl_bench.core.errors import ConfigError, UserError
 from cl_bench.core.types import Scenario, spec_hash
 
 
@@ -106,6 +109,114 @@ class RunSpec:
     seed: int = 0
     device: str = "cpu"
 
+    @classmethod
+    def from_mapping(
+        cls, mapping: Mapping[str, Any], source: str = "the run spec", *, options: Collection[str] = ()
+    ) -> RunSpec:
+        """Build a spec from its mapping shape, checking the type of every top-level field.
+
+        The shape is the one ``--config`` files use (and :meth:`to_mapping` returns)::
+
+            method: er                      # or {name: er, lr: 0.05, ...}
+            scenario: {name: split_mnist, n_experiences: 5}
+            protocol: {eval_every: 10}
+            seed: 0
+            device: cpu
+
+        Method and scenario parameters are kept as given (their registries check them when the run
+        starts, and run ids hash them as given); the protocol is built and checked here.
+
+        Args:
+            mapping: The parsed mapping. Missing keys take the dataclass defaults.
+            source: What the mapping came from (e.g. the YAML path), named in every message.
+            options: Names from :data:`RUN_OPTIONS` the caller also accepts at the top level
+                (e.g. ``out``); they are type-checked here but are not part of the spec.
+
+        Raises:
+            ConfigError: An unknown key or a value of the wrong type, in one paragraph.
+        """
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(f"{source} must be a mapping with method:, scenario: and protocol: sections")
+        allowed = [*SPEC_KEYS, *(k for k in RUN_OPTIONS if k in options)]
+        unknown = sorted(set(mapping) - set(allowed))
+        if unknown:
+            raise ConfigError(f"{source} has unknown top-level keys {unknown}; allowed: {sorted(allowed)}")
+        for key in ("seed", "device", *(k for k in RUN_OPTIONS if k in options)):
+            kind, low = SCALAR_FIELDS[key]
+            check_scalar(key, mapping.get(key), kind, low, source)
+        method, method_config = _section(mapping.get("method"), "method", cls.method, source)
+        scenario, scenario_config = _section(mapping.get("scenario"), "scenario", cls.scenario, source)
+        protocol = mapping.get("protocol")
+        if not isinstance(protocol, Protocol):
+            if protocol is not None and not isinstance(protocol, Mapping):
+                raise ConfigError(f"protocol: in {source} must be a mapping (eval_every:, eval_subset:, ...), "
+                                  f"got {protocol!r}")  # fmt: skip
+            protocol = build_config(Protocol, dict(protocol or {}), "the protocol")
+        seed, device = mapping.get("seed"), mapping.get("device")
+        return cls(method=method, method_config=method_config, scenario=scenario, scenario_config=scenario_config,
+                   protocol=protocol, seed=cls.seed if seed is None else seed,
+                   device=cls.device if device is None else device)  # fmt: skip
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The spec in the shape :meth:`from_mapping` reads (``from_mapping(s.to_mapping()) == s``)."""
+        return {"method": {"name": self.method, **self.method_config},
+                "scenario": {"name": self.scenario, **self.scenario_config},
+                "protocol": dataclasses.asdict(self.protocol), "seed": self.seed, "device": self.device}  # fmt: skip
+
+
+#: Top-level keys of a run mapping that make the spec.
+SPEC_KEYS = ("method", "scenario", "protocol", "seed", "device")
+#: Top-level keys a front door may accept beside the spec (``options=`` of :meth:`RunSpec.from_mapping`):
+#: name -> (type, lowest allowed value or None).
+RUN_OPTIONS: dict[str, tuple[type, int | None]] = {"out": (str, None), "checkpoint_every": (int, 0)}
+SCALAR_FIELDS: dict[str, tuple[type, int | None]] = {"seed": (int, None), "device": (str, None), **RUN_OPTIONS}
+
+
+def check_scalar(key: str, value: Any, kind: type, low: int | None, source: str) -> None:
+    """Raise a :class:`ConfigError` unless ``value`` (None = not given) is a ``kind`` >= ``low``.
+
+    ``bool`` is an ``int`` in Python, so ``seed: true`` would silently be seed 1: it is refused like a
+    float or a word.
+    """
+    if value is None:
+        return
+    if not isinstance(value, kind) or isinstance(value, bool):
+        example = {"seed": "seed: 0", "seeds": "seeds: [0, 1]", "eval_seeds": "eval_seeds: [0, 1]",
+                   "checkpoint_every": "checkpoint_every: 50"}.get(key, f"{key}: <{kind.__name__}>")
+        raise ConfigError(f"{key}: in {source} must be {kind.__name__}, got {value!r} ({type(value).__name__}); "
+                          f"write it as e.g. `{example}`")  # fmt: skip
+    if low is not None and value < low:
+        raise ConfigError(f"{key}: in {source} must be >= {low}, got {value}")
+
+
+def check_seeds(value: Any, key: str, source: str) -> list[int]:
+    """A sweep's or tune's seeds list (one seed alone is a list of one), each seed checked as ``seed:`` is.
+
+    Raises:
+        ConfigError: An empty list, or a seed that is not an int.
+    """
+    seeds = value if isinstance(value, list) else [value]
+    if not seeds:
+        raise ConfigError(f"{key}: in {source} must be a non-empty list of integers, got []")
+    for seed in seeds:
+        check_scalar(key, seed, int, None, source)
+    return seeds
+
+
+def _section(value: Any, key: str, default: str, source: str) -> tuple[str, dict[str, Any]]:
+    """(name, parameters) of a ``method:`` or ``scenario:`` entry: a name or {name: ..., PARAM: value}."""
+    if value is None:
+        return default, {}
+    if isinstance(value, str):
+        return value, {}
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        params = dict(value)
+        name = params.pop("name", default)
+        if not isinstance(name, str):
+            raise ConfigError(f"{key}: name: in {source} must be a registered {key} name, got {name!r}")
+        return name, params
+    raise ConfigError(f"{key}: in {source} must be a name or a mapping with name: and parameters, got {value!r}")
+
 
 def check_device(device: str) -> None:
     """Raise a :class:`UserError` if ``device`` cannot be used here."""
@@ -130,12 +241,12 @@ def run_id_for(spec: RunSpec) -> str:
 def spec_from_record(record: dict[str, Any]) -> RunSpec:
     """The :class:`RunSpec` that produced ``record``."""
     req = record["request"]
-    return RunSpec(
-        method=record["method"]["name"], method_config=req["method_config"],
-        scenario=record["scenario"]["name"], scenario_config=req["scenario_config"],
-        protocol=build_config(Protocol, req["protocol"], "the recorded protocol"),
-        seed=record["seed"], device=req["device"],
-    )  # fmt: skip
+    return RunSpec.from_mapping({
+        "method": {"name": record["method"]["name"], **req["method_config"]},
+        "scenario": {"name": record["scenario"]["name"], **req["scenario_config"]},
+        "protocol": req["protocol"], "seed": record["seed"], "device": req["device"],
+    }, "the recorded request")  # fmt: skip
 
 
-__all__ = ["Protocol", "RunSpec", "check_device", "run_id_for", "spec_from_record"]
+__all__ = ["RUN_OPTIONS", "SCALAR_FIELDS", "SPEC_KEYS", "Protocol", "RunSpec", "check_device", "check_scalar",
+           "check_seeds", "run_id_for", "spec_from_record"]  # fmt: skip

@@ -24,7 +24,7 @@ import shutil
 import statistics
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +230,7 @@ def rerun_spec(record: dict[str, Any], golden_dir: Path, scenario_sets: Mapping[
     (``--set scenario.root=DIR``) override parameters the scenario has.
     """
     from cl_bench.core.registry import SCENARIOS
-    from cl_bench.engine.spec import spec_from_record
+    from cl_bench.engine.spec import RunSpec, spec_from_record
 
     spec = spec_from_record(record)
     sc = dict(spec.scenario_config)
@@ -242,7 +242,7 @@ def rerun_spec(record: dict[str, Any], golden_dir: Path, scenario_sets: Mapping[
     for key in PATH_KEYS:
         if isinstance(sc.get(key), str):
             sc[key] = _resolve_path(sc[key], anchors)
-    return replace(spec, scenario_config=sc)
+    return RunSpec.from_mapping({**spec.to_mapping(), "scenario": {"name": spec.scenario, **sc}}, "the rerun")
 
 
 def _load_golden(golden: Path, strict: bool) -> list[dict[str, Any]]:

@@ -83,6 +83,8 @@ def parse_sweep_spec(data: Any, source: str = "the sweep spec") -> SweepSpec:
     Raises:
         UserError: Listing every problem found (unknown keys, names, parameters, types).
     """
+    from cl_bench.engine.spec import SCALAR_FIELDS, check_scalar, check_seeds
+
     if not isinstance(data, dict):
         raise UserError(f"{source} must be a YAML mapping with methods:, scenarios:, seeds:, ... keys")
     errors: list[str] = []
@@ -91,12 +93,10 @@ def parse_sweep_spec(data: Any, source: str = "the sweep spec") -> SweepSpec:
         errors.append(f"unknown top-level keys {unknown} (allowed: {', '.join(SPEC_KEYS)})")
     methods = _names(data.get("methods"), "methods", errors)
     scenarios = _names(data.get("scenarios"), "scenarios", errors)
-    seeds_raw = data.get("seeds", [0])
-    seeds_raw = [seeds_raw] if isinstance(seeds_raw, int) else seeds_raw
-    if not isinstance(seeds_raw, list) or not seeds_raw or not all(
-        isinstance(s, int) and not isinstance(s, bool) for s in seeds_raw
-    ):
-        errors.append(f"seeds: must be a non-empty list of integers, got {seeds_raw!r}")
+    try:
+        seeds_raw = check_seeds(data.get("seeds", [0]), "seeds", source)
+    except UserError as err:
+        errors.append(str(err))
         seeds_raw = [0]
     overrides = data.get("overrides") or {}
     if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
@@ -106,14 +106,14 @@ def parse_sweep_spec(data: Any, source: str = "the sweep spec") -> SweepSpec:
     if not isinstance(protocol, dict):
         errors.append("protocol: must be a mapping (eval_every:, eval_subset:, epochs:, batch_size:)")
         protocol = {}
-    checkpoint_every = data.get("checkpoint_every", 50)
-    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
-        errors.append(f"checkpoint_every: must be an integer >= 0, got {checkpoint_every!r}")
-        checkpoint_every = 50
-    out, device = data.get("out", "results/runs"), data.get("device", "cpu")
-    for key, value in (("out", out), ("device", device)):
-        if not isinstance(value, str):
-            errors.append(f"{key}: must be a string, got {value!r}")
+    checkpoint_every, out, device = data.get("checkpoint_every", 50), data.get("out", "results/runs"), data.get(
+        "device", "cpu")
+    for key, value in (("checkpoint_every", checkpoint_every), ("out", out), ("device", device)):
+        try:  # the same check (and message) as a run's own --config file
+            check_scalar(key, value, *SCALAR_FIELDS[key], source)
+        except UserError as err:
+            errors.append(str(err))
+    checkpoint_every = checkpoint_every if isinstance(checkpoint_every, int) else 50
     spec = SweepSpec(methods, scenarios, tuple(dict.fromkeys(seeds_raw)), overrides, protocol, str(out),
                      checkpoint_every, str(device))  # fmt: skip
     errors.extend(validate(spec))
@@ -134,9 +134,8 @@ def validate(spec: SweepSpec, build_scenarios: bool = True) -> list[str]:
             configuration once, which catches values the builder rejects (e.g.
             too many experiences) and missing or corrupt data before any run starts.
     """
-    from cl_bench.core.config import build_config
     from cl_bench.core.registry import METHODS, SCENARIOS
-    from cl_bench.engine.spec import Protocol
+    from cl_bench.engine.spec import RunSpec
 
     errors: list[str] = []
     known: dict[str, Any] = {}
@@ -166,8 +165,8 @@ def validate(spec: SweepSpec, build_scenarios: bool = True) -> list[str]:
                 registry.config(name, combo)
             except UserError as err:
                 errors.append(str(err))
-    try:
-        build_config(Protocol, dict(spec.protocol), "the sweep's protocol")
+    try:  # the protocol and device every run shares, checked as a run's own mapping is
+        RunSpec.from_mapping({"protocol": dict(spec.protocol), "device": spec.device}, "the sweep spec")
     except UserError as err:
         errors.append(str(err))
     if build_scenarios and not errors:  # values the types allow but the builder rejects; missing data
@@ -192,17 +191,18 @@ def expand(spec: SweepSpec) -> list[Any]:
 
     Order: scenario, method, method overrides, scenario overrides, seed.
     """
-    from cl_bench.core.config import build_config
-    from cl_bench.engine.spec import Protocol, RunSpec, run_id_for
+    from cl_bench.engine.spec import RunSpec, run_id_for
 
-    protocol = build_config(Protocol, dict(spec.protocol), "the sweep's protocol")
     runs: dict[str, Any] = {}
     for scenario in spec.scenarios:
         for method in spec.methods:
             for mc in _grid(spec.overrides.get(method) or {}):
                 for sc in _grid(spec.overrides.get(scenario) or {}):
                     for seed in spec.seeds:
-                        rs = RunSpec(method, mc, scenario, sc, protocol, seed, spec.device)
+                        rs = RunSpec.from_mapping({
+                            "method": {"name": method, **mc}, "scenario": {"name": scenario, **sc},
+                            "protocol": dict(spec.protocol), "seed": seed, "device": spec.device,
+                        }, "the sweep spec")  # fmt: skip
                         runs.setdefault(run_id_for(rs), rs)
     return list(runs.values())
 

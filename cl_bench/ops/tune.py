@@ -129,9 +129,8 @@ def parse_tune_spec(data: Any, source: str = "the tune spec") -> TuneSpec:
     Raises:
         UserError: Listing all problems.
     """
-    from cl_bench.core.config import build_config
     from cl_bench.core.registry import METHODS, SCENARIOS
-    from cl_bench.engine.spec import Protocol
+    from cl_bench.engine.spec import SCALAR_FIELDS, RunSpec, check_scalar, check_seeds
     from cl_bench.metrics import METRIC_SPECS
 
     if not isinstance(data, dict):
@@ -161,18 +160,24 @@ def parse_tune_spec(data: Any, source: str = "the tune spec") -> TuneSpec:
         budget = 1
     seeds_lists = {}
     for key, default in (("seeds", [0]), ("eval_seeds", [0, 1, 2])):
-        v = data.get(key, default)
-        v = [v] if isinstance(v, int) else v
-        if not isinstance(v, list) or not v or not all(isinstance(s, int) and not isinstance(s, bool) for s in v):
-            errors.append(f"{key}: must be a non-empty list of integers, got {v!r}")
-            v = default
-        seeds_lists[key] = tuple(dict.fromkeys(v))
+        try:
+            seeds_lists[key] = tuple(dict.fromkeys(check_seeds(data.get(key, default), key, source)))
+        except UserError as err:
+            errors.append(str(err))
+            seeds_lists[key] = tuple(default)
+    scalars = {"out": data.get("out", "results/tune"), "search_seed": data.get("search_seed", 0),
+               "checkpoint_every": data.get("checkpoint_every", 50), "device": data.get("device", "cpu")}  # fmt: skip
+    for key, value in scalars.items():
+        try:  # the same checks (and messages) as a run's own --config file
+            check_scalar(key, value, *SCALAR_FIELDS.get(key, (int, None)), source)
+        except UserError as err:
+            errors.append(str(err))
     metric = data.get("metric", "final_acc")
     if metric not in METRIC_SPECS:
         errors.append(f"metric: unknown metric {metric!r}; see `cl-bench list metrics`")
     protocol = data.get("protocol") or {}
-    try:
-        build_config(Protocol, protocol, "the tune spec's protocol")
+    try:  # the protocol every run shares, checked as a run's own mapping is
+        RunSpec.from_mapping({"protocol": protocol}, source)
     except UserError as err:
         errors.append(str(err))
     for name in methods:
@@ -214,9 +219,8 @@ def parse_tune_spec(data: Any, source: str = "the tune spec") -> TuneSpec:
         raise UserError(f"{source} has {len(errors)} problem{'s' if len(errors) > 1 else ''}; nothing was run: "
                         + " ".join(f"({i}) {e}" for i, e in enumerate(dict.fromkeys(errors), 1)))  # fmt: skip
     return TuneSpec(tuple(dict.fromkeys(methods)), tune_sc, eval_sc, search, strategy, budget, seeds_lists["seeds"],
-                    seeds_lists["eval_seeds"], metric, protocol, str(data.get("out", "results/tune")),
-                    int(data.get("search_seed", 0)), int(data.get("checkpoint_every", 50)),
-                    str(data.get("device", "cpu")))  # fmt: skip
+                    seeds_lists["eval_seeds"], metric, protocol, scalars["out"], scalars["search_seed"],
+                    scalars["checkpoint_every"], scalars["device"])  # fmt: skip
 
 
 def structure(scenario: Any) -> tuple[Any, ...]:
@@ -282,20 +286,21 @@ def run_tune(
     Phase-1 runs go to ``<out>/phase1``, phase-2 runs to ``<out>/phase2``; like
     a sweep, a restarted tune skips completed runs and resumes interrupted ones.
     """
-    from cl_bench.core.config import build_config
     from cl_bench.core.record import atomic_write_bytes
-    from cl_bench.engine.spec import Protocol, RunSpec, run_id_for
+    from cl_bench.engine.spec import RunSpec, run_id_for
     from cl_bench.ops.sweep import run_specs
 
     out = Path(spec.out)
-    protocol = build_config(Protocol, dict(spec.protocol), "the tune spec's protocol")
-    tsc = {k: v for k, v in spec.tune_scenario.items() if k != "name"}
-    esc = {k: v for k, v in spec.eval_scenario.items() if k != "name"}
+
+    def run_spec(method: str, config: Mapping[str, Any], scenario: Mapping[str, Any], seed: int) -> RunSpec:
+        return RunSpec.from_mapping({"method": {"name": method, **config}, "scenario": dict(scenario),
+                                     "protocol": dict(spec.protocol), "seed": seed, "device": spec.device},
+                                    "the tune spec")  # fmt: skip
+
     plans: dict[str, list[tuple[dict[str, Any], list[Any]]]] = {}
     for i, method in enumerate(spec.methods):
         cands = candidates(spec.search.get(method) or {}, spec.strategy, spec.budget, spec.search_seed + i)
-        plans[method] = [(c, [RunSpec(method, c, spec.tune_scenario["name"], tsc, protocol, s, spec.device)
-                              for s in spec.seeds]) for c in cands]  # fmt: skip
+        plans[method] = [(c, [run_spec(method, c, spec.tune_scenario, s) for s in spec.seeds]) for c in cands]
     phase1 = [rs for runs in plans.values() for _, group in runs for rs in group]
     opts = {"checkpoint_every": spec.checkpoint_every, "executor": executor, "workers": workers, "address": address,
             "log": log}  # fmt: skip
@@ -311,8 +316,7 @@ def run_tune(
             raise UserError(f"no tuning run of {method} completed, so nothing can be chosen; see the failures above")
         best = max(valid, key=lambda cs: sign * cs[1].mean)
         chosen[method] = (best[0], best[1], table)
-    phase2 = {m: [RunSpec(m, c, spec.eval_scenario["name"], esc, protocol, s, spec.device) for s in spec.eval_seeds]
-              for m, (c, _, _) in chosen.items()}  # fmt: skip
+    phase2 = {m: [run_spec(m, c, spec.eval_scenario, s) for s in spec.eval_seeds] for m, (c, _, _) in chosen.items()}
     r2 = run_specs([rs for g in phase2.values() for rs in g], out / "phase2", **opts)
     summary = {
         "protocol": "two-phase (Cha & Cho, arXiv:2403.09066)", "metric": spec.metric, "strategy": spec.strategy,
