@@ -1,8 +1,17 @@
 """Elastic weight consolidation.
 
-After each experience the diagonal (empirical) Fisher information of the
-parameters is estimated on that experience's training data, and later training
-pays ``lambda/2 * F * (theta - theta*)^2`` for moving important weights.
+After each experience the diagonal Fisher information of the parameters is
+estimated on that experience's training data, and later training pays
+``lambda/2 * F * (theta - theta*)^2`` for moving important weights. ``F`` is the
+mean over examples of squared per-example gradients of log p(y|x), with ``y`` the
+data's labels (``fisher=empirical``, the default) or drawn from the model's
+predictive distribution (``fisher=true``, the Fisher information Kirkpatrick et
+al. define).
+
+Avalanche's ``EWCPlugin`` squares batch-mean gradients (minibatches of its
+``train_mb_size``) and has no 1/2, so its ``ewc_lambda`` is on another scale:
+see docs/methods.md ("EWC's lambda and Avalanche's ewc_lambda") for the measured
+conversion, which the Avalanche bridge's default applies.
 
 References:
     Kirkpatrick et al. "Overcoming catastrophic forgetting in neural networks". PNAS 2017.
@@ -32,12 +41,15 @@ class EWCConfig(TrainConfig):
         mode: "separate" (one penalty per experience, the original) or "online".
         decay: Importance decay gamma of online EWC.
         fisher_samples: Training examples used to estimate the Fisher (0 = all).
+        fisher: "empirical" (labels of the data) or "true" (labels sampled from the
+            model, Kirkpatrick et al. 2017, Methods: "the Fisher information matrix").
     """
 
     lambda_: float = 100.0
     mode: Literal["separate", "online"] = "separate"
     decay: float = 1.0
     fisher_samples: int = 1024
+    fisher: Literal["empirical", "true"] = "empirical"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,7 +85,10 @@ class EWC(SupervisedMethod):
         if exp.task_id is not None:
             row = self.task_classes[exp.task_id]
             mask = lambda x: row.expand(len(x), -1)  # noqa: E731
-        self.penalty.consolidate(self.net, diagonal_fisher(self.net, batches, mask))
+        # The sampled labels draw from their own stream, so "true" leaves the data order untouched.
+        label_gen = torch.Generator().manual_seed(self.seed * 7919 + exp.index + 1)
+        fisher = diagonal_fisher(self.net, batches, mask, labels=self.config.fisher, generator=label_gen)
+        self.penalty.consolidate(self.net, fisher)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "penalty": self.penalty.state_dict()}

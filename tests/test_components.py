@@ -267,3 +267,51 @@ def test_diagonal_fisher_of_no_data_is_zero() -> None:
     net = _tiny_net()
     fisher = diagonal_fisher(net, [])
     assert all(v.abs().max() == 0 for v in fisher.values())
+
+
+def test_diagonal_fisher_of_a_network_reusing_a_layer_falls_back_to_per_example_gradients() -> None:
+    class Twice(nn.Module):  # the same Linear applied twice: the outer-product shortcut does not apply
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.out = nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.tanh(self.inner(torch.tanh(self.inner(x)))))
+
+    torch.manual_seed(3)
+    net = Twice()
+    x, y = torch.randn(9, 4), torch.randint(0, 3, (9,))
+    fisher, naive = diagonal_fisher(net, [(x, y)]), _naive_fisher(net, x, y)
+    for k in naive:
+        torch.testing.assert_close(fisher[k], naive[k], rtol=1e-5, atol=1e-7)
+
+
+def test_true_fisher_samples_labels_from_the_model() -> None:
+    net = _tiny_net()
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.randn(64, 5, generator=gen), torch.randint(0, 4, (64,), generator=gen)
+    allowed = torch.tensor([True, False, True, True])
+    mask = lambda xb: allowed.expand(len(xb), -1)  # noqa: E731
+    true = diagonal_fisher(net, [(x, y)], mask, labels="true", generator=torch.Generator().manual_seed(5))
+    # The same draw, done by hand: one label per example from the masked softmax.
+    with torch.no_grad():
+        probs = F.softmax(net(x).masked_fill(~allowed, float("-inf")), dim=1)
+    sampled = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(5)).squeeze(1)
+    assert not (sampled == 1).any()  # a masked-out class is never drawn
+    naive = _naive_fisher(net, x, sampled, allowed.expand(64, -1))
+    for k in naive:
+        torch.testing.assert_close(true[k], naive[k], rtol=1e-5, atol=1e-7)
+    empirical = diagonal_fisher(net, [(x, y)], mask)
+    assert not torch.allclose(true["2.weight"], empirical["2.weight"])
+
+
+def test_true_fisher_averages_to_the_expectation_over_the_predictive_distribution() -> None:
+    net = _tiny_net()
+    x = torch.randn(1, 5, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        probs = F.softmax(net(x), dim=1)[0]
+    exact = sum(probs[c] * _naive_fisher(net, x, torch.tensor([c]))["2.bias"] for c in range(4))
+    many = x.expand(4000, -1)
+    mc = diagonal_fisher(net, [(many, torch.zeros(4000, dtype=torch.long))], labels="true",
+                         generator=torch.Generator().manual_seed(7))["2.bias"]
+    torch.testing.assert_close(mc, exact, rtol=0.1, atol=1e-3)

@@ -10,8 +10,9 @@ from cl_bench.components.batchnorm import PriorBatchNorm, batch_norm_layers, use
 from cl_bench.components.buffer import LogitReservoirBuffer, ReservoirBuffer
 from cl_bench.components.ema import EMATeacher
 from cl_bench.components.feature_cache import FeatureCache
+from cl_bench.components.fisher import diagonal_fisher
 from cl_bench.components.norm import adapt_only, bn_affine_params, require_bn
-from cl_bench.components.penalty import FisherPenalty, diagonal_fisher
+from cl_bench.components.penalty import FisherPenalty
 from cl_bench.components.prompts import CodaPrompt, PromptedViT, PromptPool
 from cl_bench.components.prototypes import PrototypeHead
 from cl_bench.components.tta_augment import TTAugment, make_augment

@@ -7,56 +7,10 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
-
-
-def diagonal_fisher(
-    net: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    mask: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Empirical diagonal Fisher: mean over examples of the squared per-example gradient of log p(y|x).
-
-    Per-example gradients (not squared batch-mean gradients) are what the Fisher
-    information is made of; ``torch.func.vmap`` computes them in one pass.
-
-    Args:
-        net: The network (evaluated in eval mode, so batch norm uses its running statistics).
-        batches: ``(x, y)`` pairs.
-        mask: Optional ``x -> bool mask [B, C]`` of allowed classes (task-incremental heads).
-
-    Returns:
-        Parameter name -> Fisher diagonal, for parameters that require gradients.
-    """
-    was_training = net.training
-    net.eval()
-    params = {k: v.detach() for k, v in net.named_parameters() if v.requires_grad}
-    buffers = {k: v.detach() for k, v in net.named_buffers()}
-
-    def nll(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
-        out = functional_call(net, (p, buffers), (x.unsqueeze(0),))
-        if m is not None:
-            out = out.masked_fill(~m.unsqueeze(0), torch.finfo(out.dtype).min)
-        return F.cross_entropy(out, y.unsqueeze(0))
-
-    fisher = {k: torch.zeros_like(v) for k, v in params.items()}
-    count = 0
-    try:
-        for x, y in batches:
-            m = mask(x) if mask is not None else None
-            grads = vmap(grad(nll), in_dims=(None, 0, 0, 0 if m is not None else None))(params, x, y, m)
-            for k, g in grads.items():
-                fisher[k] += g.pow(2).sum(0)
-            count += len(x)
-    finally:
-        net.train(was_training)
-    return {k: v / max(count, 1) for k, v in fisher.items()}
 
 
 class FisherPenalty:
