@@ -113,6 +113,13 @@ class TTAugment:
         return F.conv2d(x, k.view(1, 1, 5, 1).expand(c, 1, 5, 1).contiguous(), groups=c)
 
 
-def make_augment(flip: bool) -> TTAugment:
-    """The reference augmentation, with or without horizontal flips."""
+def make_augment(flip: bool, *, light: bool = False) -> TTAugment:
+    """The reference augmentation, with or without horizontal flips.
+
+    Args:
+        flip: Horizontal flips with probability 0.5.
+        light: Leave out blur and noise (ROID/CMF's ``get_tta_transforms(cotta_augs=False)``).
+    """
+    if light:
+        return TTAugment(hflip=0.5 if flip else 0.0, noise_std=0.0, blur=False)
     return TTAugment(hflip=0.5 if flip else 0.0)
