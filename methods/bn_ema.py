@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from cl_bench.components import require_bn
+from cl_bench.components import EMABatchNorm, replace_batch_norms, require_bn, set_ema_mode
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
@@ -45,43 +43,6 @@ class BNEMAConfig:
             raise ConfigError(f"bn_ema momentum must be in (0, 1], got {self.momentum}")
 
 
-class EMABatchNorm(nn.Module):
-    """A BatchNorm layer normalising with a moving average of test-batch statistics (source-initialised).
-
-    ``forward`` normalises with the average updated by the current batch; it stores the update only
-    when ``update`` is set (``adapt``), so a prediction changes no state.
-    """
-
-    def __init__(self, bn: _BatchNorm, momentum: float) -> None:
-        super().__init__()
-        self.momentum, self.eps = momentum, bn.eps
-        self.weight = None if bn.weight is None else nn.Parameter(bn.weight.detach().clone(), requires_grad=False)
-        self.bias = None if bn.bias is None else nn.Parameter(bn.bias.detach().clone(), requires_grad=False)
-        c = bn.num_features
-        mean = bn.running_mean if bn.running_mean is not None else torch.zeros(c)
-        var = bn.running_var if bn.running_var is not None else torch.ones(c)
-        self.register_buffer("running_mean", mean.detach().clone())
-        self.register_buffer("running_var", var.detach().clone())
-        self.update = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = [0, *range(2, x.dim())]
-        n = x.numel() // x.shape[1]
-        var_b = x.var(dims, unbiased=n > 1)  # PyTorch's running update uses the unbiased batch variance
-        mean = (1 - self.momentum) * self.running_mean + self.momentum * x.mean(dims)
-        var = (1 - self.momentum) * self.running_var + self.momentum * var_b
-        if self.update:
-            self.running_mean.copy_(mean.detach())
-            self.running_var.copy_(var.detach())
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.weight is not None:
-            out = out * self.weight.view(shape)
-        if self.bias is not None:
-            out = out + self.bias.view(shape)
-        return out
-
-
 @METHODS.register(
     "bn_ema",
     reference="Schneider et al., 'Improving robustness against common corruptions by covariate shift "
@@ -97,23 +58,16 @@ class BNEMA(Method):
         super().setup(info, seed)
         self.net = clone_source(info, self.name).eval()
         require_bn(self.net, self.name)
-        self.layers: list[EMABatchNorm] = []
-        for name, bn in [(n, m) for n, m in self.net.named_modules() if isinstance(m, _BatchNorm)]:
-            parent_name, _, child = name.rpartition(".")
-            parent = self.net.get_submodule(parent_name) if parent_name else self.net
-            layer = EMABatchNorm(bn, self.config.momentum).to(bn.running_mean.device)
-            setattr(parent, child, layer)
-            self.layers.append(layer)
+        # the layer (cl_bench.components.EMABatchNorm) is shared with RoTTA's robust batch norm
+        self.layers = replace_batch_norms(self.net, lambda bn: EMABatchNorm(bn, self.config.momentum))
 
     def _forward(self, x: torch.Tensor, update: bool) -> torch.Tensor:
-        for layer in self.layers:
-            layer.update = update
+        set_ema_mode(self.layers, "update" if update else "peek")
         try:
             with torch.no_grad():
                 return self.net(x)
         finally:
-            for layer in self.layers:
-                layer.update = False
+            set_ema_mode(self.layers, "peek")
 
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
         return self._forward(x, update=False)

@@ -20,17 +20,17 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from cl_bench.components.tta_output import features_and_head
 from cl_bench.core.errors import ConfigError
-from cl_bench.core.method import Caps, Method
+from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
-from cl_bench.families.tta import clone_source
+from cl_bench.families.tta import FrozenSourceMethod
 
 
 @dataclass(frozen=True)
@@ -98,15 +98,14 @@ def laplacian_adjust(probs: torch.Tensor, w: torch.Tensor, bound_lambda: float, 
 @METHODS.register(
     "lame", reference="Boudiaf et al., 'Parameter-free Online Test-time Adaptation' (CVPR 2022)"
 )
-class LAME(Method):
+class LAME(FrozenSourceMethod):
     """LAME: adjust the source model's outputs on each test batch with a Laplacian over its embeddings."""
 
     Config: ClassVar[type] = LAMEConfig
     caps: ClassVar[Caps] = Caps(adapts_at_test=True, updates_parameters=False)
 
     def setup(self, info: StreamInfo, seed: int) -> None:
-        super().setup(info, seed)
-        self.net = clone_source(info, self.name).eval()
+        super().setup(info, seed)  # a private eval-mode copy of the source model, saved in state_dict
         self.features, self.head = features_and_head(self.net, self.name)
 
     @torch.no_grad()
@@ -119,9 +118,3 @@ class LAME(Method):
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict(x, PredictContext())
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from cl_bench.components import softmax_entropy
+from cl_bench.components import marginal_entropy, softmax_entropy
 from cl_bench.components.tta_output import features_and_head
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method
@@ -49,9 +49,7 @@ class SHOTIMConfig(TTAOptimConfig):
 
 def information_maximisation(logits: torch.Tensor, diversity_weight: float = 1.0) -> torch.Tensor:
     """SHOT's L_IM: mean per-sample entropy minus ``diversity_weight`` x entropy of the mean prediction."""
-    mean = logits.softmax(1).mean(0)
-    diversity = -(mean * torch.log(mean + 1e-5)).sum()  # SHOT's code adds 1e-5 inside the log
-    return softmax_entropy(logits).mean() - diversity_weight * diversity
+    return softmax_entropy(logits).mean() - diversity_weight * marginal_entropy(logits)
 
 
 @METHODS.register(

@@ -6,14 +6,14 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from cl_bench.core.method import Caps, Method
+from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
-from cl_bench.core.types import PredictContext, StreamInfo
-from cl_bench.families.tta import clone_source
+from cl_bench.core.types import PredictContext
+from cl_bench.families.tta import FrozenSourceMethod
 
 
 @METHODS.register(
@@ -21,14 +21,10 @@ from cl_bench.families.tta import clone_source
     reference="no adaptation: the source model as evaluated by Wang et al., 'Continual Test-Time Domain "
     "Adaptation' (CVPR 2022) and Döbler et al., 'Robust Mean Teacher ...' (CVPR 2023)",
 )
-class Source(Method):
+class Source(FrozenSourceMethod):
     """The source model in eval mode (source BatchNorm statistics); ``adapt`` only predicts."""
 
     caps: ClassVar[Caps] = Caps(adapts_at_test=True)
-
-    def setup(self, info: StreamInfo, seed: int) -> None:
-        super().setup(info, seed)
-        self.net = clone_source(info, self.name or type(self).__name__).eval()
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
@@ -36,9 +32,3 @@ class Source(Method):
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict(x, PredictContext())
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])

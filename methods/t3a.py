@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from cl_bench.components import softmax_entropy
 from cl_bench.components.tta_output import features_and_head
 from cl_bench.core.errors import ConfigError
-from cl_bench.core.method import Caps, Method
+from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
-from cl_bench.families.tta import clone_source
+from cl_bench.families.tta import FrozenSourceMethod
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class T3AConfig:
     reference="Iwasawa & Matsuo, 'Test-Time Classifier Adjustment Module for Model-Agnostic Domain "
     "Generalization' (NeurIPS 2021)",
 )
-class T3A(Method):
+class T3A(FrozenSourceMethod):
     """T3A: classify by prototypes of confident test embeddings, seeded with the head's weights."""
 
     Config: ClassVar[type] = T3AConfig
@@ -58,8 +58,7 @@ class T3A(Method):
     caps: ClassVar[Caps] = Caps(adapts_at_test=True, updates_parameters=False, memory="bounded")
 
     def setup(self, info: StreamInfo, seed: int) -> None:
-        super().setup(info, seed)
-        self.net = clone_source(info, self.name).eval()
+        super().setup(info, seed)  # a private eval-mode copy of the source model
         self.features, self.head = features_and_head(self.net, self.name)
         with torch.no_grad():
             w = self.head.weight.detach().clone()
@@ -106,9 +105,9 @@ class T3A(Method):
         return self.config.filter_k * self.info.n_classes if hasattr(self, "info") else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "supports": self.supports.clone(), "labels": self.labels.clone(),
+        return {**super().state_dict(), "supports": self.supports.clone(), "labels": self.labels.clone(),
                 "ent": self.ent.clone()}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
+        super().load_state_dict(state)
         self.supports, self.labels, self.ent = state["supports"].clone(), state["labels"].clone(), state["ent"].clone()

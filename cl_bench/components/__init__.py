@@ -6,9 +6,16 @@ References:
 """
 
 from cl_bench.components.backbone_input import BackboneInput
-from cl_bench.components.batchnorm import PriorBatchNorm, batch_norm_layers, use_test_batch_stats
+from cl_bench.components.batchnorm import (
+    EMABatchNorm,
+    PriorBatchNorm,
+    batch_norm_layers,
+    replace_batch_norms,
+    set_ema_mode,
+    use_test_batch_stats,
+)
 from cl_bench.components.buffer import LogitReservoirBuffer, ReservoirBuffer
-from cl_bench.components.ema import EMATeacher
+from cl_bench.components.ema import EMATeacher, blend_parameters_
 from cl_bench.components.feature_cache import FeatureCache
 from cl_bench.components.fisher import diagonal_fisher
 from cl_bench.components.norm import adapt_only, bn_affine_params, require_bn
@@ -19,15 +26,24 @@ from cl_bench.components.tta_augment import TTAugment, make_augment
 from cl_bench.components.tta_losses import (
     ReliableEntropy,
     cross_entropy_to,
+    marginal_entropy,
     pseudo_label_fisher,
     softmax_entropy,
     source_batches,
     symmetric_cross_entropy,
 )
+from cl_bench.components.tta_memory import CSTUMemory, PBRSMemory
+from cl_bench.components.tta_weighting import (
+    CertaintyDiversityWeights,
+    prior_correction,
+    soft_likelihood_ratio,
+    weighted_slr_consistency,
+)
 
-__all__ = ["BackboneInput", "CodaPrompt", "EMATeacher", "FeatureCache", "FisherPenalty", "LogitReservoirBuffer",
-           "PriorBatchNorm",
-           "PromptPool", "PromptedViT", "PrototypeHead", "ReliableEntropy", "ReservoirBuffer", "TTAugment",
-           "adapt_only", "batch_norm_layers", "bn_affine_params", "cross_entropy_to", "diagonal_fisher",
-           "make_augment", "pseudo_label_fisher", "require_bn", "softmax_entropy", "source_batches",
-           "symmetric_cross_entropy", "use_test_batch_stats"]
+__all__ = ["BackboneInput", "CSTUMemory", "CertaintyDiversityWeights", "CodaPrompt", "EMABatchNorm", "EMATeacher",
+           "FeatureCache", "FisherPenalty", "LogitReservoirBuffer", "PBRSMemory", "PriorBatchNorm", "PromptPool",
+           "PromptedViT", "PrototypeHead", "ReliableEntropy", "ReservoirBuffer", "TTAugment", "adapt_only",
+           "batch_norm_layers", "blend_parameters_", "bn_affine_params", "cross_entropy_to", "diagonal_fisher",
+           "make_augment", "marginal_entropy", "prior_correction", "pseudo_label_fisher", "replace_batch_norms",
+           "require_bn", "set_ema_mode", "soft_likelihood_ratio", "softmax_entropy", "source_batches",
+           "symmetric_cross_entropy", "use_test_batch_stats", "weighted_slr_consistency"]

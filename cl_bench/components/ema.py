@@ -60,3 +60,22 @@ class EMATeacher:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.model.load_state_dict(state["model"])
+
+
+@torch.no_grad()
+def blend_parameters_(target: nn.Module, other: nn.Module, momentum: float, *, trainable_only: bool = True) -> None:
+    """``p_target <- momentum * p_target + (1 - momentum) * p_other`` over parameters, in place.
+
+    Weight ensembling with the source model (ROID, ``momentum`` 0.99) and CMF's filtering steps use it.
+
+    Args:
+        target: The network changed in place.
+        other: A network of the same architecture.
+        momentum: The weight kept on ``target``.
+        trainable_only: Blend only parameters that require gradients (the others are unchanged anyway).
+    """
+    if momentum >= 1.0:
+        return
+    for t, o in zip(target.parameters(), other.parameters(), strict=True):
+        if t.requires_grad or not trainable_only:
+            t.mul_(momentum).add_(o.detach().to(t.device), alpha=1.0 - momentum)

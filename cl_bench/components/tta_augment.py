@@ -47,6 +47,8 @@ class TTAugment:
         blur_sigma: Range of the Gaussian blur sigma (kernel 5).
         hflip: Probability of a horizontal flip (0 disables it; 0.5 in the reference).
         noise_std: Gaussian noise std as a fraction of the batch's value range.
+        blur: Apply the Gaussian blur (off, with ``noise_std`` 0, for ROID/CMF's lighter augmentation:
+            the reference's ``get_tta_transforms(cotta_augs=False)``).
     """
 
     brightness: tuple[float, float] = (0.6, 1.4)
@@ -59,6 +61,7 @@ class TTAugment:
     blur_sigma: tuple[float, float] = (0.001, 0.5)
     hflip: float = 0.5
     noise_std: float = 0.005
+    blur: bool = True
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """An augmented copy of the image batch ``x`` [B, C, H, W]; draws from CPU generator ``g``."""
@@ -77,7 +80,9 @@ class TTAugment:
         span = (hi - lo).clamp_min(1e-8)
         x = lo + span * ((x - lo) / span).clamp(0, 1).pow(_uniform(g, *self.gamma))
         x = self._affine(x, g)
-        x = self._blur(x, _uniform(g, *self.blur_sigma))
+        sigma = _uniform(g, *self.blur_sigma)  # drawn even when unused, so the draw order stays the same
+        if self.blur:
+            x = self._blur(x, sigma)
         if float(torch.rand((), generator=g)) < self.hflip:
             x = x.flip(3)
         noise = torch.randn(x.shape, generator=g).to(x.device)
@@ -108,6 +113,13 @@ class TTAugment:
         return F.conv2d(x, k.view(1, 1, 5, 1).expand(c, 1, 5, 1).contiguous(), groups=c)
 
 
-def make_augment(flip: bool) -> TTAugment:
-    """The reference augmentation, with or without horizontal flips."""
+def make_augment(flip: bool, *, light: bool = False) -> TTAugment:
+    """The reference augmentation, with or without horizontal flips.
+
+    Args:
+        flip: Horizontal flips with probability 0.5.
+        light: Leave out blur and noise (ROID/CMF's ``get_tta_transforms(cotta_augs=False)``).
+    """
+    if light:
+        return TTAugment(hflip=0.5 if flip else 0.0, noise_std=0.0, blur=False)
     return TTAugment(hflip=0.5 if flip else 0.0)

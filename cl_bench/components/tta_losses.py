@@ -24,6 +24,13 @@ def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
 
 
+def marginal_entropy(logits: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Entropy ``H(mean_i p_i)`` of the batch's mean prediction (the diversity term of SHOT-IM and
+    AdaContrast; ``eps`` inside the log as SHOT's code, 1e-5)."""
+    mean = logits.softmax(1).mean(0)
+    return -(mean * torch.log(mean + eps)).sum()
+
+
 def cross_entropy_to(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
     """Per-example cross-entropy ``-sum softmax(target) * log_softmax(logits)`` (CoTTA's teacher loss)."""
     return -(target_logits.softmax(1) * logits.log_softmax(1)).sum(1)

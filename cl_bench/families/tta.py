@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from cl_bench.components.norm import adapt_only, bn_affine_params, require_bn
 from cl_bench.components.penalty import FisherPenalty
 from cl_bench.components.tta_losses import pseudo_label_fisher, source_batches
 from cl_bench.core.errors import ConfigError
+from cl_bench.core.method import Method
 from cl_bench.core.types import StreamInfo
 
 
@@ -160,3 +161,21 @@ def source_fisher_penalty(
         batches = source_batches(info.source_data, n_samples, batch_size, torch.device(info.device), generator(seed))
         penalty.consolidate(model, pseudo_label_fisher(model, params, batches))
     return penalty
+
+
+class FrozenSourceMethod(Method):
+    """Base of the methods that keep a private eval-mode copy of the source model, ``self.net``.
+
+    ``setup`` makes the copy (source batch-norm statistics, no dropout noise) and ``state_dict`` holds
+    it; Source, LAME and T3A build on it instead of each repeating the set-up.
+    """
+
+    def setup(self, info: StreamInfo, seed: int) -> None:
+        super().setup(info, seed)
+        self.net = clone_source(info, self.name or type(self).__name__).eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
