@@ -9,6 +9,14 @@ from cl_bench.components.backbone_input import BackboneInput
 from cl_bench.components.batchnorm import PriorBatchNorm, batch_norm_layers, use_test_batch_stats
 from cl_bench.components.buffer import LogitReservoirBuffer, ReservoirBuffer
 from cl_bench.components.ema import EMATeacher
+from cl_bench.components.exemplars import (
+    ClassBalancedBuffer,
+    HerdingMemory,
+    embed,
+    herding,
+    kd_loss,
+    require_per_class_room,
+)
 from cl_bench.components.feature_cache import FeatureCache
 from cl_bench.components.norm import adapt_only, bn_affine_params, require_bn
 from cl_bench.components.penalty import FisherPenalty, diagonal_fisher
@@ -24,7 +32,9 @@ from cl_bench.components.tta_losses import (
     symmetric_cross_entropy,
 )
 
-__all__ = ["BackboneInput", "CodaPrompt", "EMATeacher", "FeatureCache", "FisherPenalty", "LogitReservoirBuffer",
+__all__ = ["BackboneInput", "ClassBalancedBuffer", "HerdingMemory", "embed", "herding", "kd_loss",
+           "require_per_class_room", "CodaPrompt", "EMATeacher", "FeatureCache", "FisherPenalty",
+           "LogitReservoirBuffer",
            "PriorBatchNorm",
            "PromptPool", "PromptedViT", "PrototypeHead", "ReliableEntropy", "ReservoirBuffer", "TTAugment",
            "adapt_only", "batch_norm_layers", "bn_affine_params", "cross_entropy_to", "diagonal_fisher",
