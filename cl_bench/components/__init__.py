@@ -16,6 +16,14 @@ from cl_bench.components.batchnorm import (
 )
 from cl_bench.components.buffer import LogitReservoirBuffer, ReservoirBuffer
 from cl_bench.components.ema import EMATeacher, blend_parameters_
+from cl_bench.components.exemplars import (
+    ClassBalancedBuffer,
+    HerdingMemory,
+    embed,
+    herding,
+    kd_loss,
+    require_per_class_room,
+)
 from cl_bench.components.feature_cache import FeatureCache
 from cl_bench.components.fisher import diagonal_fisher
 from cl_bench.components.norm import adapt_only, bn_affine_params, require_bn
@@ -40,7 +48,8 @@ from cl_bench.components.tta_weighting import (
     weighted_slr_consistency,
 )
 
-__all__ = ["BackboneInput", "CSTUMemory", "CertaintyDiversityWeights", "CodaPrompt", "EMABatchNorm", "EMATeacher",
+__all__ = ["BackboneInput", "CSTUMemory", "ClassBalancedBuffer", "HerdingMemory", "embed", "herding", "kd_loss",
+           "require_per_class_room", "CertaintyDiversityWeights", "CodaPrompt", "EMABatchNorm", "EMATeacher",
            "FeatureCache", "FisherPenalty", "LogitReservoirBuffer", "PBRSMemory", "PriorBatchNorm", "PromptPool",
            "PromptedViT", "PrototypeHead", "ReliableEntropy", "ReservoirBuffer", "TTAugment", "adapt_only",
            "batch_norm_layers", "blend_parameters_", "bn_affine_params", "cross_entropy_to", "diagonal_fisher",
