@@ -10,6 +10,7 @@ from cl_bench.components.batchnorm import PriorBatchNorm, batch_norm_layers, use
 from cl_bench.components.buffer import LogitReservoirBuffer, ReservoirBuffer
 from cl_bench.components.ema import EMATeacher
 from cl_bench.components.feature_cache import FeatureCache
+from cl_bench.components.importance import PathIntegral, output_norm_importance, parameters_outside_norm_layers
 from cl_bench.components.norm import adapt_only, bn_affine_params, require_bn
 from cl_bench.components.penalty import FisherPenalty, diagonal_fisher
 from cl_bench.components.prompts import CodaPrompt, PromptedViT, PromptPool
@@ -25,8 +26,9 @@ from cl_bench.components.tta_losses import (
 )
 
 __all__ = ["BackboneInput", "CodaPrompt", "EMATeacher", "FeatureCache", "FisherPenalty", "LogitReservoirBuffer",
-           "PriorBatchNorm",
+           "PathIntegral", "PriorBatchNorm",
            "PromptPool", "PromptedViT", "PrototypeHead", "ReliableEntropy", "ReservoirBuffer", "TTAugment",
            "adapt_only", "batch_norm_layers", "bn_affine_params", "cross_entropy_to", "diagonal_fisher",
-           "make_augment", "pseudo_label_fisher", "require_bn", "softmax_entropy", "source_batches",
+           "make_augment", "output_norm_importance",
+           "parameters_outside_norm_layers", "pseudo_label_fisher", "require_bn", "softmax_entropy", "source_batches",
            "symmetric_cross_entropy", "use_test_batch_stats"]
