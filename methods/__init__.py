@@ -16,6 +16,7 @@ from cl_bench.methods import (  # noqa: F401
     er,
     ewc,
     finetune,
+    gem,
     joint,
     l2,
     l2_vit,
