@@ -20,7 +20,7 @@ from cl_bench.core.errors import UserError
 DEFAULT_METHOD = "er"
 DEFAULT_SCENARIO = "split_digits"
 _SECTIONS = ("method", "scenario", "protocol")
-COMMANDS = ("run", "list", "sweep", "leaderboard", "plot", "regress", "tune", "data")
+COMMANDS = ("run", "list", "sweep", "leaderboard", "plot", "regress", "tune", "data", "reproduce")
 
 
 def _parse_value(text: str) -> Any:
@@ -355,6 +355,35 @@ def _add_report_commands(sub: Any) -> None:
     tu.add_argument("spec", metavar="TUNE.yaml")
     executor_flags(tu)
     tu.set_defaults(func=lambda a: commands.tune(a.spec, executor=a.executor, workers=a.workers, address=a.address))
+    rp = sub.add_parser("reproduce", help="the reproduction suite: published table cells as runnable recipes",
+                        description="list the recipes, run them (--smoke: 2 iterations per experience), or compare "
+                        "records with the reported values (docs/reproduce.md)")
+    rsub = rp.add_subparsers(dest="reproduce_command", required=True)
+    rl = rsub.add_parser("list", help="list the recipes")
+    rl.add_argument("--json", action="store_true", help="machine-readable list")
+    rl.set_defaults(func=lambda a: commands.reproduce_list(as_json=a.json))
+    rr = rsub.add_parser("run", help="run recipes by name (all = every available one)")
+    rr.add_argument("names", nargs="+", metavar="NAME")
+    rr.add_argument("--smoke", action="store_true", help="2 iterations per experience: proves the recipe starts")
+    rr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override: NAME=V (method), method.NAME=V, scenario.NAME=V (e.g. scenario.root=DIR)")
+    rr.add_argument("--seeds", help="comma-separated seeds instead of the recipe's")
+    rr.add_argument("--out", default="runs/reproduce", help="directory for run directories (default runs/reproduce)")
+    rr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    rr.add_argument("--executor", choices=["local", "ray"], default="local", help="local (default)")
+    rr.set_defaults(func=lambda a: commands.reproduce_run(
+        a.names, smoke=a.smoke, sets=parse_sets(a.set), out=a.out, device=a.device, executor=a.executor,
+        seeds=None if a.seeds is None else _seeds(a.seeds)))
+    rb = rsub.add_parser("board", help="reported vs measured (mean ± std) vs delta, verdict per recipe")
+    rb.add_argument("dirs", nargs="+", metavar="DIR")
+    rb.set_defaults(func=lambda a: commands.reproduce_board(a.dirs))
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds takes comma-separated integers (e.g. --seeds 0,1,2), got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -227,11 +227,12 @@ class _Run:
         return dataclasses.replace(info, source_model=model, source_data=data)
 
     def _iterations(self, e: int) -> int:
+        cap = self.protocol.max_iterations or math.inf
         if self.tta:
-            return math.ceil(len(self.scenario[e].test) / self.protocol.batch_size)
+            return int(min(cap, math.ceil(len(self.scenario[e].test) / self.protocol.batch_size)))
         data = self.scenario[e].train
         n = len(data) if data is not None else 0
-        return self.protocol.epochs * math.ceil(n / self.protocol.batch_size)
+        return self.protocol.epochs * int(min(cap, math.ceil(n / self.protocol.batch_size)))
 
     def train(self) -> None:
         from tqdm import tqdm
@@ -265,6 +266,8 @@ class _Run:
                 data = data.to(device)
                 n = len(data)
                 n_batches = math.ceil(n / bs)
+                if self.protocol.max_iterations:  # smoke runs (Protocol.max_iterations)
+                    n_batches = min(n_batches, self.protocol.max_iterations)
                 first_epoch = start_epoch if e == start_e else 0
                 for epoch in range(first_epoch, epochs):
                     gen = torch.Generator().manual_seed(shuffle_seed(self.spec.seed, e, epoch))
@@ -320,6 +323,8 @@ class _Run:
                 self.position, self.begun, self.tta_partial = (e, 0, 0), True, [0, 0]
             data = exp.test.to(device)
             n_batches = math.ceil(len(data) / bs)
+            if self.protocol.max_iterations:  # smoke runs (Protocol.max_iterations)
+                n_batches = min(n_batches, self.protocol.max_iterations)
             for b in range(start_b if e == start_e else 0, n_batches):
                 t0 = time.perf_counter()
                 x, y = data.batch(slice(b * bs, (b + 1) * bs))

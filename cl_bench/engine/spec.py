@@ -38,6 +38,10 @@ class Protocol:
             exactly once (one epoch, whatever the scenario's default), ``eval_every`` still counts
             training iterations. ``epochs`` other than 1 is refused. Experiences whose ``meta`` sets
             ``stream_order`` (the ``blurry`` stream) are consumed in their stored order instead of shuffled.
+        max_iterations: Cap on the training (or adaptation) iterations per experience and epoch (0 = none):
+            ``cl-bench reproduce run --smoke`` sets 2 to prove a recipe starts without training it.
+        recipe: Name of the reproduction recipe (``cl_bench.ops.reproduce``) this run was made by ("" =
+            none), so ``cl-bench reproduce board`` finds its records.
     """
 
     eval_every: int = 1
@@ -46,9 +50,11 @@ class Protocol:
     epochs: int | None = None
     eval_batch_size: int = 1024
     online: bool = False
+    max_iterations: int = 0
+    recipe: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("eval_every", "eval_subset"):
+        for name in ("eval_every", "eval_subset", "max_iterations"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("batch_size", "epochs", "eval_batch_size"):
@@ -64,8 +70,9 @@ class Protocol:
     def to_dict(self) -> dict[str, Any]:
         """The protocol as run records and run ids store it.
 
-        Fields added after the first record schema (``online``) appear only when they differ from their
-        default, so records, run ids and golden references made before they existed stay unchanged.
+        Fields added after the first record schema (``online``, ``max_iterations``, ``recipe``) appear only
+        when they differ from their default, so records, run ids and golden references made before they
+        existed stay unchanged.
         """
         d = dataclasses.asdict(self)
         for name in _LATER_FIELDS:
@@ -83,7 +90,7 @@ class Protocol:
         )
 
 
-_LATER_FIELDS = ("online",)
+_LATER_FIELDS = ("online", "max_iterations", "recipe")
 _PROTOCOL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Protocol)}
 
 

@@ -136,3 +136,49 @@ def list_models(*, verbose: bool = False, n_classes: int = 10) -> int:
             print(textwrap.fill(entry.reference, width=100, initial_indent=" " * 19 + "ref: ",
                                 subsequent_indent=" " * 24))  # fmt: skip
     return 0
+
+
+def reproduce_list(*, as_json: bool = False) -> int:
+    """Print the reproduction recipes (name, paper, scenario, method, metric, reported, tolerance, compute)."""
+    import json
+
+    from cl_bench.ops.reproduce import load_recipes
+
+    rows = [r.row() for r in load_recipes().values()]
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        std = f" ± {100 * r['reported_std']:.2f}" if r["reported_std"] is not None else ""
+        hours = "?" if r["gpu_hours"] is None else f"{r['gpu_hours']:g}"
+        flag = "" if r["available"] else "  [unavailable: method not registered here]"
+        print(f"{r['name']:<36} {r['method']:<12} {r['scenario']:<15} {r['metric']:<13} "
+              f"{100 * r['reported']:6.2f}{std} (tol {100 * r['tolerance']:.2f}, {r['seeds']} seeds, "
+              f"~{hours} GPU-h){flag}")  # fmt: skip
+        print(f"{'':<37}{r['reported_in']}")
+    return 0
+
+
+def reproduce_run(names: Sequence[str], *, smoke: bool = False, sets: dict[str, dict[str, Any]] | None = None,
+                  out: str = "runs/reproduce", seeds: Sequence[int] | None = None, device: str = "cpu",
+                  executor: str = "local") -> int:  # fmt: skip
+    """Run recipes (``--smoke``: 2 iterations per experience) and print where the records went."""
+    from cl_bench.ops.reproduce import run_recipes
+
+    records = run_recipes(names, smoke=smoke, sets=sets, out=out, seeds=seeds, device=device, executor=executor)
+    for rec in records:
+        print(f"{rec['protocol']['recipe']}: seed {rec['seed']} {rec['status']} -> {Path(out) / rec['run_id']}")
+    print(f"{len(records)} run(s); compare with `cl-bench reproduce board {out}`")
+    return 0
+
+
+def reproduce_board(dirs: Sequence[str]) -> int:
+    """Print reported vs measured vs delta per recipe, with the verdict."""
+    from cl_bench.ops.reproduce import load_recipes
+    from cl_bench.ops.reproduce_board import board_rows, format_board
+
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise UserError(f"{d} is not a directory; `cl-bench reproduce board` takes the --out of reproduce run")
+    print(format_board(board_rows(dirs, load_recipes())))
+    return 0
