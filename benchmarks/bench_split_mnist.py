@@ -31,7 +31,7 @@ What each variant does:
    scenario="split_mnist", protocol=Protocol(eval_every=1, eval_subset=0,
    batch_size=32, epochs=1))``. The timed part is the runner's loop (method
    setup, training, every evaluation); building the scenario (reading the IDX
-   files) is excluded. This uses the runner's internal ``_Run`` object, the
+   files) is excluded. This uses the runner's ``make_loop`` object, the
    same thing ``run()`` drives. ``run()`` end to end (scenario loading, loop,
    metrics, record and plot written to a temporary directory) is timed too and
    shown as a separate row.
@@ -109,7 +109,7 @@ from torch import nn
 from cl_bench.core.errors import UserError
 from cl_bench.core.types import Scenario
 from cl_bench.engine.rng import shuffle_seed
-from cl_bench.engine.runner import _Run, run
+from cl_bench.engine.runner import make_loop, run
 from cl_bench.engine.spec import Protocol, RunSpec, run_id_for
 from cl_bench.scenarios.mnist import split_mnist
 
@@ -213,8 +213,7 @@ def timed() -> Iterator[dict[str, float]]:
 # -- 1. cl_bench ---------------------------------------------------------------------------------------------
 def run_cl_bench(root: str, seed: int) -> Outcome:
     spec = make_spec(root, seed)
-    r = _Run(spec, Path(tempfile.gettempdir()) / run_id_for(spec), 0, False)  # loads data; writes nothing
-    r._bar = None  # as run() does: no progress bar
+    r = make_loop(spec, Path(tempfile.gettempdir()) / run_id_for(spec))  # loads data; writes nothing
     with timed() as t:
         r.start(None)  # method setup + the evaluation before training
         r.train()

@@ -134,13 +134,13 @@ DIE_AFTER_CHECKPOINT = """
 import os, sys
 import torch
 torch.set_num_threads(1)
-from cl_bench.engine import runner, spec
+from cl_bench.engine import checkpoint, runner, spec
 real_save = torch.save
 def save_then_die(obj, path, *a, **k):
     real_save(obj, path, *a, **k)
-    os.replace(path, os.path.join(os.path.dirname(path), runner.CHECKPOINT_FILE))
+    os.replace(path, os.path.join(os.path.dirname(path), checkpoint.CHECKPOINT_FILE))
     os._exit(9)
-runner.torch.save = save_then_die
+checkpoint.torch.save = save_then_die
 runner.run(spec.RunSpec(method="er", scenario="split_digits", seed=0, protocol=spec.Protocol(epochs=2)),
            sys.argv[1], checkpoint_every=20)
 """

@@ -25,6 +25,7 @@ REQUIRED_KEYS = (
     "accuracy_matrix", "metrics", "cost", "env", "error",
 )  # fmt: skip
 STATUSES = ("completed", "failed", "running")
+COST_KEYS = ("train_seconds", "eval_seconds", "peak_rss_mb", "source_seconds")
 
 
 class RecordError(UserError):
@@ -61,6 +62,71 @@ def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
     path = Path(run_dir) / RECORD_FILE
     atomic_write_bytes(path, (json.dumps(_jsonable(record), indent=1) + "\n").encode())
     return path
+
+
+def new_record(
+    *,
+    run_id: str,
+    status: str,
+    method: dict[str, Any],
+    scenario: dict[str, Any],
+    protocol: dict[str, Any],
+    seed: int,
+    matrix: AccuracyMatrix,
+    cost: dict[str, float],
+    env: dict[str, Any],
+    request: dict[str, Any],
+    error: str | None,
+) -> dict[str, Any]:
+    """A run record: the one place its top-level schema is spelled (DESIGN.md, "Run record").
+
+    Args:
+        run_id: Name of the run directory.
+        status: One of :data:`STATUSES`.
+        method: ``{"name", "config", ...extras}`` of the method.
+        scenario: ``{"name", "spec", "spec_hash"}`` of the stream.
+        protocol: The resolved protocol (with the stream's ``setting``).
+        seed: The run seed.
+        matrix: The accuracy matrix so far; the record's metrics are computed from it here.
+        cost: Seconds spent per phase (rounded to ms here) and ``peak_rss_mb``; keys from :data:`COST_KEYS`.
+        env: Versions and platform (:func:`environment`).
+        request: What was asked (unresolved configs, device, checkpoint interval), for resuming.
+        error: ``"Type: message"`` of a failed run, else None.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    unknown = set(cost) - set(COST_KEYS)
+    if unknown:
+        raise ValueError(f"unknown cost keys {sorted(unknown)}; expected some of {COST_KEYS}")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "status": status,
+        "method": method,
+        "scenario": scenario,
+        "protocol": protocol,
+        "seed": seed,
+        "accuracy_matrix": matrix.to_dict(),
+        "metrics": compute_all(matrix),
+        "cost": {k: (round(v, 3) if k.endswith("_seconds") else v) for k, v in cost.items()},
+        "env": env,
+        "request": request,
+        "error": error,
+    }
+
+
+def environment(device: str) -> dict[str, Any]:
+    """The ``env`` block of a record: versions, device, commit and platform of this process."""
+    import platform
+
+    import torch
+
+    from cl_bench import __version__
+
+    return {
+        "cl_bench": __version__, "torch": torch.__version__, "device": device, "git_sha": git_sha(),
+        "python": platform.python_version(), "platform": platform.platform(),
+    }  # fmt: skip
 
 
 def validate_record(record: Any, source: str = "record") -> None:

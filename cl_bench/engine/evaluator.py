@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -89,6 +90,18 @@ class Evaluator:
     def due(self, iteration: int) -> bool:
         """Whether a periodic evaluation falls on training iteration ``iteration``."""
         return self.eval_every > 0 and iteration % self.eval_every == 0
+
+    def end_experience(self) -> None:
+        """Mark the latest eval point as the boundary of the experience whose training just ended."""
+        self.matrix.mark_boundary(self.matrix.n_points - 1)
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the evaluator: the matrix (subsets are re-derived from the seed)."""
+        return self.matrix.to_dict()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`."""
+        self.matrix = AccuracyMatrix.from_dict(state, len(self.scenario))
 
     def _pack(self, n_exp: int, full: bool) -> _Pack:
         key = (n_exp, full)

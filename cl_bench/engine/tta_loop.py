@@ -1,0 +1,165 @@
+"""The test-time adaptation loop: a source phase, then every test batch through ``adapt``, counted online.
+
+Errors count on the prediction ``adapt`` returns, made before the method updates on the batch. The
+:class:`TTAEvaluator` owns the online counts and the clean source accuracy after the stream, as the
+:class:`~cl_bench.engine.evaluator.Evaluator` owns a continual-learning run's matrix.
+
+References:
+    Döbler, Marsden & Yang, "Robust Mean Teacher for Continual and Gradual Test-Time Adaptation"
+        (CVPR 2023): the source-model-then-adapt protocol and online error.
+    Wang, Fink, Van Gool & Dai, "Continual Test-Time Domain Adaptation" (CVPR 2022): accuracy on the
+        clean source domain after the stream as a measure of forgetting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import torch
+
+from cl_bench.core.errors import UserError
+from cl_bench.core.types import PredictContext, Scenario, StreamInfo, TensorData
+from cl_bench.data.tta_streams import TTA_BATCH_SIZE
+from cl_bench.engine.loop import Loop
+from cl_bench.engine.source import source_model
+from cl_bench.engine.spec import Protocol
+from cl_bench.metrics import AccuracyMatrix
+
+
+class TTAEvaluator:
+    """Owns the online matrix of a TTA run: per-experience online counts, clean accuracy after the stream.
+
+    Args:
+        scenario: The TTA stream (with a source domain).
+        batch_size: Examples per forward call on the clean source test set.
+    """
+
+    def __init__(self, scenario: Scenario, batch_size: int) -> None:
+        self.scenario = scenario
+        self.batch_size = batch_size
+        self.matrix = AccuracyMatrix(len(scenario))
+
+    def due(self, iteration: int) -> bool:
+        """The TTA protocol has no periodic evaluation: the online counts are the measurement."""
+        return False
+
+    def begin(self) -> None:
+        """Declare the stream's severities (0 = clean source images) in a fresh matrix."""
+        self.matrix.online = True
+        self.matrix.severity = [int(e.meta.get("severity", 0)) for e in self.scenario]
+
+    def end_experience(self, e: int, iteration: int, correct: int, total: int) -> None:
+        """Record the online counts of experience ``e``, finished at ``iteration``."""
+        row_c, row_t = [0] * len(self.scenario), [0] * len(self.scenario)
+        row_c[e], row_t[e] = correct, total
+        self.matrix.mark_boundary(self.matrix.add_point(iteration, row_c, row_t))
+
+    def end_stream(self, predict: Any, data: TensorData | None) -> bool:
+        """Measure ``predict`` (which changes nothing) on the clean source test set once; True if it ran."""
+        if data is None or not len(data) or self.matrix.clean_after:
+            return False
+        correct = 0
+        with torch.inference_mode():
+            for b in range(math.ceil(len(data) / self.batch_size)):
+                x, y = data.batch(slice(b * self.batch_size, (b + 1) * self.batch_size))
+                correct += int((predict(x, PredictContext()).argmax(1) == y).sum())
+        self.matrix.clean_after = [correct, len(data)]
+        return True
+
+    def state(self) -> dict[str, Any]:
+        return self.matrix.to_dict()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.matrix = AccuracyMatrix.from_dict(state, len(self.scenario))
+
+
+class TTALoop(Loop):
+    """The TTA loop: source phase in :meth:`stream_info`, then each test batch to ``adapt`` once."""
+
+    kind = "tta"
+
+    def resolve_protocol(self, protocol: Protocol) -> Protocol:
+        if self.scenario.source is None:
+            raise UserError(
+                f"method {self.spec.method!r} adapts at test time and needs a test-time adaptation stream (a "
+                f"scenario with a clean source domain: cifar10_c, cifar100_c, mnist_c, digits_c, corrupted "
+                f"or toy_tta); {self.spec.scenario!r} is not one. Pick one of these with --scenario."
+            )
+        if protocol.batch_size is None:
+            protocol = dataclasses.replace(protocol, batch_size=self.scenario.protocol_defaults.get(
+                "tta_batch_size", TTA_BATCH_SIZE))  # fmt: skip
+        return protocol.resolve(self.scenario)
+
+    def make_evaluator(self) -> TTAEvaluator:
+        return TTAEvaluator(self.scenario, self.protocol.eval_batch_size)
+
+    def stream_info(self) -> StreamInfo:
+        """The stream's info with the source model (trained or loaded: the source phase) and source data."""
+        src = self.scenario.source
+        assert src is not None
+        t0 = time.perf_counter()
+        model = source_model(self.scenario, self.spec.seed, self.spec.device)
+        self.cost["source_seconds"] = round(time.perf_counter() - t0, 3)
+        data = None if src.free or src.train is None else src.train.to(self.spec.device)
+        return dataclasses.replace(super().stream_info(), source_model=model, source_data=data)
+
+    def begin(self) -> None:
+        self.evaluator.begin()
+        self.partial = [0, 0]
+
+    def iterations(self, e: int) -> int:
+        cap = self.protocol.max_iterations or math.inf  # smoke runs (Protocol.max_iterations)
+        return int(min(cap, math.ceil(len(self.scenario[e].test) / self.protocol.batch_size)))
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "tta_partial": list(self.partial)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.partial = list(state.get("tta_partial", [0, 0]))  # online [correct, total] of the experience so far
+        super().restore(state)
+
+    def replay_begin(self) -> None:
+        pass  # TTA methods never see experiences: nothing to replay
+
+    def loop(self) -> None:
+        bs = self.protocol.batch_size
+        device = torch.device(self.spec.device)
+        src = self.scenario.source
+        assert src is not None
+        start_e, _, start_b = self.position
+        for e in range(start_e, len(self.scenario)):
+            exp = self.scenario[e]
+            if not (self.begun and e == start_e):
+                if src.reset_each_shift and e > 0 and exp.meta.get("corruption") != self.scenario[e - 1].meta.get(
+                        "corruption"):  # fmt: skip
+                    # Reset = a fresh copy of the source model and fresh optimiser/teacher state.
+                    self.method.setup(self.info, self.spec.seed)
+                self.position, self.begun, self.partial = (e, 0, 0), True, [0, 0]
+            data = exp.test.to(device)
+            n_batches = math.ceil(len(data) / bs)
+            if self.protocol.max_iterations:  # smoke runs (Protocol.max_iterations)
+                n_batches = min(n_batches, self.protocol.max_iterations)
+            for b in range(start_b if e == start_e else 0, n_batches):
+                t0 = time.perf_counter()
+                x, y = data.batch(slice(b * bs, (b + 1) * bs))
+                logits = self.method.adapt(x)
+                if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (len(x), self.scenario.n_classes):
+                    shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                    raise RuntimeError(f"{self.spec.method}.adapt returned {shape}; expected logits of shape "
+                                       f"{(len(x), self.scenario.n_classes)}")  # fmt: skip
+                self.partial[0] += int((logits.argmax(1) == y).sum())
+                self.partial[1] += len(y)
+                self.cost["train_seconds"] += time.perf_counter() - t0
+                self.position = (e, 0, b + 1)
+                self.tail(e)
+            self.evaluator.end_experience(e, self.iteration, *self.partial)
+            self.position, self.begun, self.partial = (e + 1, 0, 0), False, [0, 0]
+        t0 = time.perf_counter()
+        if self.evaluator.end_stream(self.method.predict, None if src.test is None else src.test.to(device)):
+            self.cost["eval_seconds"] += time.perf_counter() - t0
+
+
+__all__ = ["TTAEvaluator", "TTALoop"]
