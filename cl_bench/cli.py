@@ -84,6 +84,7 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         "out": args.out or cfg.get("out", "runs"),
         "checkpoint_every": args.checkpoint_every if args.checkpoint_every is not None
         else cfg.get("checkpoint_every", 0),
+        "log": args.log or cfg.get("log") or [],
     }  # fmt: skip
     return spec, options
 
@@ -157,7 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         _check_resume_overrides(args)
         run_dir = Path(args.resume)
-        start = lambda: resume(run_dir, checkpoint_every=args.checkpoint_every, progress=progress)  # noqa: E731
+        start = lambda: resume(run_dir, checkpoint_every=args.checkpoint_every, progress=progress,  # noqa: E731
+                               log=args.log or [])  # fmt: skip
     else:
         spec, options = build_spec(args)
         rundir.check_out(Path(options["out"]))
@@ -166,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{run_dir} already holds a completed record of this run: kept, not recomputed "
                   f"(add --force to run it again and overwrite it)", file=sys.stderr)  # fmt: skip
         start = lambda: run(spec, options["out"], checkpoint_every=options["checkpoint_every"],  # noqa: E731
-                            progress=progress, force=args.force)  # fmt: skip
+                            progress=progress, force=args.force, log=options["log"])  # fmt: skip
     try:
         record = start()
     except KeyboardInterrupt:
@@ -244,6 +246,9 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     r.add_argument("--out", help="directory for run directories (default ./runs)")
     r.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N iterations")
+    r.add_argument("--log", action="append", metavar="TRACKER",
+                   help="also write curves and results to an experiment tracker: tensorboard, wandb, mlflow or "
+                        "csv (repeatable; files go into the run directory)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     r.add_argument("--force", action="store_true",
                    help="overwrite a completed record or discard an interrupted run's checkpoint in the run directory")

@@ -31,6 +31,7 @@ from cl_bench.engine import checkpoint
 from cl_bench.engine.evaluator import Evaluator
 from cl_bench.engine.rng import augment_seed, rng_state, seed_everything, set_rng_state, shuffle_seed
 from cl_bench.engine.spec import Protocol, RunSpec, check_device
+from cl_bench.report.trackers import Trackers
 
 
 class RunInterrupted(Exception):
@@ -102,6 +103,7 @@ class Loop:
         self.cost: dict[str, float] = {"train_seconds": 0.0, "eval_seconds": 0.0}
         self.last_loss = math.nan
         self.bar: Any = None
+        self.trackers = Trackers((), run_dir)  # --log: set by the runner, started in start()
 
     # -- what a loop kind decides ---------------------------------------------------------------------------
     def resolve_protocol(self, protocol: Protocol) -> Protocol:
@@ -220,6 +222,21 @@ class Loop:
             row = [a for a in self.evaluator.matrix.acc_row(p) if not math.isnan(a)]
             if row:
                 self.bar.set_postfix(acc=f"{sum(row) / len(row):.3f}", loss=f"{self.last_loss:.3f}", refresh=False)
+        if self.trackers:
+            accs = self.evaluator.matrix.acc_row(p)
+            seen = [a for a in accs[:n_seen] if not math.isnan(a)]
+            values = {f"acc/exp{j}": a for j, a in enumerate(accs)}
+            if seen:
+                values["acc/mean_seen"] = sum(seen) / len(seen)
+            self.trackers.log(self.iteration, values)
+
+    def step_values(self, loss: float | None) -> dict[str, float]:
+        """What the trackers get after each iteration: the training loss and the optimiser's learning rate."""
+        values = {} if loss is None else {"train/loss": loss}
+        opt = getattr(self.method, "opt", None)  # SupervisedMethod's optimiser; other methods may have none
+        if isinstance(opt, torch.optim.Optimizer):
+            values["train/lr"] = float(opt.param_groups[0]["lr"])
+        return values
 
     def tail(self, e: int, *, loss: float | None = None, last: bool = False, can_checkpoint: bool = True) -> None:
         """End one iteration of experience ``e``: count, evaluate when due, checkpoint, stop.
@@ -233,6 +250,8 @@ class Loop:
         self.iteration += 1
         if self.bar is not None:
             self.bar.update(1)
+        if self.trackers:
+            self.trackers.log(self.iteration, self.step_values(loss))
         if loss is not None:
             self.last_loss = loss
             if not math.isfinite(loss):

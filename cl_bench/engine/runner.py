@@ -8,6 +8,7 @@ and :mod:`cl_bench.engine.tta_loop` (test-time adaptation); checkpoint I/O in
 from __future__ import annotations
 
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from cl_bench.engine.loop import CLLoop, Loop, RunInterrupted
 from cl_bench.engine.spec import Protocol, RunSpec, run_id_for, spec_from_record
 from cl_bench.engine.tta_loop import TTALoop
 from cl_bench.report.plots import plot_accuracy_curves
+from cl_bench.report.trackers import Trackers, remove_outputs
 
 
 def make_loop(
@@ -44,14 +46,17 @@ def _drive(r: Loop, state: dict[str, Any] | None) -> dict[str, Any]:
             # A "running" record from the start: a run killed right after its first checkpoint
             # landed (before that checkpoint's record) is still resumable.
             write_record(r.run_dir, r.record("running"))
+        r.trackers.start({"run_id": r.run_dir.name, **r.spec.to_mapping()})
         r.start(state)
         r.train()
     except BaseException as err:
+        r.trackers.close()
         message = str(err) if isinstance(err, UserError) else "".join(traceback.format_exception(err)).strip()
         write_record(r.run_dir, r.record("failed", f"{type(err).__name__}: {message}"))
         raise
     record = r.record("completed")
     write_record(r.run_dir, record)
+    r.trackers.finish(record["metrics"] or {})
     checkpoint.remove(r.run_dir)
     plot_accuracy_curves(record, r.run_dir / "accuracy.png")
     return record
@@ -66,6 +71,7 @@ def run(
     method_cls: type[Method] | None = None,
     stop_after: int | None = None,
     force: bool = False,
+    log: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train ``spec.method`` on ``spec.scenario`` and write ``<out>/<run_id>/run.json``.
 
@@ -84,6 +90,8 @@ def run(
         force: Overwrite a completed record or an interrupted run's checkpoint in the run directory.
             Without it a completed record is kept and returned, and a checkpoint is refused
             (:func:`cl_bench.engine.rundir.prepare_fresh`).
+        log: Experiment trackers to write to (``tensorboard``, ``wandb``, ``mlflow``, ``csv``;
+            :mod:`cl_bench.report.trackers`), into the run directory.
 
     Returns:
         The completed run record.
@@ -96,9 +104,13 @@ def run(
     run_dir = Path(out) / run_id_for(spec)
     # make_loop validates everything before anything touches the disk.
     r = make_loop(spec, run_dir, checkpoint_every, progress, method_cls, stop_after)
+    r.trackers = Trackers(log, run_dir)  # validated (names, installed libraries) before the disk is touched
     with rundir.claim(run_dir):
         kept = rundir.prepare_fresh(run_dir, force)
-        return kept if kept is not None else _drive(r, None)
+        if kept is not None:
+            return kept
+        remove_outputs(run_dir)  # a fresh run's curves must not append to an earlier attempt's
+        return _drive(r, None)
 
 
 def resume(
@@ -108,6 +120,7 @@ def resume(
     progress: bool = False,
     method_cls: type[Method] | None = None,
     stop_after: int | None = None,
+    log: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Continue an interrupted run from its last checkpoint to the same result.
 
@@ -117,6 +130,8 @@ def resume(
         progress: Show a progress bar with live accuracy.
         method_cls: As in :func:`run`; pass the same class the run was started with.
         stop_after: As in :func:`run`; counts the run's iterations from its start.
+        log: As in :func:`run`; trackers continue from the checkpoint's iteration (CSV appends; the
+            others start a second run or event file that picks up at that step).
 
     Raises:
         UserError: If ``run_dir`` holds no resumable run.
@@ -141,6 +156,7 @@ def resume(
         )
     every = checkpoint_every if checkpoint_every is not None else record["request"].get("checkpoint_every", 0)
     r = make_loop(spec, run_dir, every, progress, method_cls, stop_after)
+    r.trackers = Trackers(log, run_dir)
     # A process killed inside an atomic write leaves its temporary file; the write it belonged to
     # never landed, so the file is garbage and the resumed run rewrites what it held.
     with rundir.claim(run_dir):

@@ -175,7 +175,9 @@ class RunSpec:
 SPEC_KEYS = ("method", "scenario", "protocol", "seed", "device")
 #: Top-level keys a front door may accept beside the spec (``options=`` of :meth:`RunSpec.from_mapping`):
 #: name -> (type, lowest allowed value or None).
-RUN_OPTIONS: dict[str, tuple[type, int | None]] = {"out": (str, None), "checkpoint_every": (int, 0)}
+RUN_OPTIONS: dict[str, tuple[type, int | None]] = {
+    "out": (str, None), "checkpoint_every": (int, 0), "log": (list, None),  # log: tracker names (--log)
+}
 SCALAR_FIELDS: dict[str, tuple[type, int | None]] = {"seed": (int, None), "device": (str, None), **RUN_OPTIONS}
 
 

@@ -161,5 +161,10 @@ class TTALoop(Loop):
         if self.evaluator.end_stream(self.method.predict, None if src.test is None else src.test.to(device)):
             self.cost["eval_seconds"] += time.perf_counter() - t0
 
+    def step_values(self, loss: float | None) -> dict[str, float]:
+        """Trackers get the online accuracy of the current domain so far (adaptation reports no loss)."""
+        correct, total = self.partial
+        return {"online/acc_domain": correct / total} if total else {}
+
 
 __all__ = ["TTAEvaluator", "TTALoop"]

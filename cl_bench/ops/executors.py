@@ -47,6 +47,7 @@ class Job:
         checkpoint_every: Checkpoint interval, so an interrupted run resumes.
         threads: torch intra-op threads of the worker (cores / workers).
         cwd: Directory that relative paths in the spec (e.g. a data root) refer to.
+        trackers: Experiment trackers the run writes to (``--log``).
     """
 
     spec: Any
@@ -54,6 +55,7 @@ class Job:
     checkpoint_every: int
     threads: int
     cwd: str
+    trackers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,14 +114,14 @@ def execute_job(job: Job) -> JobResult:
                 return JobResult(run_id, "skipped", None, time.perf_counter() - t0, os.getpid())
             if state == "resumable":
                 try:
-                    resume(run_dir, checkpoint_every=job.checkpoint_every)
+                    resume(run_dir, checkpoint_every=job.checkpoint_every, log=job.trackers)
                     return JobResult(run_id, "resumed", None, time.perf_counter() - t0, os.getpid())
                 except DivergenceError:
                     raise
                 except UserError:  # unreadable checkpoint or another run's: this sweep's spec starts afresh
                     pass
             # force: the directory holds nothing this job can resume (state_of said so, or resume refused it)
-            run(job.spec, job.out, checkpoint_every=job.checkpoint_every, force=True)
+            run(job.spec, job.out, checkpoint_every=job.checkpoint_every, force=True, log=job.trackers)
             return JobResult(run_id, "completed", None, time.perf_counter() - t0, os.getpid())
     except rundir.RunBusy as err:
         return JobResult(run_id, "busy", str(err), 0.0, os.getpid())

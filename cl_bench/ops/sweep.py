@@ -33,7 +33,7 @@ from typing import Any
 from cl_bench.core.config import read_yaml_file
 from cl_bench.core.errors import UserError
 
-SPEC_KEYS = ("methods", "scenarios", "seeds", "overrides", "protocol", "out", "checkpoint_every", "device")
+SPEC_KEYS = ("methods", "scenarios", "seeds", "overrides", "protocol", "out", "checkpoint_every", "device", "log")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class SweepSpec:
         out: Directory receiving one run directory per run.
         checkpoint_every: Checkpoint interval of every run, so interrupted runs resume.
         device: Device of every run.
+        log: Experiment trackers every run writes to (``--log``; :mod:`cl_bench.report.trackers`).
     """
 
     methods: tuple[str, ...]
@@ -59,6 +60,7 @@ class SweepSpec:
     out: str = "results/runs"
     checkpoint_every: int = 50
     device: str = "cpu"
+    log: tuple[str, ...] = ()
 
 
 def _grid(params: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -114,8 +116,15 @@ def parse_sweep_spec(data: Any, source: str = "the sweep spec") -> SweepSpec:
         except UserError as err:
             errors.append(str(err))
     checkpoint_every = checkpoint_every if isinstance(checkpoint_every, int) else 50
+    trackers: tuple[str, ...] = ()
+    try:
+        from cl_bench.report.trackers import check_names
+
+        trackers = check_names(data.get("log") or [], f"log: in {source}")
+    except UserError as err:
+        errors.append(str(err))
     spec = SweepSpec(methods, scenarios, tuple(dict.fromkeys(seeds_raw)), overrides, protocol, str(out),
-                     checkpoint_every, str(device))  # fmt: skip
+                     checkpoint_every, str(device), trackers)  # fmt: skip
     errors.extend(validate(spec))
     if errors:
         raise UserError(
@@ -253,7 +262,8 @@ def run_sweep(
         The outcome of every run.
     """
     return run_specs(expand(spec), spec.out, checkpoint_every=spec.checkpoint_every, executor=executor,
-                     workers=workers, address=address, max_retries=max_retries, log=log)  # fmt: skip
+                     workers=workers, address=address, max_retries=max_retries, log=log,
+                     trackers=spec.log)  # fmt: skip
 
 
 def run_specs(
@@ -266,8 +276,10 @@ def run_specs(
     address: str | None = None,
     max_retries: int = 1,
     log: Callable[[str], None] | None = None,
+    trackers: Sequence[str] = (),
 ) -> SweepResult:
-    """Run the given :class:`~cl_bench.engine.spec.RunSpec` list like a sweep (see :func:`run_sweep`)."""
+    """Run the given :class:`~cl_bench.engine.spec.RunSpec` list like a sweep (see :func:`run_sweep`);
+    ``trackers`` are the experiment trackers each run writes to."""
     from cl_bench.engine.spec import run_id_for
     from cl_bench.ops import executors
 
@@ -282,7 +294,7 @@ def run_specs(
         if executors.is_completed(out / run_id_for(rs)):
             outcomes[run_id_for(rs)] = "skipped"
         else:
-            jobs.append(executors.Job(rs, str(out), checkpoint_every, threads, os.getcwd()))
+            jobs.append(executors.Job(rs, str(out), checkpoint_every, threads, os.getcwd(), tuple(trackers)))
     progress = executors.Progress(len(runs), len(outcomes), min(workers, len(jobs)), log)
     log(f"[sweep] {len(runs)} runs in {out}: {len(outcomes)} already completed, {len(jobs)} to run "
         f"on {workers} {executor} worker{'s' if workers > 1 else ''}")  # fmt: skip
