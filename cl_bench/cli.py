@@ -168,7 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{run_dir} already holds a completed record of this run: kept, not recomputed "
                   f"(add --force to run it again and overwrite it)", file=sys.stderr)  # fmt: skip
         start = lambda: run(spec, options["out"], checkpoint_every=options["checkpoint_every"],  # noqa: E731
-                            progress=progress, force=args.force, log=options["log"])  # fmt: skip
+                            progress=progress, force=args.force, log=options["log"],
+                            count_flops=args.count_flops)  # fmt: skip
     try:
         record = start()
     except KeyboardInterrupt:
@@ -246,6 +247,9 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     r.add_argument("--out", help="directory for run directories (default ./runs)")
     r.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N iterations")
+    r.add_argument("--count-flops", action="store_true",
+                   help="count training and evaluation FLOPs exactly (torch.utils.flop_counter) into the record's "
+                        "cost; steps run ~4x slower")
     r.add_argument("--log", action="append", metavar="TRACKER",
                    help="also write curves and results to an experiment tracker: tensorboard, wandb, mlflow or "
                         "csv (repeatable; files go into the run directory)")

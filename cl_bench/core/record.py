@@ -25,7 +25,10 @@ REQUIRED_KEYS = (
     "accuracy_matrix", "metrics", "cost", "env", "error",
 )  # fmt: skip
 STATUSES = ("completed", "failed", "running")
-COST_KEYS = ("train_seconds", "eval_seconds", "peak_rss_mb", "source_seconds")
+#: ``data_seconds``: building the scenario (loading, splitting); ``*_flops``: counted with
+#: ``torch.utils.flop_counter`` when the run asked for it (``--count-flops``); ``n_params``: the method's network.
+COST_KEYS = ("train_seconds", "eval_seconds", "peak_rss_mb", "source_seconds", "data_seconds", "train_flops",
+             "eval_flops", "n_params", "peak_gpu_mb")  # fmt: skip
 
 
 class RecordError(UserError):

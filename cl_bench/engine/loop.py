@@ -75,7 +75,9 @@ class Loop:
         else:
             self.method_config = build_config(method_cls.Config, spec.method_config, f"method {spec.method!r}")
         self.scenario_config = SCENARIOS.config(spec.scenario, spec.scenario_config)
+        t0 = time.perf_counter()
         self.scenario: Scenario = SCENARIOS.create(spec.scenario, **spec.scenario_config)
+        data_seconds = time.perf_counter() - t0
         self.method: Method = method_cls(self.method_config)
         caps = self.method.caps
         self.protocol = self.resolve_protocol(spec.protocol)
@@ -100,7 +102,8 @@ class Loop:
         self.iteration = 0
         self.position = (0, 0, 0)  # next (experience, epoch, batch) to train on
         self.begun = False  # whether begin_experience ran for position[0]
-        self.cost: dict[str, float] = {"train_seconds": 0.0, "eval_seconds": 0.0}
+        self.cost: dict[str, float] = {"train_seconds": 0.0, "eval_seconds": 0.0, "data_seconds": data_seconds}
+        self.count_flops = False  # --count-flops: set by the runner (exact counts cost ~4x the step time)
         self.last_loss = math.nan
         self.bar: Any = None
         self.trackers = Trackers((), run_dir)  # --log: set by the runner, started in start()
@@ -148,15 +151,35 @@ class Loop:
             scenario={"name": spec.scenario, "spec": self.scenario.spec, "spec_hash": self.scenario.spec_hash},
             protocol={**self.protocol.to_dict(), "setting": self.scenario.setting}, seed=spec.seed,
             matrix=self.evaluator.matrix,
-            cost={"train_seconds": cost["train_seconds"], "eval_seconds": cost["eval_seconds"],
-                  "peak_rss_mb": peak_rss_mb(),
-                  **({"source_seconds": cost["source_seconds"]} if "source_seconds" in cost else {})},
+            cost={**cost, "peak_rss_mb": peak_rss_mb(), **self.model_cost()},
             env=environment(spec.device),
             request={"method_config": spec.method_config, "scenario_config": spec.scenario_config,
                      "protocol": spec.protocol.to_dict(), "device": spec.device,
                      "checkpoint_every": self.checkpoint_every},
             error=error,
         )  # fmt: skip
+
+    def model_cost(self) -> dict[str, float]:
+        """The method's network size and, on CUDA, the peak GPU memory (for the board's compute columns)."""
+        out: dict[str, float] = {}
+        net = getattr(self.method, "net", None)  # SupervisedMethod's network; other families may name it otherwise
+        if isinstance(net, torch.nn.Module):
+            out["n_params"] = sum(p.numel() for p in net.parameters())
+        if self.spec.device.startswith("cuda") and torch.cuda.is_available():
+            out["peak_gpu_mb"] = int(torch.cuda.max_memory_allocated() / 2**20)
+        return out
+
+    def counted(self, key: str, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, its FLOPs added to ``cost[key]`` when the run counts them (``--count-flops``)."""
+        if not self.count_flops:
+            return fn(*args)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            out = fn(*args)
+        self.cost[key] = self.cost.get(key, 0) + counter.get_total_flops()
+        return out
 
     def state(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue to the same record."""
@@ -216,7 +239,8 @@ class Loop:
 
     def evaluate(self, full: bool, n_seen: int) -> None:
         t0 = time.perf_counter()
-        p = self.evaluator.evaluate(self.method.predict, self.iteration, n_seen, full=full)
+        p = self.counted("eval_flops", lambda: self.evaluator.evaluate(self.method.predict, self.iteration, n_seen,
+                                                                       full=full))  # fmt: skip
         self.cost["eval_seconds"] += time.perf_counter() - t0
         if self.bar is not None:
             row = [a for a in self.evaluator.matrix.acc_row(p) if not math.isnan(a)]
@@ -331,7 +355,7 @@ class CLLoop(Loop):
         task_ids = None
         if task_id is not None:
             task_ids = data.t[idx] if data.t is not None else torch.full_like(y, task_id)
-        out = self.method.observe(Batch(x, y, task_ids, e))
+        out = self.counted("train_flops", self.method.observe, Batch(x, y, task_ids, e))
         self.cost["train_seconds"] += time.perf_counter() - t0
         return float(out["loss"])
 
@@ -347,7 +371,10 @@ class CLLoop(Loop):
             mark = time.perf_counter()
 
         callback = IterationCallback(self.protocol.batch_size, self.protocol.epochs, self.spec.seed, report)
-        self.method.train_experience(exp, callback)
+        eval_before = self.cost.get("eval_flops", 0)
+        self.counted("train_flops", self.method.train_experience, exp, callback)
+        if self.count_flops:  # evaluations inside the method's loop were counted in both: keep them in eval only
+            self.cost["train_flops"] -= self.cost.get("eval_flops", 0) - eval_before
         self.cost["train_seconds"] += time.perf_counter() - mark
 
 

@@ -72,6 +72,7 @@ def run(
     stop_after: int | None = None,
     force: bool = False,
     log: Sequence[str] = (),
+    count_flops: bool = False,
 ) -> dict[str, Any]:
     """Train ``spec.method`` on ``spec.scenario`` and write ``<out>/<run_id>/run.json``.
 
@@ -92,6 +93,8 @@ def run(
             (:func:`cl_bench.engine.rundir.prepare_fresh`).
         log: Experiment trackers to write to (``tensorboard``, ``wandb``, ``mlflow``, ``csv``;
             :mod:`cl_bench.report.trackers`), into the run directory.
+        count_flops: Count the FLOPs of every training step and evaluation with
+            ``torch.utils.flop_counter`` into the record's ``cost`` (exact; makes steps ~4x slower).
 
     Returns:
         The completed run record.
@@ -105,6 +108,7 @@ def run(
     # make_loop validates everything before anything touches the disk.
     r = make_loop(spec, run_dir, checkpoint_every, progress, method_cls, stop_after)
     r.trackers = Trackers(log, run_dir)  # validated (names, installed libraries) before the disk is touched
+    r.count_flops = count_flops
     with rundir.claim(run_dir):
         kept = rundir.prepare_fresh(run_dir, force)
         if kept is not None:

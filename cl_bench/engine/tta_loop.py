@@ -145,7 +145,7 @@ class TTALoop(Loop):
             for b in range(start_b if e == start_e else 0, n_batches):
                 t0 = time.perf_counter()
                 x, y = data.batch(slice(b * bs, (b + 1) * bs))
-                logits = self.method.adapt(x)
+                logits = self.counted("train_flops", self.method.adapt, x)
                 if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (len(x), self.scenario.n_classes):
                     shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                     raise RuntimeError(f"{self.spec.method}.adapt returned {shape}; expected logits of shape "

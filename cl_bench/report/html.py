@@ -17,8 +17,8 @@ from typing import Any
 
 from cl_bench.metrics import AccuracyMatrix
 from cl_bench.report.curves import boundary_iterations, experience_accuracy, mean_curve, seen_accuracy
-from cl_bench.report.leaderboard import Board, Cell, Group, higher_is_better, tune_table
-from cl_bench.report.svg import PALETTE, Series, line_chart
+from cl_bench.report.leaderboard import COST_COLUMNS, Board, Cell, Group, higher_is_better, pareto_front, tune_table
+from cl_bench.report.svg import PALETTE, Point, Series, line_chart, scatter_chart
 
 MAX_CURVES = 10
 
@@ -66,6 +66,8 @@ def _table(board: Board, g: Group) -> str:
     for m in board.metrics:
         arrow = "↑" if higher_is_better(m) else "↓"
         head.append(f'<th title="{"higher" if arrow == "↑" else "lower"} is better">{esc(m)} {arrow}</th>')
+    head += [f'<th class="cost" title="record cost: {esc(k)} (mean over seeds)">{esc(COST_COLUMNS[k])}</th>'
+             for k in board.costs]  # fmt: skip
     body = []
     for r in g.rows:
         cells = [f'<td class="l" data-v="{_num(r.rank if r.rank else math.nan)}">{r.rank or "-"}</td>',
@@ -74,6 +76,7 @@ def _table(board: Board, g: Group) -> str:
         for m in board.metrics:
             c = r.cell(m)
             cells.append(f'<td data-v="{_num(c.mean)}" title="n={c.n}, seeds {r.seeds}">{esc(c.text())}</td>')
+        cells += [f'<td class="cost" data-v="{_num(r.cost(k).mean)}">{esc(r.cost_text(k))}</td>' for k in board.costs]
         body.append(f'<tr class="{"best" if r.rank == 1 else ""}">' + "".join(cells) + "</tr>")
     return (f'<table class="board" id="t-{esc(g.anchor)}"><thead><tr>{"".join(head)}</tr></thead><tbody>'
             + "\n".join(body) + "</tbody></table>")  # fmt: skip
@@ -107,6 +110,24 @@ def _charts(g: Group) -> str:
     return "\n".join(out)
 
 
+def _compute_view(board: Board, g: Group) -> str:
+    """Accuracy (the ranking metric) against compute, one point per row, with the Pareto front ringed:
+    the rows no other row beats with less compute (NEVIS'22 ranks methods by this trade-off)."""
+    key = next((k for k in ("train_flops", "train_seconds") if all(r.cost(k).n for r in g.rows)), None)
+    rows = [r for r in g.rows if r.cell(board.rank_by).n]
+    if key is None or len(rows) < 2:
+        return ""
+    points = [Point(r.label, r.cost(key).mean, r.cell(board.rank_by).mean, PALETTE[k % len(PALETTE)])
+              for k, r in enumerate(rows)]  # fmt: skip
+    front = pareto_front([(p.x, p.y) for p in points], higher_is_better(board.rank_by))
+    unit = "training GFLOPs" if key == "train_flops" else "training seconds"
+    chart = scatter_chart(points, front=front, title=f"{board.rank_by} against compute", xlabel=unit,
+                          ylabel=board.rank_by)  # fmt: skip
+    names = ", ".join(html.escape(points[i].label) for i in front)
+    return (f'<div class="charts">{chart}</div><p class="note">Pareto front (ringed, joined; * in the legend): '
+            f"{names}: no other row reaches their {html.escape(board.rank_by)} with less {unit.split()[1]}.</p>")
+
+
 def _tunes(tunes: list[dict[str, Any]]) -> str:
     esc, out = html.escape, []
     for t in tunes:
@@ -132,6 +153,7 @@ def to_html(board: Board) -> str:
     for g in board.groups:
         parts.append(f'<h2 id="{esc(g.anchor)}">{esc(g.title)}</h2>')
         parts.append(_table(board, g))
+        parts.append(_compute_view(board, g))
         parts.append(_charts(g))
     parts.append(_tunes(board.tunes))
     if board.skipped:

@@ -28,6 +28,9 @@ DEFAULT_METRICS = ("final_acc", "avg_incremental_acc", "forgetting", "min_acc", 
 #: Shown instead of (or, for a mix of records, besides) the defaults for test-time adaptation records.
 TTA_METRICS = ("online_error", "online_error_max_severity", "online_error_clean", "clean_acc_after")
 TUNE_FILE = "tune.json"
+#: Compute and memory columns (the record's ``cost``), shown when some record of a table has them: what a
+#: method spends for its accuracy (NEVIS'22, Bornschein et al., JMLR 2023, compares at equal compute).
+COST_COLUMNS = {"train_seconds": "train s", "train_flops": "train GFLOPs", "n_params": "params"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,20 @@ class Row:
         """The row's aggregate of ``metric``."""
         return Cell.of([r["metrics"].get(metric) for r in self.records])
 
+    def cost(self, key: str) -> Cell:
+        """The row's aggregate of ``cost[key]`` (GFLOPs for ``*_flops``)."""
+        scale = 1e-9 if key.endswith("_flops") else 1.0
+        return Cell.of([None if r["cost"].get(key) is None else r["cost"][key] * scale for r in self.records])
+
+    def cost_text(self, key: str) -> str:
+        """The cost cell as shown: seconds with 1 decimal, GFLOPs with 3 significant digits, params as int."""
+        c = self.cost(key)
+        if c.n == 0:
+            return "—"
+        if key == "n_params":
+            return f"{int(c.mean):,}"
+        return f"{c.mean:.1f}" if key.endswith("_seconds") else f"{c.mean:.3g}"
+
 
 @dataclass
 class Group:
@@ -109,6 +126,7 @@ class Board:
     rank_by: str
     skipped: list[tuple[str, str]]
     tunes: list[dict[str, Any]]
+    costs: tuple[str, ...] = ()  # keys of COST_COLUMNS some record has
 
 
 def _hash(obj: Any) -> str:
@@ -251,7 +269,23 @@ def build_board(
         _labels(group.rows)
         group.rows = _rank(group.rows, rank_by)
         ordered.append(group)
-    return Board(ordered, tuple(metrics), rank_by, skipped, find_tunes(paths))
+    costs = tuple(k for k in COST_COLUMNS if any(rec["cost"].get(k) is not None for _, rec in good))
+    return Board(ordered, tuple(metrics), rank_by, skipped, find_tunes(paths), costs)
+
+
+def pareto_front(points: Sequence[tuple[float, float]], higher: bool = True) -> list[int]:
+    """Indices of the points (compute, score) that no other point beats on both: no more compute and a
+    better-or-equal score, strictly better in one. ``higher``: whether a higher score is better."""
+    front = []
+    for i, (ci, si) in enumerate(points):
+        si = si if higher else -si
+        dominated = any(
+            cj <= ci and (sj if higher else -sj) >= si and (cj < ci or (sj if higher else -sj) > si)
+            for j, (cj, sj) in enumerate(points) if j != i
+        )  # fmt: skip
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
 
 
 def find_tunes(paths: Iterable[str | Path]) -> list[dict[str, Any]]:

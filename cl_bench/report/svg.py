@@ -112,3 +112,69 @@ def line_chart(
                    f"{esc(s.label if len(s.label) <= 34 else s.label[:33] + '…')}</text>")  # fmt: skip
     out.append("</svg>")
     return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One labelled point of a scatter chart."""
+
+    label: str
+    x: float
+    y: float
+    color: str
+
+
+def scatter_chart(
+    points: Sequence[Point],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    front: Sequence[int] = (),
+    width: int = 590,
+    height: int = 300,
+) -> str:
+    """An SVG scatter chart; ``front`` (indices, in x order) is joined by a line (a Pareto front).
+
+    Returns:
+        An ``<svg>`` element as a string.
+    """
+    left, right, top, bottom = 56, 235, 26, 40
+    pw, ph = width - left - right, height - top - bottom
+    xs, ys = [p.x for p in points] or [0.0], [p.y for p in points] or [0.0]
+    x0, x1 = 0.0, max(xs) * 1.05 or 1.0
+    y0, y1 = min(0.0, min(ys)), max(1.0, max(ys))
+
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def py(y: float) -> float:
+        return top + (1 - (y - y0) / (y1 - y0)) * ph
+
+    esc = html.escape
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart scatter" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}">',
+           f'<text x="{left}" y="16" font-size="13" font-weight="bold">{esc(title)}</text>',
+           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']  # fmt: skip
+    for t in _ticks(y0, y1):
+        out.append(f'<text x="{left - 6}" y="{py(t) + 4:.1f}" font-size="10" text-anchor="end">{_fmt(t)}</text>')
+    for t in _ticks(x0, x1):
+        out.append(f'<text x="{px(t):.1f}" y="{top + ph + 14}" font-size="10" text-anchor="middle">{_fmt(t)}</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{height - 6}" font-size="11" text-anchor="middle">{esc(xlabel)}</text>')
+    out.append(f'<text x="12" y="{top + ph / 2}" font-size="11" text-anchor="middle" '
+               f'transform="rotate(-90 12 {top + ph / 2})">{esc(ylabel)}</text>')  # fmt: skip
+    if len(front) > 1:
+        pts = " ".join(f"{px(points[i].x):.1f},{py(points[i].y):.1f}" for i in front)
+        out.append(f'<polyline class="pareto" fill="none" stroke="#333" stroke-dasharray="4,2" points="{pts}"/>')
+    for i, p in enumerate(points):
+        ring = ' stroke="#000" stroke-width="1.5"' if i in front else ""
+        out.append(f'<circle class="point" cx="{px(p.x):.1f}" cy="{py(p.y):.1f}" r="4.5" fill="{p.color}"{ring}>'
+                   f"<title>{esc(p.label)}: {p.x:.4g}, {p.y:.4f}</title></circle>")  # fmt: skip
+    for k, p in enumerate(points):
+        y = top + 8 + 16 * k
+        star = " *" if k in front else ""
+        out.append(f'<circle cx="{left + pw + 18}" cy="{y}" r="4" fill="{p.color}"/><text x="{left + pw + 28}" '
+                   f'y="{y + 4}" font-size="10.5">{esc((p.label[:31] + "…") if len(p.label) > 32 else p.label)}'
+                   f"{star}</text>")  # fmt: skip
+    out.append("</svg>")
+    return "\n".join(out)

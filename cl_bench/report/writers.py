@@ -11,7 +11,7 @@ from typing import Any
 
 from cl_bench.core.record import atomic_write_bytes
 from cl_bench.report.html import to_html
-from cl_bench.report.leaderboard import Board, higher_is_better, tune_table
+from cl_bench.report.leaderboard import COST_COLUMNS, Board, higher_is_better, tune_table
 
 
 def _arrow(metric: str) -> str:
@@ -26,10 +26,12 @@ def to_markdown(board: Board) -> str:
              ""]  # fmt: skip
     for g in board.groups:
         lines += [f"## {g.title}", ""]
-        head = ["rank", "method", "n", *[f"{m} {_arrow(m)}" for m in board.metrics]]
+        head = ["rank", "method", "n", *[f"{m} {_arrow(m)}" for m in board.metrics],
+                *[COST_COLUMNS[k] for k in board.costs]]  # fmt: skip
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in g.rows:
-            cells = [str(r.rank or "-"), r.label, str(len(r.records)), *[r.cell(m).text() for m in board.metrics]]
+            cells = [str(r.rank or "-"), r.label, str(len(r.records)), *[r.cell(m).text() for m in board.metrics],
+                     *[r.cost_text(k) for k in board.costs]]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     for t in board.tunes:
@@ -53,13 +55,17 @@ def to_csv(board: Board) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["scenario", "spec_hash", "protocol", "rank", "method", "label", "config", "n_seeds", "seeds",
-                *[f"{m}_{s}" for m in board.metrics for s in ("mean", "std", "n")]])  # fmt: skip
+                *[f"{m}_{s}" for m in board.metrics for s in ("mean", "std", "n")],
+                *[f"cost_{k}_mean" for k in board.costs]])  # fmt: skip
     for g in board.groups:
         for r in g.rows:
             vals = []
             for m in board.metrics:
                 c = r.cell(m)
                 vals += ["" if math.isnan(c.mean) else repr(c.mean), "" if math.isnan(c.std) else repr(c.std), c.n]
+            for k in board.costs:  # raw units (seconds, FLOPs, parameters)
+                raw = [rec["cost"][k] for rec in r.records if rec["cost"].get(k) is not None]
+                vals.append(repr(sum(raw) / len(raw)) if raw else "")
             w.writerow([g.scenario, g.spec_hash, json.dumps(g.protocol, sort_keys=True), r.rank or "", r.method,
                         r.label, json.dumps(r.config, sort_keys=True), len(r.records),
                         " ".join(map(str, r.seeds)), *vals])  # fmt: skip
