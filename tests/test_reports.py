@@ -146,3 +146,42 @@ def test_sweep_dry_run_spells_the_overrides(tmp_path: Path, capsys: pytest.Captu
     assert len(lines) == 2
     assert "er: buffer_size=50" in lines[0] and "er: buffer_size=200" in lines[1]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_pareto_front_keeps_the_rows_no_other_beats_with_less_compute() -> None:
+    from cl_bench.report.leaderboard import pareto_front
+
+    pts = [(1.0, 0.5), (2.0, 0.4), (3.0, 0.9), (0.5, 0.2), (3.0, 0.8), (4.0, 0.9)]
+    assert pareto_front(pts) == [3, 0, 2]  # sorted by compute; (2, 0.4), (3, 0.8), (4, 0.9) are dominated
+    assert pareto_front([(1.0, 0.1), (2.0, 0.05), (3.0, 0.3)], higher=False) == [0, 1]
+
+
+def test_board_shows_compute_and_the_pareto_view(swept: Path, tmp_path: Path) -> None:
+    out = tmp_path / "board"
+    assert main(["leaderboard", str(swept / "runs"), "--out", str(out), "-q"]) == 0
+    header = (out / "leaderboard.md").read_text().split("\n| 1 |")[0]
+    assert "train s" in header and "eval s" in header and "params" in header
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    assert all(float(r["cost_train_seconds_mean"]) > 0 and int(float(r["cost_n_params_mean"])) > 1000 for r in rows)
+    html = (out / "leaderboard.html").read_text()
+    assert "against compute" in html and "Pareto front" in html
+
+
+def test_count_flops_records_training_and_evaluation_flops(tmp_path: Path) -> None:
+    args = ["run", "-q", "--method", "finetune", "--scenario", "split_digits", "--epochs", "1", "--out", str(tmp_path)]
+    assert main([*args, "--count-flops"]) == 0
+    (record_file,) = tmp_path.glob("*/run.json")
+    rec = json.loads(record_file.read_text())
+    cost, batch = rec["cost"], rec["protocol"]["batch_size"]
+    seen = rec["accuracy_matrix"]["iteration"][-1] * batch  # examples trained on (the last batches may be partial)
+    # A dense network's training step costs ~6 FLOPs per parameter and example (2 forward, 4 backward).
+    ratio = cost["train_flops"] / (cost["n_params"] * seen)
+    assert 5.0 < ratio < 6.5, ratio
+    assert cost["eval_flops"] > 0 and cost["data_seconds"] >= 0
+    # Counting is measurement only: the same run without it has the same run id and the same metrics.
+    again = tmp_path / "again"
+    assert main([*args[:-1], str(again)]) == 0
+    (plain,) = again.glob("*/run.json")
+    assert plain.parent.name == record_file.parent.name
+    assert json.loads(plain.read_text())["metrics"] == rec["metrics"]
+    assert "train_flops" not in json.loads(plain.read_text())["cost"]

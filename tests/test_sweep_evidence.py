@@ -213,13 +213,16 @@ def test_html_leaderboard_in_headless_chromium(tmp_path: Path) -> None:
                          timeout=120)  # fmt: skip
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "Uncaught" not in dom.stderr  # no script errors in the console
-    assert dom.stdout.count("<svg") == 4 and dom.stdout.count('class="curve"') >= 6
+    assert dom.stdout.count("<svg") == 6 and dom.stdout.count('class="curve"') >= 6
+    # One accuracy-versus-compute view per table (the golden tables have 3 rows each), its Pareto front drawn.
+    assert dom.stdout.count('class="chart scatter"') == 2 and dom.stdout.count('class="point"') == 6
+    assert 'class="pareto"' in dom.stdout or dom.stdout.count("Pareto front") == 2
     table = dom.stdout.split('<table class="board"', 1)[1].split("</table>", 1)[0]
     assert 'class="asc"' in table.split("</thead>")[0]
     col = [json.loads(cell.split('data-v="')[1].split('"')[0]) for cell in
            [row.split("<td")[6] for row in table.split("<tbody>")[1].split("<tr")[1:]]]  # fmt: skip
     assert col == sorted(col) and len(col) == 3  # forgetting ascending after the click
-    shot = tmp_path / "shot.png"
+    shot = Path(os.environ.get("CL_BENCH_SHOT", tmp_path / "shot.png"))
     done = subprocess.run([*flags, "--window-size=1280,1000", f"--screenshot={shot}", files["html"].as_uri()],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0 and shot.read_bytes()[:4] == b"\x89PNG"

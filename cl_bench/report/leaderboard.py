@@ -30,7 +30,9 @@ TTA_METRICS = ("online_error", "online_error_max_severity", "online_error_clean"
 TUNE_FILE = "tune.json"
 #: Compute and memory columns (the record's ``cost``), shown when some record of a table has them: what a
 #: method spends for its accuracy (NEVIS'22, Bornschein et al., JMLR 2023, compares at equal compute).
-COST_COLUMNS = {"train_seconds": "train s", "train_flops": "train GFLOPs", "n_params": "params"}
+COST_COLUMNS = {"data_seconds": "data s", "train_seconds": "train s", "eval_seconds": "eval s",
+                "train_flops": "train GFLOPs", "eval_flops": "eval GFLOPs", "n_params": "params",
+                "buffer_bytes": "memory MB", "peak_gpu_mb": "peak GPU MB"}
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,12 @@ class Row:
         return Cell.of([r["metrics"].get(metric) for r in self.records])
 
     def cost(self, key: str) -> Cell:
-        """The row's aggregate of ``cost[key]`` (GFLOPs for ``*_flops``)."""
-        scale = 1e-9 if key.endswith("_flops") else 1.0
+        """The row's aggregate of ``cost[key]`` (GFLOPs for ``*_flops``, MB for ``*_bytes``)."""
+        scale = 1e-9 if key.endswith("_flops") else 2.0**-20 if key.endswith("_bytes") else 1.0
         return Cell.of([None if r["cost"].get(key) is None else r["cost"][key] * scale for r in self.records])
 
     def cost_text(self, key: str) -> str:
-        """The cost cell as shown: seconds with 1 decimal, GFLOPs with 3 significant digits, params as int."""
+        """The cost cell as shown: seconds with 1 decimal, params as int, the rest with 3 significant digits."""
         c = self.cost(key)
         if c.n == 0:
             return "—"
