@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cl_bench.core.errors import ConfigError
+from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.types import Experience, Scenario, TensorData
 
 
@@ -121,6 +121,10 @@ def split_by_class(
         cls = torch.tensor(classes)
         tr = torch.nonzero(torch.isin(train.y, cls)).flatten()
         te = torch.nonzero(torch.isin(test.y, cls)).flatten()
+        if len(te) == 0:
+            raise DataError(f"{name}: experience {i} (classes {sorted(classes)}) has no test examples, so it cannot "
+                            f"be evaluated; every class needs test data (give each class test examples, or fewer "
+                            f"experiences)")  # fmt: skip
         experiences.append(
             Experience(i, train.subset(tr), test.subset(te), tuple(sorted(classes)),
                        task_id=i if setting == "task_il" else None)
