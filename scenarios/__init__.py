@@ -11,6 +11,7 @@ from cl_bench.scenarios import (  # noqa: F401
     imagenet_r,
     mnist,
     own_data,
+    pilot,
     task_free,
     tinyimagenet,
     toy,

@@ -30,7 +30,7 @@ from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Experience, Scenario, Standardize, TensorData
 from cl_bench.data.augment import CropFlip, ResizedCropFlip
-from cl_bench.data.filedata import FileData, scan_image_folder
+from cl_bench.data.filedata import FileData, scan_train_test
 from cl_bench.data.streams import split_by_class, stratified_split
 
 _IMAGENET = Standardize(255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -80,20 +80,6 @@ def _digest(files: list[tuple[Path, int]], base: Path, content: bool) -> str:
     return h.hexdigest()
 
 
-def _class_tree(root: Path, what: str) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | None]:
-    """(train classes, test classes or None): ``root/train`` + ``root/test`` when both exist, else ``root``."""
-    halves = [root / "train", root / "test"]
-    if all(h.is_dir() for h in halves):
-        train = scan_image_folder(halves[0], what, _EXAMPLE.replace("ROOT", "ROOT/train"))
-        test = scan_image_folder(halves[1], what, _EXAMPLE.replace("ROOT", "ROOT/test"))
-        extra = sorted(set(test) - set(train))
-        if extra:
-            raise DataError(f"{halves[1]} has class folder(s) {', '.join(extra[:5])} that {halves[0]} lacks; a "
-                            f"class must have training images to be learnt. Add them to train/ or remove them")
-        return train, test
-    return scan_image_folder(root, what, _EXAMPLE), None
-
-
 def _paths_labels(classes: dict[str, list[Path]], names: list[str]) -> tuple[list[Path], torch.Tensor]:
     index = {c: i for i, c in enumerate(names)}
     paths = [p for c in names for p in classes.get(c, [])]
@@ -105,7 +91,7 @@ def _split_tree(
     root: Path, what: str, test_fraction: float, split_seed: int, names: list[str] | None = None
 ) -> tuple[list[Path], torch.Tensor, list[Path], torch.Tensor, list[str], str]:
     """Train and test paths/labels of one class-folder tree, the class names and how it was split."""
-    train_cls, test_cls = _class_tree(root, what)
+    train_cls, test_cls = scan_train_test(root, what, _EXAMPLE)
     names = names if names is not None else sorted(train_cls)
     missing = sorted(set(train_cls) - set(names))
     if missing:
@@ -344,7 +330,8 @@ def folder_domains(
     if unknown or len(order) < 1:
         raise DataError(f"folder_domains: {base} has domain folders {found}; asked for {unknown or order}. "
                         f"Expected {layout}")  # fmt: skip
-    names = sorted({c for d in order for half in _class_tree(base / d, f"domain {d}") if half for c in half})
+    trees = [scan_train_test(base / d, f"domain {d}", _EXAMPLE) for d in order]
+    names = sorted({c for halves in trees for half in halves if half for c in half})
     aug = _augmenter(augment, image_size)
     kw: dict[str, Any] = {"image_size": image_size, "transform": _transform(normalize, 3), "workers": workers,
                           "cache_dir": cache_dir}  # fmt: skip

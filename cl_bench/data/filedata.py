@@ -286,4 +286,26 @@ def scan_image_folder(root: Path, dataset: str, example: str) -> dict[str, list[
     return classes
 
 
-__all__ = ["FileData", "IMAGE_EXTENSIONS", "decode_image", "find_images", "scan_image_folder"]
+def scan_train_test(
+    root: Path, dataset: str, example: str
+) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | None]:
+    """(train classes, test classes or None) of ``root``: ``root/train`` and ``root/test`` when both exist
+    (each an ImageFolder tree, as PILOT's and torchvision's copies are laid out), else ``root`` itself.
+
+    Raises:
+        DataError: If a tree is missing or empty (see :func:`scan_image_folder`), or the test tree has a
+            class the training tree lacks.
+    """
+    halves = [root / "train", root / "test"]
+    if not all(h.is_dir() for h in halves):
+        return scan_image_folder(root, dataset, example), None
+    train = scan_image_folder(halves[0], dataset, example.replace("ROOT", "ROOT/train", 1))
+    test = scan_image_folder(halves[1], dataset, example.replace("ROOT", "ROOT/test", 1))
+    extra = sorted(set(test) - set(train))
+    if extra:
+        raise DataError(f"{halves[1]} has class folder(s) {', '.join(extra[:5])} that {halves[0]} lacks; a class "
+                        f"must have training images to be learnt. Add them to train/ or remove them")
+    return train, test
+
+
+__all__ = ["FileData", "IMAGE_EXTENSIONS", "decode_image", "find_images", "scan_image_folder", "scan_train_test"]
