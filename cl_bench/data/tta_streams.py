@@ -133,8 +133,8 @@ def tta_experiences(
         # as RobustBench's CIFAR-10-C loader does by default.
         domains.append((c, s, data))
     if setting == "mixed_domains":
-        pooled = TensorData(torch.cat([d.x for _, _, d in domains]), torch.cat([d.y for _, _, d in domains]),
-                            domains[0][2].transform)  # fmt: skip
+        # concat of the data's own type: file-backed domains (ImageNet-C) stay file-backed.
+        pooled = type(domains[0][2]).concat([d for _, _, d in domains])
         mixed = _reorder(pooled, _rng(seed, 2).permutation(len(pooled)))
         domains = [("mixed", severity, mixed)]
     clean_kept = None if clean is None else clean.subset(keep[keep < len(clean)])

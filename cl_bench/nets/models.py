@@ -73,7 +73,7 @@ def build_model(
 
 
 # -- source models of test-time adaptation streams ------------------------------------------------------------
-SOURCE_MODELS = ("auto", "lenet_bn", "cnn_bn", "wrn28_10")
+SOURCE_MODELS = ("auto", "lenet_bn", "cnn_bn", "wrn28_10", "resnet50")
 
 
 class LeNetBN(nn.Module):
@@ -175,7 +175,8 @@ def build_source_model(name: str, input_shape: tuple[int, ...], n_classes: int) 
     """The source network of a test-time adaptation stream (with BatchNorm layers).
 
     "auto" picks ``lenet_bn`` for 1x28x28 inputs and ``cnn_bn`` (:class:`SmallCNN`) otherwise;
-    ``wrn28_10`` is meant to load a checkpoint (training it on a CPU is impractical).
+    ``wrn28_10`` and ``resnet50`` (torchvision's ResNet-50, for ImageNet-scale streams) are meant to load a
+    checkpoint (training them on a CPU is impractical).
 
     Raises:
         ConfigError: For an unknown name or an architecture that does not fit ``input_shape``.
@@ -195,4 +196,10 @@ def build_source_model(name: str, input_shape: tuple[int, ...], n_classes: int) 
         if tuple(input_shape[1:]) != (32, 32):
             raise ConfigError(f"source model wrn28_10 takes 32x32 inputs, got {input_shape}; use cnn_bn")
         return WideResNet(28, 10, n_classes, input_shape[0])
+    if name == "resnet50":  # torchvision's, so its IMAGENET1K_V1 state dict loads key for key
+        from torchvision.models import resnet50
+
+        if input_shape[0] != 3:
+            raise ConfigError(f"source model resnet50 takes RGB inputs, got {input_shape}")
+        return resnet50(weights=None, num_classes=n_classes)
     return SmallCNN(input_shape[0], n_classes, width=16 if input_shape[1] <= 8 else 32)
