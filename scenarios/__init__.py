@@ -8,6 +8,7 @@ from cl_bench.scenarios import (  # noqa: F401
     cifar,
     corrupted_streams,
     digits,
+    domainnet126,
     imagenet_c,
     imagenet_r,
     mnist,
