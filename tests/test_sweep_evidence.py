@@ -231,3 +231,30 @@ def test_html_leaderboard_in_headless_chromium(tmp_path: Path) -> None:
     pixels = mpimg.imread(shot)[:, :, :3].reshape(-1, 3)
     colored = ((abs(pixels[:, 0] - pixels[:, 1]) > 0.2) | (abs(pixels[:, 1] - pixels[:, 2]) > 0.2)).mean()
     assert colored > 0.001  # the coloured curves were painted, not just text
+
+
+@pytest.mark.slow
+def test_tune_tta_chooses_on_some_corruptions_and_evaluates_on_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "tune_tta.yaml"
+    spec.write_text(
+        "methods: [tent]\n"
+        "tune_scenario: {name: digits_c, corruptions: [gaussian_noise, fog]}\n"
+        "eval_scenario: {name: digits_c, corruptions: [shot_noise, brightness]}\n"
+        "search: {tent: {lr: [0.0001, 0.01]}}\nstrategy: grid\nbudget: 2\nseeds: [0]\neval_seeds: [0]\n"
+        f"metric: online_error\nout: {tmp_path / 'tune'}\n"
+    )
+    assert main(["tune", str(spec)]) == 0
+    summary = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    (m,) = summary["methods"]
+    phase1 = [load_record(p) for p in (tmp_path / "tune" / "phase1").glob("*/run.json")]
+    best = min(phase1, key=lambda r: r["metrics"]["online_error"])  # lower is better: the metric's direction
+    assert m["chosen"]["lr"] == best["method"]["config"]["lr"]
+    (evaluated,) = [load_record(p) for p in (tmp_path / "tune" / "phase2").glob("*/run.json")]
+    assert evaluated["scenario"]["spec"]["corruptions"] == ["shot_noise", "brightness"]
+    assert evaluated["method"]["config"]["lr"] == m["chosen"]["lr"]
+    capsys.readouterr()
+    assert main(["leaderboard", str(tmp_path / "tune"), "-q"]) == 0
+    md = (tmp_path / "tune" / "leaderboard" / "leaderboard.md").read_text()
+    assert "Two-phase tuning: digits_c -> digits_c" in md
