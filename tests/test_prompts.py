@@ -188,3 +188,30 @@ def test_every_prompt_method_is_registered_with_a_tiny_conformance_vit() -> None
         conf = cls.conformance_config
         assert conf["backbone"] == TINY_VIT["backbone"] and conf["depth"] == 2
         assert cls.caps.pretrained_backbone
+
+
+def test_cosine_schedule_follows_the_coda_prompt_reference_per_epoch() -> None:
+    import math
+
+    from cl_bench.core.types import Batch
+
+    conf = {**METHODS.get("l2p").obj.conformance_config, "lr": 0.01, "lr_schedule": "cosine", "lr_epochs": 3}
+    method = METHODS.create("l2p", **conf)
+    s = toy_scenario()
+    method.setup(StreamInfo(s.input_shape, s.n_classes, len(s), s.setting), 0)
+    lrs = []
+    for exp in list(s)[:2]:
+        method.begin_experience(exp)
+        n = len(exp.train)
+        for _ in range(3):  # epochs: batches of 7 cover the experience once, the last one partial
+            for start in range(0, n, 7):
+                x, y = exp.train.batch(torch.arange(start, min(start + 7, n)))
+                method.observe(Batch(x, y, None, exp.index))
+                lrs.append(method.opt.param_groups[0]["lr"])
+    per_epoch = -(-n // 7)
+    # utils/schedulers.py CosineSchedule: lr * cos(99 pi e / (200 (K - 1))), stepped per epoch, per task.
+    expected = [0.01 * math.cos(99 * math.pi * e / 400) for e in range(3) for _ in range(per_epoch)]
+    assert lrs[: 3 * per_epoch] == pytest.approx(expected)
+    assert lrs[3 * per_epoch] == pytest.approx(0.01)  # restarted at the next experience
+    with pytest.raises(ValueError, match="needs lr_epochs"):
+        METHODS.create("l2p", **{**conf, "lr_epochs": 0})

@@ -23,8 +23,9 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,12 @@ class ViTConfig:
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         mask_old_classes: While training, exclude classes of earlier experiences from the softmax.
+        lr_schedule: "constant", or "cosine": the CODA-Prompt reference code's ``CosineSchedule``
+            (``utils/schedulers.py``, ``schedule_type: cosine`` in every prompt config), stepped per epoch
+            and restarted per experience: lr_e = lr * cos(99 pi e / (200 (K - 1))) in epoch e of K, so the
+            last epoch runs at ~1.6% of lr. No warm-up (the reference code has none).
+        lr_epochs: K, the epochs per experience of the run (20 in CODA-Prompt's CIFAR-100 config, 50 for
+            ImageNet-R); required by the cosine schedule.
     """
 
     backbone: str = "vit_base_patch16_224"
@@ -74,16 +81,29 @@ class ViTConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     mask_old_classes: bool = True
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.lr_schedule == "cosine" and self.lr_epochs < 1:
+            raise ValueError("lr_schedule=cosine needs lr_epochs, the run's epochs per experience (e.g. --set "
+                             "lr_epochs=20 with --epochs 20, CODA-Prompt's CIFAR-100 recipe)")
         for name in ("image_size", "patch_size", "depth", "embed_dim", "num_heads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 (or None for the architecture's own), got {value}")
         check_backbone_name(self.backbone)  # unknown names fail before any run starts
         require_vit_name(self.backbone)  # and so do non-ViT architectures
+
+    def lr_factor(self, epoch: int) -> float:
+        """The factor on every learning rate in ``epoch`` (0-based, within an experience)."""
+        if self.lr_schedule == "constant" or self.lr_epochs == 1:
+            return 1.0
+        return math.cos(99 * math.pi * min(epoch, self.lr_epochs - 1) / (200 * (self.lr_epochs - 1)))
 
     def backbone_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``timm.create_model`` from the set overrides."""
@@ -128,6 +148,7 @@ class ViTPromptMethod(Method):
         self.seen = torch.zeros(info.n_classes, dtype=torch.bool, device=self.device)
         self.current = torch.zeros(info.n_classes, dtype=torch.bool, device=self.device)
         self.task = -1
+        self.n_train = self.trained = 0  # examples per epoch of the experience, examples trained on so far
 
     def record_extras(self) -> dict[str, Any]:
         return {"backbone": backbone_tag(self.config.backbone, self.config.weights)}
@@ -153,6 +174,7 @@ class ViTPromptMethod(Method):
         self.current.zero_()
         self.current[list(exp.classes)] = True
         self.seen[list(exp.classes)] = True
+        self.n_train, self.trained = (len(exp.train) if exp.train is not None else 0), 0
         self.new_task(exp)
 
     def logits(self, x: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor | float]:
@@ -164,6 +186,11 @@ class ViTPromptMethod(Method):
         out, aux = self.logits(batch.x, train=True)
         allowed = self.current if self.config.mask_old_classes else self.seen
         loss = F.cross_entropy(out.masked_fill(~allowed, float("-inf")), batch.y) + aux
+        # Epochs are counted in examples: every epoch passes the experience's whole training set once.
+        factor = self.config.lr_factor(self.trained // max(1, self.n_train))
+        for group in self.opt.param_groups:
+            group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
+        self.trained += len(batch.y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -179,7 +206,8 @@ class ViTPromptMethod(Method):
     def state_dict(self) -> dict[str, Any]:
         modules = {f"m{i}": m.state_dict() for i, m in enumerate(self.trainable())}
         return {"modules": modules, "opt": self.opt.state_dict(), "seen": self.seen.clone(),
-                "current": self.current.clone(), "task": self.task}  # fmt: skip
+                "current": self.current.clone(), "task": self.task, "n_train": self.n_train,
+                "trained": self.trained}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for i, m in enumerate(self.trainable()):
@@ -188,6 +216,7 @@ class ViTPromptMethod(Method):
         self.seen.copy_(state["seen"])
         self.current.copy_(state["current"])
         self.task = state["task"]
+        self.n_train, self.trained = state.get("n_train", 0), state.get("trained", 0)
 
 
 __all__ = ["TINY_VIT", "ViTConfig", "ViTPromptMethod"]
