@@ -15,7 +15,7 @@ from cl_bench.core.errors import ConfigError, UserError
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.record import load_record
 from cl_bench.core.registry import SCENARIOS
-from cl_bench.core.types import PredictContext, StreamInfo
+from cl_bench.core.types import PredictContext, Shift, StreamInfo
 from cl_bench.data.tta_streams import GRADUAL_SEVERITIES, dirichlet_order
 from cl_bench.engine.runner import resume, run
 from cl_bench.engine.source import source_model
@@ -98,6 +98,11 @@ def test_settings_shape_the_stream() -> None:
     assert sorted(mixed[0].test.x.flatten().tolist()) == sorted(torch.cat([e.test.x for e in cont]).flatten().tolist())
     clean = SCENARIOS.create("toy_tta", insert_clean=True)
     assert [e.meta["corruption"] for e in clean] == ["shift0", "none", "shift1", "none", "shift2"]
+    # The loops act on the declared shift, which agrees with the display meta.
+    assert [e.shift for e in clean] == [Shift("shift0", 5), Shift("none", 0), Shift("shift1", 5), Shift("none", 0),
+                                        Shift("shift2", 5)]  # fmt: skip
+    assert [e.shift.severity for e in grad[:9]] == list(GRADUAL_SEVERITIES)  # type: ignore[union-attr]
+    assert not cont.ordered
     assert torch.equal(clean[1].test.x, clean.source.test.x)  # type: ignore[union-attr]
     assert SCENARIOS.create("toy_tta", setting="reset_each_shift").source.reset_each_shift  # type: ignore[union-attr]
     assert not cont.source.reset_each_shift  # type: ignore[union-attr]

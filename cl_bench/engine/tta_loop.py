@@ -49,7 +49,7 @@ class TTAEvaluator:
     def begin(self) -> None:
         """Declare the stream's severities (0 = clean source images) in a fresh matrix."""
         self.matrix.online = True
-        self.matrix.severity = [int(e.meta.get("severity", 0)) for e in self.scenario]
+        self.matrix.severity = [0 if e.shift is None else e.shift.severity for e in self.scenario]
 
     def end_experience(self, e: int, iteration: int, correct: int, total: int) -> None:
         """Record the online counts of experience ``e``, finished at ``iteration``."""
@@ -133,8 +133,7 @@ class TTALoop(Loop):
         for e in range(start_e, len(self.scenario)):
             exp = self.scenario[e]
             if not (self.begun and e == start_e):
-                if src.reset_each_shift and e > 0 and exp.meta.get("corruption") != self.scenario[e - 1].meta.get(
-                        "corruption"):  # fmt: skip
+                if src.reset_each_shift and e > 0 and exp.shift != self.scenario[e - 1].shift:
                     # Reset = a fresh copy of the source model and fresh optimiser/teacher state.
                     self.method.setup(self.info, self.spec.seed)
                 self.position, self.begun, self.partial = (e, 0, 0), True, [0, 0]
