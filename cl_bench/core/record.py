@@ -1,6 +1,6 @@
 """Run records: the JSON contract every tool reads (DESIGN.md, "Run record").
 
-Records are written atomically (temp file + rename), so a reader never sees a
+Records are written atomically (temp file + rename, :mod:`cl_bench.core.atomic`), so a reader never sees a
 half-written file, and loading one recomputes its metrics from the accuracy
 matrix and checks that they agree.
 """
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from cl_bench.core import atomic
 from cl_bench.core.errors import UserError
 from cl_bench.metrics import AccuracyMatrix, compute_all
 
@@ -35,19 +34,8 @@ class RecordError(UserError):
     """A record file is unreadable or does not follow the schema."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: Kept for callers of the old name: :func:`cl_bench.core.atomic.write_bytes`.
+atomic_write_bytes = atomic.write_bytes
 
 
 def _jsonable(value: Any) -> Any:
@@ -63,7 +51,7 @@ def _jsonable(value: Any) -> Any:
 def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
     """Atomically write ``record`` as ``run_dir/run.json`` and return the path."""
     path = Path(run_dir) / RECORD_FILE
-    atomic_write_bytes(path, (json.dumps(_jsonable(record), indent=1) + "\n").encode())
+    atomic.write_bytes(path, (json.dumps(_jsonable(record), indent=1) + "\n").encode())
     return path
 
 

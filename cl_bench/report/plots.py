@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: records are plotted on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from cl_bench.core import atomic  # noqa: E402
 from cl_bench.metrics import AccuracyMatrix  # noqa: E402
 
 
@@ -47,10 +48,9 @@ def plot_accuracy_curves(record: dict[str, Any], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")  # then rename: a reader never sees half a PNG
+    with atomic.replacing(path) as tmp:  # a reader never sees half a PNG
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -100,11 +100,9 @@ def plot_overlay(
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
+    with atomic.replacing(path) as tmp:  # a reader never sees half a PNG
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -126,8 +124,8 @@ def _plot_online_error(record: dict[str, Any], m: AccuracyMatrix, path: Path) ->
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
+    path = Path(path)
+    with atomic.replacing(path) as tmp:  # a reader never sees half a PNG
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
