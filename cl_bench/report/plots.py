@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # headless: records are plotted on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cl_bench.core import atomic  # noqa: E402
-from cl_bench.metrics import AccuracyMatrix  # noqa: E402
+from cl_bench.metrics import AccuracyMatrix, TTAMatrix, matrix_from_dict  # noqa: E402
 
 
 def plot_accuracy_curves(record: dict[str, Any], path: str | Path) -> Path:
@@ -28,8 +28,8 @@ def plot_accuracy_curves(record: dict[str, Any], path: str | Path) -> Path:
     Returns:
         The path written.
     """
-    m = AccuracyMatrix.from_dict(record["accuracy_matrix"])
-    if m.online:
+    m = matrix_from_dict(record["accuracy_matrix"], kind=record.get("kind"))
+    if isinstance(m, TTAMatrix):
         return _plot_online_error(record, m, Path(path))
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     cmap = plt.get_cmap("tab10" if m.n_experiences <= 10 else "tab20")
@@ -81,7 +81,10 @@ def plot_overlay(
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     cmap = plt.get_cmap("tab10" if len(records) <= 10 else "tab20")
     for k, record in enumerate(records):
-        m = AccuracyMatrix.from_dict(record["accuracy_matrix"])
+        m = matrix_from_dict(record["accuracy_matrix"], kind=record.get("kind"))
+        if not isinstance(m, AccuracyMatrix):
+            raise ValueError(f"record {record.get('run_id')} is a test-time adaptation run: it has no per-iteration "
+                             f"curves to overlay (its plot shows the online error per domain)")  # fmt: skip
         if experience is None:
             xs, ys = seen_accuracy(m)
         else:
@@ -106,7 +109,7 @@ def plot_overlay(
     return path
 
 
-def _plot_online_error(record: dict[str, Any], m: AccuracyMatrix, path: Path) -> Path:
+def _plot_online_error(record: dict[str, Any], m: TTAMatrix, path: Path) -> Path:
     """Test-time adaptation records: online error of each experience (domain) in stream order."""
     from cl_bench.metrics.tta import online_errors
 
