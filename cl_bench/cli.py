@@ -95,7 +95,9 @@ def format_metrics(record: dict[str, Any]) -> str:
     from cl_bench.metrics import METRIC_SPECS
 
     rows = []
-    kind = "tta" if record["accuracy_matrix"].get("online") else "cl"
+    from cl_bench.core.record import record_kind
+
+    kind = record_kind(record)
     for name, value in record["metrics"].items():
         if name in METRIC_SPECS and METRIC_SPECS[name].kind != kind:
             continue  # undefined for this kind of run (e.g. forgetting curves of a TTA run)
@@ -108,10 +110,10 @@ def format_metrics(record: dict[str, Any]) -> str:
 
 def format_online(record: dict[str, Any]) -> str:
     """Online error of each experience of a TTA record, with its severity (0 = clean source images)."""
-    from cl_bench.metrics import AccuracyMatrix
+    from cl_bench.metrics import TTAMatrix
     from cl_bench.metrics.tta import online_errors
 
-    m = AccuracyMatrix.from_dict(record["accuracy_matrix"])
+    m = TTAMatrix.from_dict(record["accuracy_matrix"])
     cells = [f"{e}:s{m.severity[e]} {100 * err:.1f}" for e, err in enumerate(online_errors(m))]
     lines = ["  online error (%) per experience (index:severity):"]
     lines += ["    " + "   ".join(cells[i : i + 8]) for i in range(0, len(cells), 8)]
@@ -150,6 +152,7 @@ def _check_resume_overrides(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from cl_bench.core.record import record_kind
     from cl_bench.engine import rundir
     from cl_bench.engine.runner import resume, run
     from cl_bench.engine.spec import run_id_for
@@ -182,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"resumable), so this run must start again", file=sys.stderr)  # fmt: skip
         return 130
     cost = record["cost"]
-    if record["accuracy_matrix"].get("online"):
+    if record_kind(record) == "tta":
         print(f"{record['method']['name']} on {record['scenario']['name']} (seed {record['seed']}, test batch "
               f"{record['protocol']['batch_size']}): {len(record['accuracy_matrix']['iteration'])} experiences, source "
               f"phase {cost.get('source_seconds', 0.0):.1f}s, adaptation {cost['train_seconds']:.1f}s")  # fmt: skip

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass
@@ -30,21 +30,17 @@ class AccuracyMatrix:
         boundary: ``boundary[e]`` is the eval point at which training on
             experience e ended. Shorter than ``n_experiences`` while (or if) the
             run has not finished every experience.
-        online: Test-time adaptation records: row p = b_e holds the *online* counts of experience e
-            (predictions made before the method adapted on each batch), and nothing else.
-        severity: TTA only: corruption severity of each experience (0 = clean source images).
-        clean_after: TTA only: ``[correct, total]`` on the clean source test set after the stream
-            (empty when not measured).
+
+    Test-time adaptation runs have their own type, :class:`cl_bench.metrics.tta_matrix.TTAMatrix`.
     """
+
+    kind: ClassVar[str] = "cl"
 
     n_experiences: int
     n_correct: list[list[int]] = field(default_factory=list)
     n_total: list[list[int]] = field(default_factory=list)
     iteration: list[int] = field(default_factory=list)
     boundary: list[int] = field(default_factory=list)
-    online: bool = False
-    severity: list[int] = field(default_factory=list)
-    clean_after: list[int] = field(default_factory=list)
 
     @property
     def n_points(self) -> int:
@@ -105,15 +101,12 @@ class AccuracyMatrix:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as stored in a run record's ``accuracy_matrix``."""
-        out: dict[str, Any] = {
+        return {
             "n_correct": [list(r) for r in self.n_correct],
             "n_total": [list(r) for r in self.n_total],
             "iteration": list(self.iteration),
             "boundary": list(self.boundary),
         }
-        if self.online:  # optional keys: records of continual-learning runs keep their old form
-            out.update(online=True, severity=list(self.severity), clean_after=list(self.clean_after))
-        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], n_experiences: int | None = None) -> AccuracyMatrix:
@@ -124,8 +117,12 @@ class AccuracyMatrix:
             n_experiences: Column count; inferred from the rows when omitted.
 
         Raises:
-            ValueError: If the mapping is missing keys or the shapes disagree.
+            ValueError: If the mapping is missing keys, the shapes disagree, or it is the online matrix of a
+                test-time adaptation run (read those with ``TTAMatrix.from_dict`` or ``matrix_from_dict``).
         """
+        if isinstance(data, dict) and data.get("online"):
+            raise ValueError("this is the online matrix of a test-time adaptation run, not an accuracy matrix "
+                             "(read it with cl_bench.metrics.matrix_from_dict)")  # fmt: skip
         try:
             correct, total = data["n_correct"], data["n_total"]
             iteration, boundary = data["iteration"], data["boundary"]
@@ -140,11 +137,4 @@ class AccuracyMatrix:
             m.add_point(it, c, t)
         for b in boundary:
             m.mark_boundary(b)
-        m.online = bool(data.get("online", False))
-        m.severity = [int(s) for s in data.get("severity", [])]
-        m.clean_after = [int(c) for c in data.get("clean_after", [])]
-        if m.online and len(m.severity) != n_experiences:
-            raise ValueError(f"an online matrix needs one severity per experience, got {len(m.severity)}")
-        if m.clean_after and len(m.clean_after) != 2:
-            raise ValueError(f"clean_after must be [correct, total], got {m.clean_after}")
         return m

@@ -133,7 +133,8 @@ def corrupted_stream(
     if tta.setting == "continual" and tta.train_domains:
         # Supervised continual methods train on the corrupted training split of each domain.
         for k, exp in enumerate(experiences):
-            c = exp.meta["corruption"]
+            assert exp.shift is not None  # tta_experiences declares every experience's domain
+            c = exp.shift.domain
             if c == "none":
                 experiences[k] = dataclasses.replace(exp, train=train)
                 continue

@@ -20,7 +20,7 @@ import torch
 
 from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
-from cl_bench.core.types import Experience, Scenario, Standardize, TensorData
+from cl_bench.core.types import Experience, Scenario, Shift, Standardize, TensorData
 from cl_bench.data.streams import split_by_class, stratified_split
 
 FILES = {
@@ -179,7 +179,7 @@ def _domain_stream(name: str, train: TensorData, test: TensorData, views: list[t
                    dict[str, object]]], spec: dict[str, object]) -> Scenario:  # fmt: skip
     experiences = [
         Experience(i, TensorData(tx, train.y, TRANSFORM), TensorData(sx, test.y, TRANSFORM), tuple(range(10)),
-                   None, meta)
+                   None, meta, Shift("_".join(f"{k}{v}" for k, v in meta.items())))
         for i, (tx, sx, meta) in enumerate(views)
     ]  # fmt: skip
     return Scenario(name, experiences, spec, 10, "domain_il", _PROTOCOL)

@@ -66,7 +66,7 @@ def blurry(
     examples therefore rises linearly from 0 to 1 across a window of ``W`` examples centred on each boundary
     (a box-blurred step), and the experiences keep their sizes. Each experience keeps its base test set;
     ``meta["from_experience"]`` counts where its training examples came from. Experience data stays in the
-    blended order and ``meta["stream_order"]`` is set: under the online protocol (``--online``) the runner
+    blended order and the scenario is ``ordered``: under the online protocol (``--online``) the runner
     feeds it in that order, so the boundary ramp happens in time; with epochs it shuffles within an
     experience as for any stream.
 
@@ -109,11 +109,12 @@ def blurry(
             counts[j] += b - a
         train = type(parts[0]).concat(parts)
         composition.append(counts)
-        meta = {**exp.meta, "from_experience": {j: c for j, c in enumerate(counts) if c}, "stream_order": True}
-        experiences.append(Experience(i, train, exp.test, _classes(train.y), None, meta))
+        meta = {**exp.meta, "from_experience": {j: c for j, c in enumerate(counts) if c}}
+        experiences.append(Experience(i, train, exp.test, _classes(train.y), None, meta, exp.shift))
     spec = {**_base_spec(base, scenario, base_args), "window": window, "window_examples": round(width, 3),
             "seed": seed, "n_experiences": len(scenario), "composition": composition}  # fmt: skip
-    return Scenario("blurry", experiences, spec, scenario.n_classes, scenario.setting, scenario.protocol_defaults)
+    return Scenario("blurry", experiences, spec, scenario.n_classes, scenario.setting, scenario.protocol_defaults,
+                    ordered=True)  # fmt: skip
 
 
 @SCENARIOS.register(
@@ -176,7 +177,7 @@ def power_law(
         train = type(exp.train).concat(parts)  # type: ignore[arg-type]
         schedule.append([[j, n] for j, n in recurring.items()])  # lists: JSON keeps them as they are
         meta = {**exp.meta, "recurring": recurring}
-        experiences.append(Experience(k, train, exp.test, _classes(train.y), None, meta))
+        experiences.append(Experience(k, train, exp.test, _classes(train.y), None, meta, exp.shift))
     spec = {**_base_spec(base, scenario, base_args), "exponent": exponent, "rehearsal_fraction": rehearsal_fraction,
             "seed": seed, "n_experiences": len(scenario), "schedule": schedule}  # fmt: skip
     return Scenario("power_law", experiences, spec, scenario.n_classes, scenario.setting,

@@ -13,16 +13,39 @@ from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, Experience, PredictContext
 from cl_bench.families.supervised import SupervisedMethod
-from cl_bench.testing import CHECKS, ConformanceError, check_method, toy_scenario
+from cl_bench.testing import (
+    CHECKS,
+    Check,
+    ConformanceError,
+    ConformanceViolation,
+    check_method,
+    parametrize_with_checks,
+    toy_scenario,
+)
 
 METHODS_UNDER_TEST = METHODS.names()
 
 
-@pytest.mark.parametrize("name", METHODS_UNDER_TEST)
-def test_registered_method_conforms(name: str) -> None:
-    report = check_method(name)
-    assert report.ok
-    assert {r.name for r in report.results} == set(CHECKS)
+@parametrize_with_checks(METHODS_UNDER_TEST)
+def test_registered_method_conforms(method: str, check: Check) -> None:
+    check(method)
+
+
+def test_parametrize_with_checks_gives_every_method_every_check() -> None:
+    mark = parametrize_with_checks(["er", "finetune"], checks=["check_protocol", "check_resume"])
+    assert mark.kwargs["ids"] == ["er-check_protocol", "er-check_resume", "finetune-check_protocol",
+                                  "finetune-check_resume"]  # fmt: skip
+    full = parametrize_with_checks()
+    assert len(full.kwargs["ids"]) == len(METHODS_UNDER_TEST) * len(CHECKS)
+    with pytest.raises(ValueError, match="unknown check"):
+        parametrize_with_checks(["er"], checks=["check_typo"])
+
+
+def test_a_failing_check_fails_its_own_test() -> None:
+    # MutatingPredict (below) breaks check_predict_pure only: that test fails, its other checks pass.
+    Check("check_protocol")(MutatingPredict)
+    with pytest.raises(ConformanceViolation, match="check_predict_pure: failed"):
+        Check("check_predict_pure")(MutatingPredict)
 
 
 @pytest.mark.parametrize("name", METHODS_UNDER_TEST)

@@ -297,7 +297,8 @@ def test_single_experience() -> None:
     undefined = set(CONTRACT) - defined - {"wp_100"}
     for name in undefined:
         assert values[name] is None, name
-        assert math.isnan(METRIC_SPECS[name].fn(m)), name
+        if METRIC_SPECS[name].kind == "cl":  # TTA metrics read a TTAMatrix only; compute_all gives them None here
+            assert math.isnan(METRIC_SPECS[name].fn(m)), name
 
 
 def test_no_boundary_is_all_nan() -> None:

@@ -39,6 +39,7 @@ def test_blurry_blends_neighbours_and_keeps_every_example_once() -> None:
         assert all(c == 0 for j, c in enumerate(row) if abs(j - i) > 1)  # window 1.0 reaches one neighbour
     assert 0 < comp[0][1] < sizes[0] // 2  # a real blend, not a shuffle
     assert len(s[0].classes) > 2
+    assert s.ordered and not base.ordered and all(e.shift is None for e in s)
     x_all = torch.cat([e.train.x for e in s]).flatten(1)
     x_base = torch.cat([e.train.x for e in base]).flatten(1)
     assert sorted(map(tuple, x_all.tolist())) == sorted(map(tuple, x_base.tolist()))

@@ -13,14 +13,14 @@ import torch
 
 from cl_bench.core.errors import ConfigError, UserError
 from cl_bench.core.method import Caps, Method
-from cl_bench.core.record import load_record
+from cl_bench.core.record import RecordError, load_record, matrix_of, record_kind, validate_record
 from cl_bench.core.registry import SCENARIOS
-from cl_bench.core.types import PredictContext, StreamInfo
+from cl_bench.core.types import PredictContext, Shift, StreamInfo
 from cl_bench.data.tta_streams import GRADUAL_SEVERITIES, dirichlet_order
 from cl_bench.engine.runner import resume, run
 from cl_bench.engine.source import source_model
 from cl_bench.engine.spec import RunSpec
-from cl_bench.metrics import AccuracyMatrix, compute_all
+from cl_bench.metrics import AccuracyMatrix, TTAMatrix, compute_all, matrix_from_dict
 from cl_bench.metrics.tta import online_errors
 from cl_bench.nets.models import WideResNet, build_source_model
 from cl_bench.testing import check_method
@@ -46,12 +46,12 @@ def write_cifar_c(root: Path, corruptions: tuple[str, ...], rows: int = 4) -> di
 
 
 # -- metrics -----------------------------------------------------------------------------------------------------------
-def _online(rows: list[tuple[int, int]], severity: list[int], clean: list[int]) -> AccuracyMatrix:
-    m = AccuracyMatrix(len(rows), online=True, severity=severity, clean_after=clean)
+def _online(rows: list[tuple[int, int]], severity: list[int], clean: list[int]) -> TTAMatrix:
+    m = TTAMatrix(len(severity), severity)
     for e, (c, t) in enumerate(rows):
-        correct, total = [0] * len(rows), [0] * len(rows)
-        correct[e], total[e] = c, t
-        m.mark_boundary(m.add_point(e + 1, correct, total))
+        m.end_experience(e + 1, c, t)
+    if clean:
+        m.set_clean_after(*clean)
     return m
 
 
@@ -67,20 +67,39 @@ def test_tta_metrics_by_hand() -> None:
     everything = compute_all(m)  # continual-learning metrics are undefined on an online matrix
     assert everything["wf_10"] is None and everything["final_acc"] is None and everything["online_error"] is not None
     # an unfinished stream is scored on the finished experiences
-    part = _online([(90, 100), (50, 100)], [5, 5], [])
-    part.n_experiences = 3
-    part.severity = [5, 5, 5]
-    assert compute_all(part, ["online_error"])["online_error"] == pytest.approx(0.3)
+    part = _online([(90, 100), (50, 100)], [5, 5, 5], [])
+    assert not part.complete and compute_all(part, ["online_error"])["online_error"] == pytest.approx(0.3)
     assert compute_all(part, ["clean_acc_after"])["clean_acc_after"] is None
-    back = AccuracyMatrix.from_dict(json.loads(json.dumps(m.to_dict())))
-    assert back == m
+    back = TTAMatrix.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert back == m and matrix_from_dict(m.to_dict()) == m and matrix_from_dict(part.to_dict()) == part
+
+
+def test_tta_matrix_keeps_the_stored_form_of_old_records() -> None:
+    # The form records had when TTA counts lived in an AccuracyMatrix(online=True): row p = experience p only.
+    old = {"n_correct": [[9, 0], [0, 3]], "n_total": [[10, 0], [0, 4]], "iteration": [1, 2], "boundary": [0, 1],
+           "online": True, "severity": [5, 0], "clean_after": [7, 8]}  # fmt: skip
+    m = matrix_from_dict(old)
+    assert isinstance(m, TTAMatrix) and m.kind == "tta" and m.to_dict() == old
+    assert (m.acc(0), m.acc(1), m.clean_after) == (0.9, 0.75, [7, 8])
+    assert isinstance(matrix_from_dict(old, kind="tta"), TTAMatrix)
+    with pytest.raises(ValueError, match="kind 'cl'"):
+        matrix_from_dict(old, kind="cl")
+    with pytest.raises(ValueError, match="test-time adaptation"):
+        AccuracyMatrix.from_dict(old)
+    with pytest.raises(ValueError, match="another experience"):
+        TTAMatrix.from_dict({**old, "n_total": [[10, 1], [0, 4]]})
+    with pytest.raises(ValueError, match="one severity per experience"):
+        TTAMatrix(3, [5, 5])
+    cl = AccuracyMatrix(2)
+    cl.mark_boundary(cl.add_point(0, [1, 1], [2, 2]))
+    assert isinstance(matrix_from_dict(cl.to_dict()), AccuracyMatrix) and cl.kind == "cl"
 
 
 def test_tta_metrics_are_undefined_for_continual_learning_matrices() -> None:
     m = AccuracyMatrix(2)
     m.add_point(0, [5, 5], [10, 10])
     m.mark_boundary(m.add_point(3, [9, 5], [10, 10]))
-    assert "online" not in m.to_dict()  # old records keep their form
+    assert "online" not in m.to_dict()  # records of continual-learning runs keep their form
     got = compute_all(m, ["online_error", "online_error_max_severity", "online_error_clean", "clean_acc_after"])
     assert set(got.values()) == {None}
 
@@ -98,6 +117,11 @@ def test_settings_shape_the_stream() -> None:
     assert sorted(mixed[0].test.x.flatten().tolist()) == sorted(torch.cat([e.test.x for e in cont]).flatten().tolist())
     clean = SCENARIOS.create("toy_tta", insert_clean=True)
     assert [e.meta["corruption"] for e in clean] == ["shift0", "none", "shift1", "none", "shift2"]
+    # The loops act on the declared shift, which agrees with the display meta.
+    assert [e.shift for e in clean] == [Shift("shift0", 5), Shift("none", 0), Shift("shift1", 5), Shift("none", 0),
+                                        Shift("shift2", 5)]  # fmt: skip
+    assert [e.shift.severity for e in grad[:9]] == list(GRADUAL_SEVERITIES)  # type: ignore[union-attr]
+    assert not cont.ordered
     assert torch.equal(clean[1].test.x, clean.source.test.x)  # type: ignore[union-attr]
     assert SCENARIOS.create("toy_tta", setting="reset_each_shift").source.reset_each_shift  # type: ignore[union-attr]
     assert not cont.source.reset_each_shift  # type: ignore[union-attr]
@@ -208,8 +232,14 @@ def test_source_and_bn_adapt_runs_record_tta_metrics(tmp_path: Path) -> None:
         spec = RunSpec(method=name, scenario="toy_tta", scenario_config={"insert_clean": True, "shift": 3.0})
         recs[name] = load_record(Path(tmp_path) / run(spec, tmp_path)["run_id"])
     src, bn = recs["source"], recs["bn_adapt"]
-    assert src["protocol"]["batch_size"] == 16 and src["accuracy_matrix"]["online"] is True
+    assert src["protocol"]["batch_size"] == 16 and src["accuracy_matrix"]["online"] is True and src["kind"] == "tta"
     assert src["accuracy_matrix"]["severity"] == [5, 0, 5, 0, 5]
+    # Records written before records had a kind still load: it is inferred from the matrix.
+    old = {k: v for k, v in src.items() if k != "kind"}
+    validate_record(old)
+    assert record_kind(old) == "tta" and isinstance(matrix_of(old), TTAMatrix)
+    with pytest.raises(RecordError, match="kind 'cl'"):
+        validate_record({**src, "kind": "cl"})
     for r in (src, bn):
         assert r["metrics"]["final_acc"] is None and 0 <= r["metrics"]["online_error"] <= 1
         assert r["metrics"]["clean_acc_after"] is not None and r["metrics"]["online_error_clean"] is not None
@@ -217,11 +247,16 @@ def test_source_and_bn_adapt_runs_record_tta_metrics(tmp_path: Path) -> None:
     # BN statistics of the shifted batches undo most of the shift; the source model's stay wrong
     assert bn["metrics"]["online_error"] < src["metrics"]["online_error"]
     assert src["metrics"]["clean_acc_after"] > 0.9
+    from cl_bench.report.html import to_html
     from cl_bench.report.leaderboard import TTA_METRICS, build_board
+    from cl_bench.report.plots import plot_accuracy_curves
     from cl_bench.report.writers import to_markdown
 
     board = build_board([tmp_path])
     assert board.metrics == TTA_METRICS and "online_error" in to_markdown(board)
+    page = to_html(board)  # the TTA group charts online error per domain, not per-iteration accuracy
+    assert "Online error per experience" in page and "Accuracy on the experiences seen so far" not in page
+    assert plot_accuracy_curves(src, tmp_path / "src.png").stat().st_size > 0
     assert (Path(tmp_path) / src["run_id"] / "accuracy.png").stat().st_size > 0
 
 

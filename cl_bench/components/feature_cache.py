@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from cl_bench.core import atomic
 
 #: Rows above this count are computed but not stored (augmented training data would only fill the cache).
 MAX_ROWS = 200_000
@@ -150,14 +151,7 @@ class FeatureCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         blob = {"key": json.dumps(self.key, sort_keys=True, default=str),
                 "hashes": torch.tensor(self.hashes, dtype=torch.int64), "features": self._table()}  # fmt: skip
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".pt")
-        os.close(fd)
-        try:
-            torch.save(blob, tmp)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic.torch_save(blob, self.path)
         self.dirty = False
 
 

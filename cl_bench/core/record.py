@@ -1,6 +1,6 @@
 """Run records: the JSON contract every tool reads (DESIGN.md, "Run record").
 
-Records are written atomically (temp file + rename), so a reader never sees a
+Records are written atomically (temp file + rename, :mod:`cl_bench.core.atomic`), so a reader never sees a
 half-written file, and loading one recomputes its metrics from the accuracy
 matrix and checks that they agree.
 """
@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from cl_bench.core import atomic
 from cl_bench.core.errors import UserError
-from cl_bench.metrics import AccuracyMatrix, compute_all
+from cl_bench.metrics import Matrix, compute_all, matrix_from_dict, matrix_kind
 
 SCHEMA_VERSION = 1
 RECORD_FILE = "run.json"
@@ -25,6 +24,8 @@ REQUIRED_KEYS = (
     "accuracy_matrix", "metrics", "cost", "env", "error",
 )  # fmt: skip
 STATUSES = ("completed", "failed", "running")
+#: A record's ``kind``: which loop made it and so which matrix type (and metrics) it holds.
+KINDS = ("cl", "tta")
 #: ``data_seconds``: building the scenario (loading, splitting); ``*_flops``: counted with
 #: ``torch.utils.flop_counter`` when the run asked for it (``--count-flops``); ``n_params``: the method's network.
 COST_KEYS = ("train_seconds", "eval_seconds", "peak_rss_mb", "source_seconds", "data_seconds", "train_flops",
@@ -35,19 +36,8 @@ class RecordError(UserError):
     """A record file is unreadable or does not follow the schema."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: Kept for callers of the old name: :func:`cl_bench.core.atomic.write_bytes`.
+atomic_write_bytes = atomic.write_bytes
 
 
 def _jsonable(value: Any) -> Any:
@@ -63,7 +53,7 @@ def _jsonable(value: Any) -> Any:
 def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
     """Atomically write ``record`` as ``run_dir/run.json`` and return the path."""
     path = Path(run_dir) / RECORD_FILE
-    atomic_write_bytes(path, (json.dumps(_jsonable(record), indent=1) + "\n").encode())
+    atomic.write_bytes(path, (json.dumps(_jsonable(record), indent=1) + "\n").encode())
     return path
 
 
@@ -75,7 +65,7 @@ def new_record(
     scenario: dict[str, Any],
     protocol: dict[str, Any],
     seed: int,
-    matrix: AccuracyMatrix,
+    matrix: Matrix,
     cost: dict[str, float],
     env: dict[str, Any],
     request: dict[str, Any],
@@ -90,7 +80,8 @@ def new_record(
         scenario: ``{"name", "spec", "spec_hash"}`` of the stream.
         protocol: The resolved protocol (with the stream's ``setting``).
         seed: The run seed.
-        matrix: The accuracy matrix so far; the record's metrics are computed from it here.
+        matrix: The matrix so far (an ``AccuracyMatrix``, or a ``TTAMatrix`` for test-time adaptation: it
+            sets the record's ``kind``); the record's metrics are computed from it here.
         cost: Seconds spent per phase (rounded to ms here) and ``peak_rss_mb``; keys from :data:`COST_KEYS`.
         env: Versions and platform (:func:`environment`).
         request: What was asked (unresolved configs, device, checkpoint interval), for resuming.
@@ -105,6 +96,7 @@ def new_record(
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "status": status,
+        "kind": matrix.kind,
         "method": method,
         "scenario": scenario,
         "protocol": protocol,
@@ -149,8 +141,10 @@ def validate_record(record: Any, source: str = "record") -> None:
         )
     if record["status"] not in STATUSES:
         raise RecordError(f"{source} has status {record['status']!r}; expected one of {', '.join(STATUSES)}")
+    if record.get("kind", "cl") not in KINDS:
+        raise RecordError(f"{source} has kind {record['kind']!r}; expected one of {', '.join(KINDS)}")
     try:
-        matrix = AccuracyMatrix.from_dict(record["accuracy_matrix"])
+        matrix = matrix_from_dict(record["accuracy_matrix"], kind=record.get("kind"))
     except (ValueError, TypeError) as err:
         raise RecordError(f"{source} has a malformed accuracy_matrix: {err}") from None
     stored = record["metrics"] or {}
@@ -185,9 +179,14 @@ def load_record(path: str | Path) -> dict[str, Any]:
     return record
 
 
-def matrix_of(record: dict[str, Any]) -> AccuracyMatrix:
-    """The :class:`AccuracyMatrix` stored in a record."""
-    return AccuracyMatrix.from_dict(record["accuracy_matrix"])
+def record_kind(record: dict[str, Any]) -> str:
+    """A record's ``kind`` ("cl" | "tta"), inferred from its matrix for records written without one."""
+    return str(record.get("kind") or matrix_kind(record["accuracy_matrix"]))
+
+
+def matrix_of(record: dict[str, Any]) -> Matrix:
+    """The matrix stored in a record: an ``AccuracyMatrix``, or a ``TTAMatrix`` for ``kind`` "tta"."""
+    return matrix_from_dict(record["accuracy_matrix"], kind=record.get("kind"))
 
 
 def git_sha() -> str | None:

@@ -129,6 +129,23 @@ class TensorData:
 
 
 @dataclass(frozen=True)
+class Shift:
+    """The input domain of one experience, as a stream declares it.
+
+    Loops compare these (never ``Experience.meta``) to see a domain shift, e.g. the test-time
+    adaptation loop's reset at each shift.
+
+    Attributes:
+        domain: Domain name, e.g. a corruption ("gaussian_noise"), "none" for clean source images,
+            "rotation_30" for a rotated view.
+        severity: Corruption severity 1-5; 0 for clean images and for domains without a severity.
+    """
+
+    domain: str
+    severity: int = 0
+
+
+@dataclass(frozen=True)
 class Experience:
     """One step of a stream.
 
@@ -138,7 +155,10 @@ class Experience:
         test: Test data of this experience.
         classes: Labels present in this experience.
         task_id: Task label, None unless the protocol gives task ids.
-        meta: Free-form facts, e.g. a permutation seed or a rotation angle.
+        meta: Free-form facts for display, e.g. a permutation seed or a rotation angle. Loops never
+            read it: what they act on is declared (``shift`` here, ``Scenario.ordered``).
+        shift: The experience's input domain on streams of domains (corruptions, rotations, ...);
+            None on streams without declared domains.
     """
 
     index: int
@@ -147,6 +167,7 @@ class Experience:
     classes: tuple[int, ...]
     task_id: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    shift: Shift | None = None
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
@@ -169,6 +190,9 @@ class Scenario(Sequence[Experience]):
             with (e.g. ``{"epochs": 5}``); explicit protocol values win.
         source: Test-time adaptation streams only: the clean source domain and how the
             source model is obtained (see :class:`SourceDomain`); None for other streams.
+        ordered: The stream defines the order of its training examples (e.g. blurry task
+            boundaries): the online protocol consumes each experience in its stored order
+            instead of shuffling it.
     """
 
     def __init__(
@@ -180,6 +204,7 @@ class Scenario(Sequence[Experience]):
         setting: str,
         protocol_defaults: dict[str, Any] | None = None,
         source: SourceDomain | None = None,
+        ordered: bool = False,
     ) -> None:
         if setting not in SETTINGS:
             raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
@@ -190,6 +215,7 @@ class Scenario(Sequence[Experience]):
         self.setting = setting
         self.protocol_defaults = dict(protocol_defaults or {})
         self.source = source
+        self.ordered = ordered
 
     @property
     def spec_hash(self) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cl_bench.core import atomic
 from cl_bench.core.errors import DataError
 from cl_bench.core.types import Augment
 
@@ -81,19 +82,15 @@ class _Store:
 
     def _build_cache(self) -> None:
         assert self.cache_path is not None
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}.tmp")
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), 3, self.size,
-                                                                              self.size))  # fmt: skip
-        chunk = 256
-        try:
+        # Atomic: a killed build leaves no half-written cache behind.
+        with atomic.replacing(self.cache_path) as tmp:
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), 3, self.size,
+                                                                                  self.size))  # fmt: skip
+            chunk = 256
             for s in range(0, len(self.paths), chunk):
                 arr[s : s + chunk] = self.decode(range(s, min(s + chunk, len(self.paths))), use_cache=False)
             arr.flush()
             del arr
-            tmp.replace(self.cache_path)  # atomic: a killed build leaves no half-written cache behind
-        finally:
-            tmp.unlink(missing_ok=True)
 
     @property
     def array(self) -> np.ndarray | None:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from cl_bench.core.errors import ConfigError
-from cl_bench.core.types import Experience, SourceDomain, TensorData
+from cl_bench.core.types import Experience, Shift, SourceDomain, TensorData
 
 TTA_SETTINGS: tuple[str, ...] = ("continual", "gradual", "mixed_domains", "reset_each_shift", "correlated")
 #: Severities of one domain in the gradual setting (RMT, Sec. 4.1).
@@ -143,11 +143,11 @@ def tta_experiences(
         meta: dict[str, Any] = {"corruption": c, "severity": s}
         if c == "mixed":
             meta["domains"] = list(corruptions)
-        experiences.append(Experience(len(experiences), None, data, tuple(range(n_classes)), None, meta))
+        experiences.append(Experience(len(experiences), None, data, tuple(range(n_classes)), None, meta, Shift(c, s)))
         last_of_domain = k + 1 == len(domains) or domains[k + 1][0] != c
         if insert_clean and last_of_domain and clean_kept is not None and k + 1 < len(domains):
             experiences.append(Experience(len(experiences), None, clean_kept, tuple(range(n_classes)), None,
-                                          {"corruption": "none", "severity": 0}))  # fmt: skip
+                                          {"corruption": "none", "severity": 0}, Shift("none", 0)))  # fmt: skip
     return experiences
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from cl_bench.core import atomic
 from cl_bench.core.errors import UserError
 from cl_bench.engine import rundir
 
@@ -26,9 +27,8 @@ def path_of(run_dir: Path) -> Path:
 def save(run_dir: Path, spec: Any, state: dict[str, Any]) -> Path:
     """Atomically write ``state`` (with ``spec``'s identity) as ``run_dir``'s checkpoint and return its path."""
     path = path_of(run_dir)
-    tmp = path.with_name(f".{CHECKPOINT_FILE}.tmp")  # matches the ".*.tmp" that resume() sweeps away
-    torch.save({**state, "identity": rundir.identity(spec)}, tmp)
-    tmp.replace(path)
+    # The temporary name matches the ".*.tmp" that resume() sweeps away.
+    atomic.torch_save({**state, "identity": rundir.identity(spec)}, path)
     return path
 
 

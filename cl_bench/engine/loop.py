@@ -319,7 +319,7 @@ class CLLoop(Loop):
                 for epoch in range(first_epoch, epochs):
                     gen = torch.Generator().manual_seed(shuffle_seed(self.spec.seed, e, epoch))
                     perm = torch.randperm(n, generator=gen).to(device)
-                    if self.protocol.online and exp.meta.get("stream_order"):
+                    if self.protocol.online and self.scenario.ordered:
                         # A task-free stream that defines its order (e.g. blurry boundaries) is consumed in it.
                         perm = torch.arange(n, device=device)
                     first_b = start_b if (e == start_e and epoch == start_epoch) else 0

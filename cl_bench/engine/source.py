@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl_bench.core import atomic
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.types import Scenario, TensorData, spec_hash
 from cl_bench.nets.models import build_source_model
@@ -114,10 +115,7 @@ def source_model(scenario: Scenario, seed: int, device: str = "cpu") -> nn.Modul
         state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         _MEMORY[key] = state
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(state, tmp)
-            tmp.replace(path)
+            atomic.torch_save(state, path)
         except OSError:  # an unwritable cache only costs retraining
             pass
     net.load_state_dict(_MEMORY[key])

@@ -36,8 +36,8 @@ class Protocol:
             continual learning", NeurIPS 2019; Mai et al., "Online continual learning in image
             classification: an empirical survey", Neurocomputing 2022): every training example is seen
             exactly once (one epoch, whatever the scenario's default), ``eval_every`` still counts
-            training iterations. ``epochs`` other than 1 is refused. Experiences whose ``meta`` sets
-            ``stream_order`` (the ``blurry`` stream) are consumed in their stored order instead of shuffled.
+            training iterations. ``epochs`` other than 1 is refused. Streams declared ``ordered``
+            (``Scenario.ordered``: the ``blurry`` stream) are consumed in their stored order instead of shuffled.
         max_iterations: Cap on the training (or adaptation) iterations per experience and epoch (0 = none):
             ``cl-bench reproduce run --smoke`` sets 2 to prove a recipe starts without training it.
         recipe: Name of the reproduction recipe (``cl_bench.ops.reproduce``) this run was made by ("" =

@@ -26,7 +26,7 @@ from cl_bench.data.tta_streams import TTA_BATCH_SIZE
 from cl_bench.engine.loop import Loop
 from cl_bench.engine.source import source_model
 from cl_bench.engine.spec import Protocol
-from cl_bench.metrics import AccuracyMatrix
+from cl_bench.metrics import TTAMatrix
 
 
 class TTAEvaluator:
@@ -40,22 +40,25 @@ class TTAEvaluator:
     def __init__(self, scenario: Scenario, batch_size: int) -> None:
         self.scenario = scenario
         self.batch_size = batch_size
-        self.matrix = AccuracyMatrix(len(scenario))
+        self.matrix = TTAMatrix(len(scenario), self._severities())
+
+    def _severities(self) -> list[int]:
+        # Declared by the stream (Experience.shift); 0 = clean source images or no declared severity.
+        return [0 if e.shift is None else e.shift.severity for e in self.scenario]
 
     def due(self, iteration: int) -> bool:
         """The TTA protocol has no periodic evaluation: the online counts are the measurement."""
         return False
 
     def begin(self) -> None:
-        """Declare the stream's severities (0 = clean source images) in a fresh matrix."""
-        self.matrix.online = True
-        self.matrix.severity = [int(e.meta.get("severity", 0)) for e in self.scenario]
+        """Start from a fresh matrix with the stream's declared severities."""
+        self.matrix = TTAMatrix(len(self.scenario), self._severities())
 
     def end_experience(self, e: int, iteration: int, correct: int, total: int) -> None:
         """Record the online counts of experience ``e``, finished at ``iteration``."""
-        row_c, row_t = [0] * len(self.scenario), [0] * len(self.scenario)
-        row_c[e], row_t[e] = correct, total
-        self.matrix.mark_boundary(self.matrix.add_point(iteration, row_c, row_t))
+        if e != self.matrix.n_finished:
+            raise RuntimeError(f"experience {e} ended but the matrix expects experience {self.matrix.n_finished}")
+        self.matrix.end_experience(iteration, correct, total)
 
     def end_stream(self, predict: Any, data: TensorData | None) -> bool:
         """Measure ``predict`` (which changes nothing) on the clean source test set once; True if it ran."""
@@ -66,14 +69,14 @@ class TTAEvaluator:
             for b in range(math.ceil(len(data) / self.batch_size)):
                 x, y = data.batch(slice(b * self.batch_size, (b + 1) * self.batch_size))
                 correct += int((predict(x, PredictContext()).argmax(1) == y).sum())
-        self.matrix.clean_after = [correct, len(data)]
+        self.matrix.set_clean_after(correct, len(data))
         return True
 
     def state(self) -> dict[str, Any]:
         return self.matrix.to_dict()
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.matrix = AccuracyMatrix.from_dict(state, len(self.scenario))
+        self.matrix = TTAMatrix.from_dict(state, len(self.scenario))
 
 
 class TTALoop(Loop):
@@ -133,8 +136,7 @@ class TTALoop(Loop):
         for e in range(start_e, len(self.scenario)):
             exp = self.scenario[e]
             if not (self.begun and e == start_e):
-                if src.reset_each_shift and e > 0 and exp.meta.get("corruption") != self.scenario[e - 1].meta.get(
-                        "corruption"):  # fmt: skip
+                if src.reset_each_shift and e > 0 and exp.shift != self.scenario[e - 1].shift:
                     # Reset = a fresh copy of the source model and fresh optimiser/teacher state.
                     self.method.setup(self.info, self.spec.seed)
                 self.position, self.begun, self.partial = (e, 0, 0), True, [0, 0]

@@ -58,7 +58,7 @@ def leaderboard(dirs: Sequence[str], *, out: str | None = None, metrics: str | N
 
 def plot(records: Sequence[str], *, out: str = "overlay.png", experience: int | None = None) -> int:
     """Overlay the per-iteration curves of several run records in one PNG."""
-    from cl_bench.core.record import load_record
+    from cl_bench.core.record import load_record, record_kind
     from cl_bench.report.leaderboard import find_records, run_labels
     from cl_bench.report.plots import plot_overlay
 
@@ -66,6 +66,10 @@ def plot(records: Sequence[str], *, out: str = "overlay.png", experience: int | 
     if not paths:
         raise UserError(f"no run.json found under {', '.join(records)}")
     loaded = [load_record(p) for p in paths]
+    tta = [str(p) for p, r in zip(paths, loaded, strict=True) if record_kind(r) == "tta"]
+    if tta:
+        raise UserError(f"{', '.join(tta)} are test-time adaptation runs, which have no per-iteration curves to "
+                        f"overlay; `cl-bench run` plots each one's online error per domain")  # fmt: skip
     if experience is not None:
         n = min(len(r["accuracy_matrix"]["boundary"]) for r in loaded)
         if not 0 <= experience < n:

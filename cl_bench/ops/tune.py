@@ -286,7 +286,7 @@ def run_tune(
     Phase-1 runs go to ``<out>/phase1``, phase-2 runs to ``<out>/phase2``; like
     a sweep, a restarted tune skips completed runs and resumes interrupted ones.
     """
-    from cl_bench.core.record import atomic_write_bytes
+    from cl_bench.core import atomic
     from cl_bench.engine.spec import RunSpec, run_id_for
     from cl_bench.ops.sweep import run_specs
 
@@ -328,5 +328,5 @@ def run_tune(
                     for m, (c, s, table) in chosen.items()],
         "failed_runs": {**r1.errors, **r2.errors},
     }  # fmt: skip
-    atomic_write_bytes(out / TUNE_FILE, (json.dumps(summary, indent=1) + "\n").encode())
+    atomic.write_bytes(out / TUNE_FILE, (json.dumps(summary, indent=1) + "\n").encode())
     return summary

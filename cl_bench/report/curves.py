@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from cl_bench.metrics import AccuracyMatrix
+from cl_bench.metrics import AccuracyMatrix, TTAMatrix
+from cl_bench.metrics.tta import online_errors
 
 
 def current_experience(m: AccuracyMatrix, p: int) -> int:
@@ -65,3 +66,8 @@ def mean_curve(curves: Sequence[tuple[list[int], list[float]]]) -> tuple[list[in
 def boundary_iterations(m: AccuracyMatrix) -> list[int]:
     """Training iteration at which each finished experience ended."""
     return [m.iteration[b] for b in m.boundary]
+
+
+def online_error_curve(m: TTAMatrix) -> tuple[list[int], list[float]]:
+    """Test-time adaptation: online error of each experience (domain), x = its index in the stream."""
+    return list(range(m.n_experiences)), online_errors(m)

@@ -15,8 +15,9 @@ import html
 import math
 from typing import Any
 
-from cl_bench.metrics import AccuracyMatrix
-from cl_bench.report.curves import boundary_iterations, experience_accuracy, mean_curve, seen_accuracy
+from cl_bench.core.record import record_kind
+from cl_bench.metrics import AccuracyMatrix, TTAMatrix, matrix_from_dict
+from cl_bench.report import curves as C
 from cl_bench.report.leaderboard import COST_COLUMNS, Board, Cell, Group, higher_is_better, pareto_front, tune_table
 from cl_bench.report.svg import PALETTE, Point, Series, line_chart, scatter_chart
 
@@ -82,18 +83,38 @@ def _table(board: Board, g: Group) -> str:
             + "\n".join(body) + "</tbody></table>")  # fmt: skip
 
 
+def _matrices(records: list[dict[str, Any]]) -> list[AccuracyMatrix | TTAMatrix]:
+    return [matrix_from_dict(rec["accuracy_matrix"], kind=rec.get("kind")) for rec in records]
+
+
+def _tta_chart(rows: list[Any]) -> str:
+    """Online error per experience (domain) of test-time adaptation rows, mean over seeds."""
+    lines = []
+    for k, r in enumerate(rows):
+        mats = [m for m in _matrices(r.records) if isinstance(m, TTAMatrix)]
+        xs, ys = C.mean_curve([C.online_error_curve(m) for m in mats])
+        lines.append(Series(r.label, xs, ys, PALETTE[k % len(PALETTE)]))
+    n = len(rows[0].records)
+    return ('<div class="charts">' + line_chart(lines, title=f"Online error per experience ("
+            f"{f'mean of {n} seeds' if n > 1 else 'one seed'})", xlabel="experience (domain) in stream order",
+            ylabel="online error") + "</div>")  # fmt: skip
+
+
 def _charts(g: Group) -> str:
     rows = [r for r in g.rows if r.records][:MAX_CURVES]
+    tta = [r for r in rows if record_kind(r.records[0]) == "tta"]
+    if tta:  # online errors per domain: test-time adaptation has no per-iteration accuracy curves
+        return _tta_chart(tta)
     seen, gap, vlines = [], [], []
     for k, r in enumerate(rows):
-        mats = [AccuracyMatrix.from_dict(rec["accuracy_matrix"]) for rec in r.records]
+        mats = [m for m in _matrices(r.records) if isinstance(m, AccuracyMatrix)]
         color = PALETTE[k % len(PALETTE)]
         if not vlines:
-            vlines = boundary_iterations(mats[0])
-        xs, ys = mean_curve([seen_accuracy(m) for m in mats])
+            vlines = C.boundary_iterations(mats[0])
+        xs, ys = C.mean_curve([C.seen_accuracy(m) for m in mats])
         seen.append(Series(r.label, xs, ys, color))
         if mats[0].n_experiences > 1:
-            gx, gy = mean_curve([experience_accuracy(m, 0, from_boundary=True) for m in mats])
+            gx, gy = C.mean_curve([C.experience_accuracy(m, 0, from_boundary=True) for m in mats])
             sg: Cell = r.cell("stability_gap")
             gap.append(Series(f"{r.label} (gap {sg.mean:.2f})" if sg.n else r.label, gx, gy, color))
     n = len(rows[0].records) if rows else 0

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cl_bench.core.errors import UserError
-from cl_bench.core.record import RECORD_FILE, RecordError, load_record
+from cl_bench.core.record import RECORD_FILE, RecordError, load_record, record_kind
 from cl_bench.core.registry import METHODS
 
 DEFAULT_METRICS = ("final_acc", "avg_incremental_acc", "forgetting", "min_acc", "wc_acc", "stability_gap")
@@ -244,7 +244,7 @@ def build_board(
     paths = list(paths)
     good, skipped = load_records(paths)
     if tuple(metrics) == DEFAULT_METRICS and good:
-        tta = [bool(rec["accuracy_matrix"].get("online")) for _, rec in good]
+        tta = [record_kind(rec) == "tta" for _, rec in good]
         if all(tta):
             metrics, rank_by = TTA_METRICS, rank_by or TTA_METRICS[0]
         elif any(tta):

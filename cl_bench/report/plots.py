@@ -10,7 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: records are plotted on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cl_bench.metrics import AccuracyMatrix  # noqa: E402
+from cl_bench.core import atomic  # noqa: E402
+from cl_bench.metrics import AccuracyMatrix, TTAMatrix, matrix_from_dict  # noqa: E402
 
 
 def plot_accuracy_curves(record: dict[str, Any], path: str | Path) -> Path:
@@ -27,8 +28,8 @@ def plot_accuracy_curves(record: dict[str, Any], path: str | Path) -> Path:
     Returns:
         The path written.
     """
-    m = AccuracyMatrix.from_dict(record["accuracy_matrix"])
-    if m.online:
+    m = matrix_from_dict(record["accuracy_matrix"], kind=record.get("kind"))
+    if isinstance(m, TTAMatrix):
         return _plot_online_error(record, m, Path(path))
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     cmap = plt.get_cmap("tab10" if m.n_experiences <= 10 else "tab20")
@@ -47,10 +48,9 @@ def plot_accuracy_curves(record: dict[str, Any], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")  # then rename: a reader never sees half a PNG
+    with atomic.replacing(path) as tmp:  # a reader never sees half a PNG
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -81,7 +81,10 @@ def plot_overlay(
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     cmap = plt.get_cmap("tab10" if len(records) <= 10 else "tab20")
     for k, record in enumerate(records):
-        m = AccuracyMatrix.from_dict(record["accuracy_matrix"])
+        m = matrix_from_dict(record["accuracy_matrix"], kind=record.get("kind"))
+        if not isinstance(m, AccuracyMatrix):
+            raise ValueError(f"record {record.get('run_id')} is a test-time adaptation run: it has no per-iteration "
+                             f"curves to overlay (its plot shows the online error per domain)")  # fmt: skip
         if experience is None:
             xs, ys = seen_accuracy(m)
         else:
@@ -100,15 +103,13 @@ def plot_overlay(
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
+    with atomic.replacing(path) as tmp:  # a reader never sees half a PNG
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
-def _plot_online_error(record: dict[str, Any], m: AccuracyMatrix, path: Path) -> Path:
+def _plot_online_error(record: dict[str, Any], m: TTAMatrix, path: Path) -> Path:
     """Test-time adaptation records: online error of each experience (domain) in stream order."""
     from cl_bench.metrics.tta import online_errors
 
@@ -126,8 +127,8 @@ def _plot_online_error(record: dict[str, Any], m: AccuracyMatrix, path: Path) ->
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
+    path = Path(path)
+    with atomic.replacing(path) as tmp:  # a reader never sees half a PNG
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cl_bench.core.record import atomic_write_bytes
+from cl_bench.core import atomic
 from cl_bench.report.html import to_html
 from cl_bench.report.leaderboard import COST_COLUMNS, Board, higher_is_better, tune_table
 
@@ -76,9 +76,9 @@ def write_board(board: Board, out: str | Path) -> dict[str, Path]:
     """Write ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.html`` into ``out`` (atomically each)."""
     out = Path(out)
     files = {"md": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "leaderboard.html"}
-    atomic_write_bytes(files["md"], to_markdown(board).encode())
-    atomic_write_bytes(files["csv"], to_csv(board).encode())
-    atomic_write_bytes(files["html"], to_html(board).encode())
+    atomic.write_bytes(files["md"], to_markdown(board).encode())
+    atomic.write_bytes(files["csv"], to_csv(board).encode())
+    atomic.write_bytes(files["html"], to_html(board).encode())
     return files
 
 

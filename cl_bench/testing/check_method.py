@@ -73,6 +73,7 @@ from cl_bench.core.registry import METHODS, SCENARIOS
 from cl_bench.core.types import Scenario
 from cl_bench.engine.runner import RunInterrupted, resume, run
 from cl_bench.engine.spec import Protocol, RunSpec
+from cl_bench.metrics import TTAMatrix
 from cl_bench.testing.monitor import Monitor, difference, instrument
 from cl_bench.testing.results import CheckResult, ConformanceError, ConformanceReport, ConformanceViolation
 
@@ -276,9 +277,9 @@ def check_beats_chance(ctx: _Context) -> str:
     """At each experience boundary, accuracy on that experience beats 1/#classes + CHANCE_MARGIN."""
     matrix = matrix_of(ctx.plain_run(0))
     accs = []
-    if ctx.tta:
+    if isinstance(matrix, TTAMatrix):
         for exp in ctx.scenario:
-            acc = matrix.acc(matrix.boundary[exp.index], exp.index)
+            acc = matrix.acc(exp.index)
             bar = 1 / ctx.scenario.n_classes + CHANCE_MARGIN
             assert acc > bar, (f"online accuracy on domain {exp.index} is {acc:.3f}, not above chance + "
                                f"{CHANCE_MARGIN} = {bar:.3f}")  # fmt: skip
