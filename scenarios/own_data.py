@@ -28,7 +28,7 @@ import torch
 
 from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
-from cl_bench.core.types import Experience, Scenario, Standardize, TensorData
+from cl_bench.core.types import Experience, Scenario, Shift, Standardize, TensorData
 from cl_bench.data.augment import CropFlip, ResizedCropFlip
 from cl_bench.data.filedata import FileData, scan_train_test
 from cl_bench.data.streams import split_by_class, stratified_split
@@ -343,7 +343,7 @@ def folder_domains(
         train = FileData([str(p) for p in tr_p], tr_y, augment=aug, **kw)
         test = FileData([str(p) for p in te_p], te_y, **kw)
         classes = tuple(sorted(set(tr_y.tolist()) | set(te_y.tolist())))
-        experiences.append(Experience(i, train, test, classes, meta={"domain": d}))
+        experiences.append(Experience(i, train, test, classes, meta={"domain": d}, shift=Shift(d, 0)))
     spec: dict[str, Any] = {
         "dataset": "folder_domains", "root": str(base), "domains": order, "classes": names, "per_domain": splits,
         "image_size": image_size, "augment": aug.describe() if aug else None, "normalize": normalize,
