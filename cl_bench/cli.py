@@ -339,7 +339,9 @@ def _add_report_commands(sub: Any) -> None:
     pl.add_argument("records", nargs="+", metavar="RECORD", help="run.json files or directories holding them")
     pl.add_argument("--out", default="overlay.png", help="PNG to write (default overlay.png)")
     pl.add_argument("--experience", type=int, help="plot this experience's accuracy (stability gap view)")
-    pl.set_defaults(func=lambda a: commands.plot(a.records, out=a.out, experience=a.experience))
+    pl.add_argument("--curves", action="store_true",
+                    help="one run: every experience's accuracy against iteration (where it was evaluated)")
+    pl.set_defaults(func=lambda a: commands.plot(a.records, out=a.out, experience=a.experience, curves=a.curves))
     rg = sub.add_parser("regress", help="rerun the golden baselines and fail if a metric moved",
                         description="Compare fresh runs of the golden records with them, metric by metric.")
     rg.add_argument("--against", required=True, metavar="GOLDEN_DIR", help="e.g. results/golden")

@@ -32,11 +32,14 @@ def plot_accuracy_curves(record: dict[str, Any], path: str | Path) -> Path:
         return _plot_online_error(record, m, Path(path))
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     cmap = plt.get_cmap("tab10" if m.n_experiences <= 10 else "tab20")
+    from cl_bench.report.curves import experience_accuracy
+
     for e in range(m.n_experiences):
-        pts = [(m.iteration[p], m.acc(p, e)) for p in range(m.n_points) if m.n_total[p][e]]
-        if pts:
-            xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, ys, lw=1.2, color=cmap(e % cmap.N), label=f"exp {e}")
+        # NaN where e was not evaluated: the line breaks there (an isolated point gets a marker)
+        xs, ys = experience_accuracy(m, e, gaps=True)
+        if any(y == y for y in ys):
+            ax.plot(xs, ys, lw=1.2, color=cmap(e % cmap.N), label=f"exp {e}", marker=".", ms=3,
+                    markevery=_isolated(ys))  # fmt: skip
     for b in m.boundary:
         ax.axvline(m.iteration[b], color="0.5", ls=":", lw=1)
     ax.set_xlabel("training iteration")
@@ -85,7 +88,7 @@ def plot_overlay(
         if experience is None:
             xs, ys = seen_accuracy(m)
         else:
-            xs, ys = experience_accuracy(m, experience, from_boundary=True)
+            xs, ys = experience_accuracy(m, experience, from_boundary=True, gaps=True)
         label = labels[k] if labels else f"{record['method']['name']} s{record['seed']} ({record['scenario']['name']})"
         ax.plot(xs, ys, lw=1.3, color=cmap(k % cmap.N), label=label)
         if k == 0:
@@ -106,6 +109,15 @@ def plot_overlay(
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def _isolated(ys: list[float]) -> list[int]:
+    """Indices of finite values with no finite neighbour (a broken line would not show them)."""
+
+    def ok(i: int) -> bool:
+        return 0 <= i < len(ys) and ys[i] == ys[i]  # NaN != NaN
+
+    return [i for i in range(len(ys)) if ok(i) and not ok(i - 1) and not ok(i + 1)]
 
 
 def _plot_online_error(record: dict[str, Any], m: AccuracyMatrix, path: Path) -> Path:
