@@ -302,8 +302,9 @@ def pixelate(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np
     sh, sw = max(1, int(h * c)), max(1, int(w * c))
     down_h, down_w = ops.resize_matrix(h, sh), ops.resize_matrix(w, sw)
     up_h, up_w = ops.resize_matrix(sh, h), ops.resize_matrix(sw, w)
-    down = np.round(ops.separable(x, down_h, down_w) * 255) / 255  # the original's PIL image in between is uint8
-    return (np.round(ops.separable(down, up_h, up_w) * 255) + 0.5) / 255  # PIL's rounded bytes after truncation
+    # The original's PIL images are uint8 after each resize; PIL rounds half up (np.round: half to even).
+    down = np.floor(ops.separable(x.astype(np.float64), down_h, down_w) * 255 + 0.5) / 255
+    return (np.floor(ops.separable(down, up_h, up_w) * 255 + 0.5) + 0.5) / 255  # the bytes, after truncation
 
 
 def jpeg_compression(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.ndarray:
