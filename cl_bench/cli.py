@@ -101,7 +101,12 @@ def format_metrics(record: dict[str, Any]) -> str:
             continue  # undefined for this kind of run (e.g. forgetting curves of a TTA run)
         entry = METRICS.get(name) if name in METRICS else None
         arrow = "" if entry is None else ("(higher is better)" if _higher(name) else "(lower is better)")
-        shown = "n/a" if value is None else (f"{value:.1f}" if name.endswith("recovery") else f"{value:.4f}")
+        if value is None:
+            shown = "n/a"
+        elif kind == "tta":  # errors and accuracies in %, the unit of the per-domain errors printed with them
+            shown = f"{100 * value:.1f} %"
+        else:
+            shown = f"{value:.1f}" if name.endswith("recovery") else f"{value:.4f}"
         rows.append(f"  {name:<24} {shown:>10}  {arrow}")
     return "\n".join(rows)
 
@@ -110,11 +115,13 @@ def format_online(record: dict[str, Any]) -> str:
     """Online error of each experience of a TTA record, with its severity (0 = clean source images)."""
     from cl_bench.metrics import AccuracyMatrix
     from cl_bench.metrics.tta import online_errors
+    from cl_bench.report.domains import domain_names
 
     m = AccuracyMatrix.from_dict(record["accuracy_matrix"])
-    cells = [f"{e}:s{m.severity[e]} {100 * err:.1f}" for e, err in enumerate(online_errors(m))]
-    lines = ["  online error (%) per experience (index:severity):"]
-    lines += ["    " + "   ".join(cells[i : i + 8]) for i in range(0, len(cells), 8)]
+    names = domain_names(record["scenario"].get("spec") or {}, m.severity)
+    cells = [f"{names[e]}: {100 * err:.1f}" for e, err in enumerate(online_errors(m))]
+    lines = ["  online error (%) per domain (corruption, severity), in stream order:"]
+    lines += ["    " + "   ".join(cells[i : i + 5]) for i in range(0, len(cells), 5)]
     return "\n".join(lines)
 
 

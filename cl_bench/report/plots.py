@@ -123,6 +123,7 @@ def _isolated(ys: list[float]) -> list[int]:
 def _plot_online_error(record: dict[str, Any], m: AccuracyMatrix, path: Path) -> Path:
     """Test-time adaptation records: online error of each experience (domain) in stream order."""
     from cl_bench.metrics.tta import online_errors
+    from cl_bench.report.domains import domain_names
 
     errs = online_errors(m)
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
@@ -131,8 +132,11 @@ def _plot_online_error(record: dict[str, Any], m: AccuracyMatrix, path: Path) ->
     clean = [e for e in xs if m.severity[e] == 0]
     if clean:
         ax.plot(clean, [errs[e] for e in clean], "s", color="tab:green", ms=5, label="clean source images")
-    ax.set_xlabel("experience (domain) in stream order")
-    ax.set_ylabel("online error")
+    names = domain_names(record["scenario"].get("spec") or {}, m.severity)
+    ax.set_xticks(xs, names if len(names) == len(xs) else [str(x) for x in xs], rotation=90,
+                  fontsize=7 if len(xs) <= 30 else 5)  # fmt: skip
+    ax.set_xlabel("domain (corruption, severity) in stream order")
+    ax.set_ylabel("online error (fraction)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"{record['method']['name']} on {record['scenario']['name']} (seed {record['seed']})")
     ax.legend(loc="upper left", fontsize=8)
