@@ -12,6 +12,9 @@ counted — the online error):
   1,000 images per domain, continual, batch 10, the source trained for 1 epoch (``source_epochs`` 1)
   on cl_bench's clean MNIST split — a stream the source model collapses on (≈ 90 % error).
 
+All numbers are percent. ``--per-domain`` also prints, per stream, the mean online error of every
+domain, columns named by corruption and severity (``cl_bench.report.domains``), beside the mean.
+
 ``--setting`` runs another TTA stream setting (e.g. ``mixed_domains``, ``correlated``). Methods whose
 augmentation flips images get ``flip=false`` (a mirrored digit is another digit). Every method uses its
 default configuration otherwise.
@@ -38,6 +41,9 @@ import torch
 from cl_bench.core.registry import METHODS
 from cl_bench.engine.runner import run
 from cl_bench.engine.spec import RunSpec
+from cl_bench.metrics import TTAMatrix
+from cl_bench.metrics.tta import online_errors
+from cl_bench.report.domains import domain_names
 
 # CL_BENCH_MNIST as the tests use it; else the shared folder next to the checkout
 DEFAULT_ROOT = Path(os.environ.get("CL_BENCH_MNIST") or Path(__file__).resolve().parents[2] / "shared/data/mnist")
@@ -58,12 +64,29 @@ def tta_methods() -> list[str]:
 
 
 def cell(values: list[float]) -> str:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
+    """Mean ± sample sd of error fractions, printed in percent (the unit of every column)."""
+    vals = [100 * v for v in values if v is not None and not math.isnan(v)]
     if not vals:
         return "n/a"
     if len(vals) == 1:
-        return f"{vals[0]:.3f}"
-    return f"{statistics.fmean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+        return f"{vals[0]:.1f}"
+    return f"{statistics.fmean(vals):.1f} ± {statistics.stdev(vals):.1f}"
+
+
+def per_domain_table(stream: str, methods: list[str], per_domain: dict[tuple[str, str], list[list[float]]],
+                     names: list[str]) -> list[str]:  # fmt: skip
+    """Markdown rows: one per method, a column per domain (mean over seeds, %) and the mean."""
+    head = ["method", *names, "mean"]
+    rows = [f"\n{stream}: online error (%) per domain, mean over seeds\n", "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head)]  # fmt: skip
+    for method in methods:
+        runs = per_domain.get((stream, method), [])
+        if not runs:
+            continue
+        cols = [cell([r[d] for r in runs]).split(" ±")[0] for d in range(len(names))]
+        overall = statistics.fmean(100 * v for r in runs for v in r if not math.isnan(v))
+        rows.append(f"| {method} | " + " | ".join(cols) + f" | {overall:.1f} |")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", default="runs/tta_table", help="where run records go")
+    ap.add_argument("--per-domain", action="store_true", help="also print per-domain errors per stream")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     methods = args.methods or tta_methods()
@@ -84,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configs = stream_configs(args.root, args.setting)
     errors: dict[tuple[str, str], list[float]] = {}
+    per_domain: dict[tuple[str, str], list[list[float]]] = {}
+    names: dict[str, list[str]] = {}
     seconds: dict[tuple[str, str], float] = {}
     t_all = time.perf_counter()
     for stream in args.streams:
@@ -99,13 +125,19 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[(stream, method)] = seconds.get((stream, method), 0.0) + dt
                 err = rec["metrics"]["online_error"]
                 errors.setdefault((stream, method), []).append(err)
-                print(f"{stream:8} {method:12} seed {seed} online error {err:.3f} ({dt:.0f} s)", flush=True)
-    print(f"\nOnline error, {args.setting} streams, mean ± sd over seeds {args.seeds}\n")
+                m = TTAMatrix.from_dict(rec["accuracy_matrix"])
+                per_domain.setdefault((stream, method), []).append(online_errors(m))
+                names[stream] = domain_names(rec["scenario"]["spec"], m.severity)
+                print(f"{stream:8} {method:12} seed {seed} online error {100 * err:.1f} % ({dt:.0f} s)", flush=True)
+    print(f"\nOnline error (%), {args.setting} streams, mean ± sd over seeds {args.seeds}\n")
     head = ["method", *args.streams]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for method in methods:
         print(f"| {method} | " + " | ".join(cell(errors.get((s, method), [])) for s in args.streams) + " |")
+    if args.per_domain:
+        for stream in args.streams:
+            print("\n".join(per_domain_table(stream, methods, per_domain, names.get(stream, []))))
     print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
           f"torch {torch.__version__}; total {time.perf_counter() - t_all:.0f} s")
     return 0

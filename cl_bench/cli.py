@@ -103,7 +103,12 @@ def format_metrics(record: dict[str, Any]) -> str:
             continue  # undefined for this kind of run (e.g. forgetting curves of a TTA run)
         entry = METRICS.get(name) if name in METRICS else None
         arrow = "" if entry is None else ("(higher is better)" if _higher(name) else "(lower is better)")
-        shown = "n/a" if value is None else (f"{value:.1f}" if name.endswith("recovery") else f"{value:.4f}")
+        if value is None:
+            shown = "n/a"
+        elif kind == "tta":  # errors and accuracies in %, the unit of the per-domain errors printed with them
+            shown = f"{100 * value:.1f} %"
+        else:
+            shown = f"{value:.1f}" if name.endswith("recovery") else f"{value:.4f}"
         rows.append(f"  {name:<24} {shown:>10}  {arrow}")
     return "\n".join(rows)
 
@@ -112,11 +117,13 @@ def format_online(record: dict[str, Any]) -> str:
     """Online error of each experience of a TTA record, with its severity (0 = clean source images)."""
     from cl_bench.metrics import TTAMatrix
     from cl_bench.metrics.tta import online_errors
+    from cl_bench.report.domains import domain_names
 
     m = TTAMatrix.from_dict(record["accuracy_matrix"])
-    cells = [f"{e}:s{m.severity[e]} {100 * err:.1f}" for e, err in enumerate(online_errors(m))]
-    lines = ["  online error (%) per experience (index:severity):"]
-    lines += ["    " + "   ".join(cells[i : i + 8]) for i in range(0, len(cells), 8)]
+    names = domain_names(record["scenario"].get("spec") or {}, m.severity)
+    cells = [f"{names[e]}: {100 * err:.1f}" for e, err in enumerate(online_errors(m))]
+    lines = ["  online error (%) per domain (corruption, severity), in stream order:"]
+    lines += ["    " + "   ".join(cells[i : i + 5]) for i in range(0, len(cells), 5)]
     return "\n".join(lines)
 
 
@@ -342,7 +349,9 @@ def _add_report_commands(sub: Any) -> None:
     pl.add_argument("records", nargs="+", metavar="RECORD", help="run.json files or directories holding them")
     pl.add_argument("--out", default="overlay.png", help="PNG to write (default overlay.png)")
     pl.add_argument("--experience", type=int, help="plot this experience's accuracy (stability gap view)")
-    pl.set_defaults(func=lambda a: commands.plot(a.records, out=a.out, experience=a.experience))
+    pl.add_argument("--curves", action="store_true",
+                    help="one run: every experience's accuracy against iteration (where it was evaluated)")
+    pl.set_defaults(func=lambda a: commands.plot(a.records, out=a.out, experience=a.experience, curves=a.curves))
     rg = sub.add_parser("regress", help="rerun the golden baselines and fail if a metric moved",
                         description="Compare fresh runs of the golden records with them, metric by metric.")
     rg.add_argument("--against", required=True, metavar="GOLDEN_DIR", help="e.g. results/golden")

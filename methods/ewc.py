@@ -10,7 +10,7 @@ al. define).
 
 Avalanche's ``EWCPlugin`` squares batch-mean gradients (minibatches of its
 ``train_mb_size``) and has no 1/2, so its ``ewc_lambda`` is on another scale:
-see docs/methods.md ("EWC's lambda and Avalanche's ewc_lambda") for the measured
+see docs/avalanche.md ("EWC's lambda and Avalanche's ewc_lambda") for the measured
 conversion, which the Avalanche bridge's default applies.
 
 References:

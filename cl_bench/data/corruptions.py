@@ -9,19 +9,17 @@ with 1 or 3 channels, and draws all randomness from ``numpy.random.default_rng(s
 so the same seed gives the same output. Like the original (``np.uint8(...)``),
 results are truncated, not rounded, to uint8.
 
-Where the original relied on ImageMagick or OpenCV, this module re-implements the
-operation directly (the primitives are in :mod:`cl_bench.data.image_ops`):
+Where the original relied on ImageMagick, this module re-implements the operation directly (the
+primitives are in :mod:`cl_bench.data.image_ops`): motion blur (``motion_blur`` and the snow layer)
+is ImageMagick's one-sided Gaussian line kernel of width ``2 * radius + 1`` at the sampled angle, with
+edge-clamped borders. Spatter's water (severities 1-3) calls OpenCV's Canny edge detector and
+distance transform as the original does; without OpenCV its edges are approximated by the liquid
+mask's boundary pixels (not canonical). Pixelate keeps PIL's 8-bit image between its two resizes.
 
-* motion blur (``motion_blur`` and the snow layer): ImageMagick's one-sided
-  Gaussian line kernel of width ``2 * radius + 1`` at the sampled angle, with
-  edge-clamped borders;
-* spatter (severities 1-3): the Canny edges of the liquid mask are approximated
-  by the mask's boundary pixels (an approximation of the original).
-
-Frost needs the original texture photographs (``frost1.png`` ... ``frost6.jpg``
-from hendrycks/robustness); pass their folder as ``frost_dir``. Without it a
-procedural texture is used, which is **not** the canonical corruption —
-:func:`is_canonical` says so, and streams record it in their spec.
+Frost uses the original photographs (``frost1.png`` ... ``frost6.jpg`` of hendrycks/robustness):
+from ``frost_dir`` when given, else the copies the ``imagecorruptions`` package ships (optional
+extra ``corruptions``). Without either a procedural texture is used, which is **not** the canonical
+corruption — :func:`is_canonical` says so, and streams record it in their spec.
 
 Grayscale images (C = 1): channel-wise corruptions run on the single channel;
 colour ones (brightness, saturate, snow, frost, spatter) treat it as a grey RGB
@@ -35,6 +33,7 @@ References:
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -155,6 +154,7 @@ def frost(x: np.ndarray, s: int, rng: np.random.Generator, frost_dir: str | None
     """Blend with a frost texture crop: a x + b frost (original photographs, or procedural)."""
     a, b = [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)][s - 1]
     n, h, w, c = x.shape
+    frost_dir = frost_dir or installed_frost_dir()
     if frost_dir is None:
         tex = _procedural_frost(rng, n, h, w)
     else:
@@ -171,6 +171,20 @@ def frost(x: np.ndarray, s: int, rng: np.random.Generator, frost_dir: str | None
 
 
 _TEXTURE_CACHE: dict[tuple[str, int, int], list[np.ndarray]] = {}
+
+
+def installed_frost_dir() -> str | None:
+    """The frost photographs shipped by the installed ``imagecorruptions`` package, or None.
+
+    Found with ``importlib.util.find_spec``, without importing the package (its import needs
+    ``pkg_resources``, which setuptools >= 81 no longer ships). Install: ``pip install 'cl_bench[corruptions]'``.
+    """
+    spec = importlib.util.find_spec("imagecorruptions")
+    for loc in (spec.submodule_search_locations or []) if spec is not None else []:
+        folder = Path(loc) / "frost"
+        if all((folder / f).is_file() for f in FROST_FILES[:_FROST_DRAWN]):
+            return str(folder)
+    return None
 
 
 def _frost_textures(frost_dir: str, h: int, w: int) -> list[np.ndarray]:
@@ -228,6 +242,7 @@ def brightness(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> 
     """HSV value + 0.05-0.3."""
     # HSV with V' = clip(V + c): hue and saturation fixed, so RGB scales by V'/V (black becomes grey V').
     c = [0.05, 0.1, 0.15, 0.2, 0.3][s - 1]
+    x = np.round(x.astype(np.float64) * 255) / 255  # k / 255 in float64 as the original (float32: MAD 0.06)
     v = x.max(axis=3, keepdims=True)
     v_new = np.clip(v + c, 0, 1)
     return np.where(v > 0, x * v_new / np.maximum(v, 1e-12), v_new)
@@ -281,13 +296,15 @@ def elastic_transform(x: np.ndarray, s: int, rng: np.random.Generator, **_: obje
 
 
 def pixelate(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.ndarray:
-    """BOX down-sampling by 0.95-0.65 and BOX up-sampling back."""
+    """BOX down-sampling by 0.95-0.65 and BOX up-sampling back (8-bit in between, as PIL images are)."""
     c = [0.95, 0.9, 0.85, 0.75, 0.65][s - 1]
     h, w = x.shape[1:3]
     sh, sw = max(1, int(h * c)), max(1, int(w * c))
     down_h, down_w = ops.resize_matrix(h, sh), ops.resize_matrix(w, sw)
     up_h, up_w = ops.resize_matrix(sh, h), ops.resize_matrix(sw, w)
-    return ops.separable(ops.separable(x, down_h, down_w), up_h, up_w)
+    # The original's PIL images are uint8 after each resize; PIL rounds half up (np.round: half to even).
+    down = np.floor(ops.separable(x.astype(np.float64), down_h, down_w) * 255 + 0.5) / 255
+    return (np.floor(ops.separable(down, up_h, up_w) * 255 + 0.5) + 0.5) / 255  # the bytes, after truncation
 
 
 def jpeg_compression(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.ndarray:
@@ -321,20 +338,12 @@ def spatter(x: np.ndarray, s: int, rng: np.random.Generator, **_: object) -> np.
         if c == 1:
             colour = colour @ ops.LUMA
         return x * (1 - m) + colour * m
-    # water: brightness from a distance-to-edge map of the liquid layer (Canny edges -> mask boundary here)
-    liquid8 = np.floor(liquid * 255)
-    mask = liquid8 > 0
-    edges = mask & ~ndimage.binary_erosion(mask, structure=np.ones((1, 3, 3, 1)), border_value=1)
-    dist = np.empty_like(liquid8, dtype=np.float32)
-    for i in range(n):  # exact Euclidean distance transform per image
-        dist[i] = ndimage.distance_transform_edt(~edges[i]) if edges[i].any() else 20
-    dist = np.minimum(dist, 20)
-    dist = np.floor(ndimage.uniform_filter(dist, size=(1, 3, 3, 1), mode="mirror"))
-    dist = ops.equalize(dist.astype(np.uint8))
-    ker = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], np.float32)
-    dist = np.clip(np.round(ops.filter2d(dist.astype(np.float32), ker)), 0, 255)
-    dist = ndimage.uniform_filter(dist, size=(1, 3, 3, 1), mode="mirror")
-    m = liquid * dist
+    # water: brightness from a distance-to-Canny-edge map of the 8-bit liquid layer (cast as the original's)
+    liquid8 = (liquid * 255).astype(np.uint8)
+    if ops.opencv_available():
+        m = liquid8 * ops.spatter_water_map(liquid8[..., 0])[..., None]
+    else:
+        m = liquid8 * ops.approx_spatter_water_map(liquid8)
     m = m / np.maximum(m.max(axis=(1, 2, 3), keepdims=True), 1e-12) * intensity
     colour = np.array([175, 238, 238], np.float32) / 255  # the original adds (175, 238, 238) in channel order
     if c == 1:
@@ -360,16 +369,26 @@ def check(name: str, severity: int) -> None:
 def is_canonical(name: str, frost_dir: str | None = None) -> bool:
     """Whether ``corrupt(..., name, frost_dir=frost_dir)`` is the published corruption.
 
-    Only frost without the original texture images (``frost_dir`` unset) is not: it then uses a
-    procedural texture. (Implementation differences listed in the module docstring aside.)
+    Frost is canonical with the original photographs: ``frost_dir``, or else the ones the
+    ``imagecorruptions`` package ships (:func:`installed_frost_dir`); without either it uses a
+    procedural texture. Spatter (severities 1-3) is canonical with OpenCV's Canny edge detector,
+    which ``imagecorruptions`` brings; without OpenCV its edges are approximated. (Implementation
+    differences listed in the module docstring aside.)
     """
-    return name != "frost" or frost_dir is not None
+    if name == "frost":
+        return (frost_dir or installed_frost_dir()) is not None
+    return name != "spatter" or ops.opencv_available()
 
 
 def describe(name: str, frost_dir: str | None = None) -> str:
     """One-line provenance of a corruption, for scenario specs."""
     if name == "frost":
-        return "frost textures from frost_dir (canonical)" if frost_dir else "procedural (non-canonical)"
+        if frost_dir:
+            return "frost textures from frost_dir (canonical)"
+        return "frost photographs of imagecorruptions (canonical)" if installed_frost_dir() else (
+            "procedural (non-canonical; pip install 'cl_bench[corruptions]' for the photographs)")  # fmt: skip
+    if name == "spatter" and not ops.opencv_available():
+        return "make_cifar_c.py parameters; water edges approximated without OpenCV (non-canonical)"
     return "make_cifar_c.py parameters (re-implemented)"
 
 
@@ -381,8 +400,9 @@ def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0, frost_d
         name: One of :data:`CORRUPTIONS`.
         severity: 1 (mild) to 5 (severe); CIFAR-10-C parameters.
         seed: Seeds every random draw; the same seed gives the same output.
-        frost_dir: Folder with the original frost textures (frost1.png ... frost6.jpg); without it frost uses
-            a procedural, non-canonical texture (see :func:`is_canonical`).
+        frost_dir: Folder with the original frost textures (frost1.png ... frost6.jpg); without it the ones
+            of the installed imagecorruptions package, else a procedural, non-canonical texture (see
+            :func:`is_canonical`).
 
     Returns:
         uint8 array of the same shape.

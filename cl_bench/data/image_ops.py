@@ -183,3 +183,47 @@ def equalize(img: np.ndarray) -> np.ndarray:
         lut = np.zeros(256) if total == lo else np.round((cdf - lo) * 255.0 / (total - lo))
         out[i] = lut[img[i]]
     return np.clip(out, 0, 255)
+
+
+def opencv_available() -> bool:
+    """Whether OpenCV (``cv2``, which the ``corruptions`` extra's imagecorruptions brings) can be imported."""
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def spatter_water_map(liquid8: np.ndarray) -> np.ndarray:
+    """make_cifar_c.py's water-spatter brightness map of uint8 liquid layers (N, H, W), through OpenCV.
+
+    Per image: ``255 - Canny(50, 150)``, L2 distance transform (mask 5), truncation at 20, 3x3 box
+    blur cast to uint8, histogram equalisation, the emboss-like ``filter2D`` into uint8, 3x3 box
+    blur; the original's calls in its order. Returns float32 (N, H, W).
+    """
+    import cv2
+
+    ker = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]])
+    out = np.empty(liquid8.shape, np.float32)
+    for i, layer in enumerate(liquid8):
+        dist = 255 - cv2.Canny(np.ascontiguousarray(layer), 50, 150)
+        dist = cv2.distanceTransform(dist, cv2.DIST_L2, 5)
+        _, dist = cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)
+        dist = cv2.equalizeHist(cv2.blur(dist, (3, 3)).astype(np.uint8))
+        out[i] = cv2.blur(cv2.filter2D(dist, cv2.CV_8U, ker), (3, 3)).astype(np.float32)
+    return out
+
+
+def approx_spatter_water_map(liquid8: np.ndarray) -> np.ndarray:
+    """Without OpenCV, :func:`spatter_water_map` of (N, H, W, 1) with Canny edges approximated by the mask boundary."""
+    mask = liquid8 > 0
+    edges = mask & ~ndimage.binary_erosion(mask, structure=np.ones((1, 3, 3, 1)), border_value=1)
+    dist = np.empty(liquid8.shape, dtype=np.float32)
+    for i in range(len(liquid8)):  # exact Euclidean distance transform per image
+        dist[i] = ndimage.distance_transform_edt(~edges[i]) if edges[i].any() else 20
+    dist = np.minimum(dist, 20)
+    dist = np.floor(ndimage.uniform_filter(dist, size=(1, 3, 3, 1), mode="mirror"))
+    dist = equalize(dist.astype(np.uint8))
+    ker = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], np.float32)
+    dist = np.clip(np.round(filter2d(dist.astype(np.float32), ker)), 0, 255)
+    return ndimage.uniform_filter(dist, size=(1, 3, 3, 1), mode="mirror")

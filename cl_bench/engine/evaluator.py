@@ -3,7 +3,8 @@
 At every eval point, all experiences due are evaluated in one batched forward
 pass under ``torch.inference_mode()`` and the correct counts are split per
 experience afterwards. Between experience boundaries each seen experience's
-test set is subsampled to ``eval_subset`` examples (fixed per run, seeded); at
+test set is subsampled to ``eval_subset`` examples (fixed per run, seeded; or drawn
+afresh at every point with ``resample``); at
 boundaries and before training every experience's full test set is used, so
 boundary metrics are exact and forward transfer is measurable.
 
@@ -52,6 +53,8 @@ class Evaluator:
         seed: Seeds the subsample, which is fixed for the run.
         device: Where the forward pass runs.
         batch_size: Examples per forward call.
+        resample: Draw a new subsample at every periodic eval point, seeded by ``seed`` and the
+            point's index (a resumed run draws the same ones).
     """
 
     def __init__(
@@ -63,18 +66,15 @@ class Evaluator:
         seed: int,
         device: str | torch.device,
         batch_size: int = 1024,
+        resample: bool = False,
     ) -> None:
         self.scenario = scenario
+        self.seed, self.eval_subset, self.resample = seed, eval_subset, resample
         self.eval_every = eval_every
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.matrix = AccuracyMatrix(len(scenario))
-        gen = torch.Generator().manual_seed(10_007 * seed + 1)
-        self._subsets: list[torch.Tensor] = []
-        for exp in scenario:
-            n = len(exp.test)
-            k = n if eval_subset is None or eval_subset <= 0 else min(eval_subset, n)
-            self._subsets.append(torch.randperm(n, generator=gen)[:k].sort().values)
+        self._subsets = self._draw(torch.Generator().manual_seed(10_007 * seed + 1))
         self._full = [torch.arange(len(exp.test)) for exp in scenario]
         self._task_ids = torch.tensor(
             [exp.task_id if exp.task_id is not None else -1 for exp in scenario], device=self.device
@@ -86,6 +86,15 @@ class Evaluator:
                 mask[exp.index, list(exp.classes)] = True
             self._allowed = mask.to(self.device)
         self._packs: dict[tuple[int, bool], _Pack] = {}
+
+    def _draw(self, gen: torch.Generator) -> list[torch.Tensor]:
+        """One sorted subsample of every experience's test set."""
+        subsets = []
+        for exp in self.scenario:
+            n = len(exp.test)
+            k = n if self.eval_subset is None or self.eval_subset <= 0 else min(self.eval_subset, n)
+            subsets.append(torch.randperm(n, generator=gen)[:k].sort().values)
+        return subsets
 
     def due(self, iteration: int) -> bool:
         """Whether a periodic evaluation falls on training iteration ``iteration``."""
@@ -141,6 +150,11 @@ class Evaluator:
             full: Evaluate every experience on its full test set (boundaries, start).
         """
         n_exp = len(self.scenario) if full else n_seen
+        if self.resample and not full:
+            # A stream of its own per point (not the fixed subset's): points stay reproducible on resume.
+            point_seed = 10_007 * self.seed + 2 + 7_919 * self.matrix.n_points
+            self._subsets = self._draw(torch.Generator().manual_seed(point_seed))
+            self._packs = {k: v for k, v in self._packs.items() if k[1]}
         pack = self._pack(n_exp, full)
         correct_mask = []
         with torch.inference_mode():

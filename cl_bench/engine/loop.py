@@ -118,6 +118,7 @@ class Loop:
         return Evaluator(
             self.scenario, eval_every=self.protocol.eval_every, eval_subset=self.protocol.eval_subset,
             seed=self.spec.seed, device=self.spec.device, batch_size=self.protocol.eval_batch_size,
+            resample=self.protocol.resample_eval_subset,
         )  # fmt: skip
 
     def stream_info(self) -> StreamInfo:

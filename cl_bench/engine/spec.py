@@ -40,6 +40,11 @@ class Protocol:
             (``Scenario.ordered``: the ``blurry`` stream) are consumed in their stored order instead of shuffled.
         max_iterations: Cap on the training (or adaptation) iterations per experience and epoch (0 = none):
             ``cl-bench reproduce run --smoke`` sets 2 to prove a recipe starts without training it.
+        resample_eval_subset: Draw a fresh ``eval_subset`` of every evaluated experience at every
+            periodic eval point (seeded by the run seed and the point's index, so a resumed run draws
+            the same), as ContinualEvaluation's continual evaluation samples anew, instead of one subset
+            fixed for the run (the default). Boundary and pre-training evaluations use full test sets
+            either way.
         recipe: Name of the reproduction recipe (``cl_bench.ops.reproduce``) this run was made by ("" =
             none), so ``cl-bench reproduce board`` finds its records.
     """
@@ -52,6 +57,7 @@ class Protocol:
     online: bool = False
     max_iterations: int = 0
     recipe: str = ""
+    resample_eval_subset: bool = False
 
     def __post_init__(self) -> None:
         for name in ("eval_every", "eval_subset", "max_iterations"):
@@ -70,9 +76,9 @@ class Protocol:
     def to_dict(self) -> dict[str, Any]:
         """The protocol as run records and run ids store it.
 
-        Fields added after the first record schema (``online``, ``max_iterations``, ``recipe``) appear only
-        when they differ from their default, so records, run ids and golden references made before they
-        existed stay unchanged.
+        Fields added after the first record schema (``online``, ``max_iterations``, ``recipe``,
+        ``resample_eval_subset``) appear only when they differ from their default, so records, run ids
+        and golden references made before they existed stay unchanged.
         """
         d = dataclasses.asdict(self)
         for name in _LATER_FIELDS:
@@ -90,7 +96,7 @@ class Protocol:
         )
 
 
-_LATER_FIELDS = ("online", "max_iterations", "recipe")
+_LATER_FIELDS = ("online", "max_iterations", "recipe", "resample_eval_subset")
 _PROTOCOL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Protocol)}
 
 

@@ -56,11 +56,12 @@ def leaderboard(dirs: Sequence[str], *, out: str | None = None, metrics: str | N
     return 0
 
 
-def plot(records: Sequence[str], *, out: str = "overlay.png", experience: int | None = None) -> int:
-    """Overlay the per-iteration curves of several run records in one PNG."""
+def plot(records: Sequence[str], *, out: str = "overlay.png", experience: int | None = None,
+         curves: bool = False) -> int:  # fmt: skip
+    """Overlay the per-iteration curves of several run records in one PNG (or, ``curves``, one run's per experience)."""
     from cl_bench.core.record import load_record, record_kind
     from cl_bench.report.leaderboard import find_records, run_labels
-    from cl_bench.report.plots import plot_overlay
+    from cl_bench.report.plots import plot_accuracy_curves, plot_overlay
 
     paths = find_records(records)
     if not paths:
@@ -70,6 +71,13 @@ def plot(records: Sequence[str], *, out: str = "overlay.png", experience: int | 
     if tta:
         raise UserError(f"{', '.join(tta)} are test-time adaptation runs, which have no per-iteration curves to "
                         f"overlay; `cl-bench run` plots each one's online error per domain")  # fmt: skip
+    if curves:
+        if len(loaded) != 1 or experience is not None:
+            raise UserError(f"--curves draws every experience of one run: give exactly one record and no "
+                            f"--experience (got {len(loaded)} records)")  # fmt: skip
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        print(plot_accuracy_curves(loaded[0], out))
+        return 0
     if experience is not None:
         n = min(len(r["accuracy_matrix"]["boundary"]) for r in loaded)
         if not 0 <= experience < n:

@@ -33,7 +33,9 @@ def seen_accuracy(m: AccuracyMatrix) -> tuple[list[int], list[float]]:
     return list(m.iteration), ys
 
 
-def experience_accuracy(m: AccuracyMatrix, e: int, from_boundary: bool = False) -> tuple[list[int], list[float]]:
+def experience_accuracy(
+    m: AccuracyMatrix, e: int, from_boundary: bool = False, gaps: bool = False
+) -> tuple[list[int], list[float]]:
     """Accuracy on experience ``e`` at every eval point where it was evaluated.
 
     Args:
@@ -41,8 +43,14 @@ def experience_accuracy(m: AccuracyMatrix, e: int, from_boundary: bool = False) 
         e: Experience index.
         from_boundary: Only points from the end of experience ``e``'s training on
             (the part of the curve where the stability gap shows).
+        gaps: Also return the points where ``e`` was not evaluated, with NaN, so that a
+            plot breaks the line there instead of drawing a straight segment across
+            (e.g. a future experience evaluated only at boundaries).
     """
     start = m.boundary[e] if from_boundary and e < len(m.boundary) else 0
+    if gaps:
+        xs = [m.iteration[p] for p in range(start, m.n_points)]
+        return xs, [m.acc(p, e) if m.n_total[p][e] else math.nan for p in range(start, m.n_points)]
     pts = [(m.iteration[p], m.acc(p, e)) for p in range(start, m.n_points) if m.n_total[p][e]]
     return [x for x, _ in pts], [y for _, y in pts]
 

@@ -33,11 +33,14 @@ def plot_accuracy_curves(record: dict[str, Any], path: str | Path) -> Path:
         return _plot_online_error(record, m, Path(path))
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     cmap = plt.get_cmap("tab10" if m.n_experiences <= 10 else "tab20")
+    from cl_bench.report.curves import experience_accuracy
+
     for e in range(m.n_experiences):
-        pts = [(m.iteration[p], m.acc(p, e)) for p in range(m.n_points) if m.n_total[p][e]]
-        if pts:
-            xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, ys, lw=1.2, color=cmap(e % cmap.N), label=f"exp {e}")
+        # NaN where e was not evaluated: the line breaks there (an isolated point gets a marker)
+        xs, ys = experience_accuracy(m, e, gaps=True)
+        if any(y == y for y in ys):
+            ax.plot(xs, ys, lw=1.2, color=cmap(e % cmap.N), label=f"exp {e}", marker=".", ms=3,
+                    markevery=_isolated(ys))  # fmt: skip
     for b in m.boundary:
         ax.axvline(m.iteration[b], color="0.5", ls=":", lw=1)
     ax.set_xlabel("training iteration")
@@ -88,7 +91,7 @@ def plot_overlay(
         if experience is None:
             xs, ys = seen_accuracy(m)
         else:
-            xs, ys = experience_accuracy(m, experience, from_boundary=True)
+            xs, ys = experience_accuracy(m, experience, from_boundary=True, gaps=True)
         label = labels[k] if labels else f"{record['method']['name']} s{record['seed']} ({record['scenario']['name']})"
         ax.plot(xs, ys, lw=1.3, color=cmap(k % cmap.N), label=label)
         if k == 0:
@@ -109,9 +112,19 @@ def plot_overlay(
     return path
 
 
+def _isolated(ys: list[float]) -> list[int]:
+    """Indices of finite values with no finite neighbour (a broken line would not show them)."""
+
+    def ok(i: int) -> bool:
+        return 0 <= i < len(ys) and ys[i] == ys[i]  # NaN != NaN
+
+    return [i for i in range(len(ys)) if ok(i) and not ok(i - 1) and not ok(i + 1)]
+
+
 def _plot_online_error(record: dict[str, Any], m: TTAMatrix, path: Path) -> Path:
     """Test-time adaptation records: online error of each experience (domain) in stream order."""
     from cl_bench.metrics.tta import online_errors
+    from cl_bench.report.domains import domain_names
 
     errs = online_errors(m)
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
@@ -120,8 +133,11 @@ def _plot_online_error(record: dict[str, Any], m: TTAMatrix, path: Path) -> Path
     clean = [e for e in xs if m.severity[e] == 0]
     if clean:
         ax.plot(clean, [errs[e] for e in clean], "s", color="tab:green", ms=5, label="clean source images")
-    ax.set_xlabel("experience (domain) in stream order")
-    ax.set_ylabel("online error")
+    names = domain_names(record["scenario"].get("spec") or {}, m.severity)
+    ax.set_xticks(xs, names if len(names) == len(xs) else [str(x) for x in xs], rotation=90,
+                  fontsize=7 if len(xs) <= 30 else 5)  # fmt: skip
+    ax.set_xlabel("domain (corruption, severity) in stream order")
+    ax.set_ylabel("online error (fraction)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"{record['method']['name']} on {record['scenario']['name']} (seed {record['seed']})")
     ax.legend(loc="upper left", fontsize=8)
