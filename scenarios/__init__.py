@@ -4,4 +4,14 @@ Importing this package registers every built-in scenario; this module list is
 the one place that names them.
 """
 
-from cl_bench.scenarios import cifar, corrupted_streams, digits, imagenet_r, mnist, task_free, tinyimagenet, toy  # noqa: F401
+from cl_bench.scenarios import (  # noqa: F401
+    cifar,
+    cifar_c,
+    corrupted_streams,
+    digits,
+    imagenet_r,
+    mnist,
+    task_free,
+    tinyimagenet,
+    toy,
+)

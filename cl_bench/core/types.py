@@ -169,7 +169,13 @@ class Scenario(Sequence[Experience]):
             with (e.g. ``{"epochs": 5}``); explicit protocol values win.
         source: Test-time adaptation streams only: the clean source domain and how the
             source model is obtained (see :class:`SourceDomain`); None for other streams.
+
+    Attributes:
+        data: Which files the stream was read from, where (set by file-reading builders; None otherwise).
+            Recorded and printed, but not part of :attr:`spec`: the same files elsewhere are the same stream.
     """
+
+    data: str | None = None
 
     def __init__(
         self,
