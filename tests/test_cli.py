@@ -208,3 +208,30 @@ def test_issue_command_on_real_mnist(tmp_path: Path, mnist_root: Path) -> None:
     assert "only the 10k test files were found" in record["scenario"]["spec"]["split"]
     assert record["method"]["config"]["lambda"] == 100.0 and record["seed"] == 3
     assert record["metrics"]["final_acc"] > 0.4  # two binary experiences: well above 1/4 chance
+
+
+@pytest.mark.slow  # a whole (1-iteration) run with its plot: ~30 s on a loaded 2-core machine
+def test_progress_bar_shows_from_the_first_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the bar opens before the method's setup (a large backbone can take minutes to build and
+    to evaluate before training) and names each phase (issue 13)."""
+    import tqdm
+
+    from cl_bench.engine.runner import run
+    from cl_bench.engine.spec import RunSpec
+
+    shown: list[str] = []
+
+    class Bar(tqdm.tqdm):  # type: ignore[type-arg]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            shown.append(str(kwargs["desc"]))
+            super().__init__(*args, **{**kwargs, "disable": True})
+
+        def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+            shown.append(str(desc))
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    spec = RunSpec.from_mapping({"method": {"name": "finetune"}, "scenario": {"name": "split_digits"},
+                                 "protocol": {"epochs": 1, "max_iterations": 1}}, "test")  # fmt: skip
+    assert run(spec, tmp_path, progress=True)["status"] == "completed"
+    assert shown[:3] == ["finetune on split_digits (setting up the method)",
+                         "finetune on split_digits (evaluating before training)", "finetune on split_digits"]
