@@ -204,6 +204,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"points, train {cost['train_seconds']:.1f}s, eval {cost['eval_seconds']:.1f}s"
         )
     print(format_metrics(record))
+    if record["scenario"].get("data"):
+        print(f"data:   {record['scenario']['data']}")
     print(f"record: {run_dir / 'run.json'}")
     print(f"plot:   {run_dir / 'accuracy.png'}")
     return 0

@@ -55,7 +55,7 @@ class NCM(Method):
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
-        self.encoder = Encoder(self.config, info, frozen=True)
+        self.encoder = Encoder(self.config, info, frozen=True, method=self.name or type(self).__name__)
         self.head = PrototypeHead(info.n_classes, self.encoder.dim, self.encoder.device)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:

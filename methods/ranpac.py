@@ -96,7 +96,7 @@ class RanPAC(Method):
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
-        self.encoder = Encoder(self.config, info, frozen=True)
+        self.encoder = Encoder(self.config, info, frozen=True, method=self.name or type(self).__name__)
         dev, m = self.encoder.device, self.config.projection_dim
         gen = torch.Generator().manual_seed(seed)
         self.projection = torch.randn(self.encoder.dim, m, generator=gen).to(dev)  # N(0, 1) entries, as the paper

@@ -88,7 +88,7 @@ class SLCA(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         cfg = self.config
-        self.encoder = Encoder(cfg, info, frozen=False)
+        self.encoder = Encoder(cfg, info, frozen=False, method=self.name or type(self).__name__)
         dev = self.encoder.device
         self.head = nn.Linear(self.encoder.dim, info.n_classes).to(dev)
         groups = [{"params": list(self.head.parameters()), "lr": cfg.lr}]

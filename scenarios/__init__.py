@@ -6,6 +6,7 @@ the one place that names them.
 
 from cl_bench.scenarios import (  # noqa: F401
     cifar,
+    cifar_c,
     corrupted_streams,
     digits,
     domainnet126,

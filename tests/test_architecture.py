@@ -48,19 +48,13 @@ MAX_TOP_MODULES = 8
 
 #: Files still over MAX_LINES while another branch splits them. The integrator empties this list;
 #: a file listed here that is no longer oversize fails the test, so the list cannot go stale.
-KNOWN_OVERSIZE: list[str] = [
-    # Installed as cl_bench.scenarios, so the same limit applies to the plug-in folders.
-    "scenarios/corrupted_streams.py",
-]
+KNOWN_OVERSIZE: list[str] = []
 
 #: Plug-in modules that still import a sibling plug-in (importer, imported). Same rule as above:
 #: an entry that no longer occurs fails, so fixing one forces removing it here.
 KNOWN_PLUGIN_CROSS_IMPORTS: list[tuple[str, str]] = [
     # BNAdapt subclasses the Source method instead of a family base class.
     ("cl_bench.methods.bn_adapt", "cl_bench.methods.source"),
-    # The corrupted streams reuse the MNIST/CIFAR file loaders, which belong in cl_bench/data.
-    ("cl_bench.scenarios.corrupted_streams", "cl_bench.scenarios.mnist"),
-    ("cl_bench.scenarios.corrupted_streams", "cl_bench.scenarios.cifar"),
 ]
 
 

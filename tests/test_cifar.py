@@ -270,7 +270,9 @@ def test_finetune_cnn_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.Monkey
             calls.append((len(x), generator.initial_seed()))
             return super().__call__(x, generator)
 
-    monkeypatch.setattr(cifar, "AUGMENT", Spy())
+    from cl_bench.data import cifar as cifar_files
+
+    monkeypatch.setattr(cifar_files, "AUGMENT", Spy())  # the loader attaches it to the training set
     write_cifar10(tmp_path / "data")
     rec = run(_spec(tmp_path / "data"), tmp_path / "runs")
     assert rec["status"] == "completed"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cl_bench.cli import main, parse_sets
@@ -51,11 +53,22 @@ def test_list_shows_names_descriptions_references(capsys: pytest.CaptureFixture[
     assert "n_experiences: int = 5" in " ".join(capsys.readouterr().out.split())
 
 
-# Files the table's rows refer to as {tmp}/NAME.
-FILES = {
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+# Files the table's rows refer to as {tmp}/NAME: a tiny CIFAR-10-C layout (5 rows = 1 per severity) in c10c/,
+# and one whose fog.npy is text in badnpy/.
+FILES: dict[str, str | bytes] = {
     "seed_float.yaml": "seed: 1.7\n", "seed_bool.yaml": "seed: true\n", "seed_word.yaml": "seed: zero\n",
     "ckpt_neg.yaml": "checkpoint_every: -3\n", "a_file": "not a directory\n",
+    "c10c/labels.npy": _npy(np.arange(5, dtype=np.uint8)), "c10c/fog.npy": _npy(np.zeros((5, 32, 32, 3), np.uint8)),
+    "badnpy/labels.npy": _npy(np.arange(5, dtype=np.uint8)), "badnpy/fog.npy": "not an array\n",
+    "garbage.pt": "not a state dict\n",
 }  # fmt: skip
+C10C = ["--scenario", "cifar10_c", "--method", "tent", "--set", "scenario.corruptions=[fog]"]
 
 
 @pytest.mark.parametrize(
@@ -80,11 +93,22 @@ FILES = {
         (["sweep", "{tmp}/seed_float.yaml", "--workers", "0"], "--workers must be >= 1"),
         (["sweep", "{tmp}/seed_float.yaml", "--workers", "-2"], "--workers must be >= 1"),
         (["regress", "--against", "{tmp}", "--workers", "0"], "--workers must be >= 1"),
+        (["--set", "hidden_size=0"], "'hidden_size' of method 'er' must be >= 1 (it is a size), got 0"),
+        (["--method", "der", "--set", "replay_batch_size=-1"], "'replay_batch_size' of method 'der' must be >= 0"),
+        (["--set", "buffer_size=9223372036854775808"], "does not fit in a 64-bit integer"),
+        (["--set", "buffer_size=100000000000000000000000"], "does not fit in a 64-bit integer"),
+        (["--set", "protocol.epochs=abc"], "Pass e.g. --epochs <int or null> or --set protocol.epochs="),
+        (["--scenario", "split_mnist", "--set", "scenario.seed=x"], "--set scenario.seed=<int>"),
+        ([*C10C, "--set", "scenario.root={tmp}/badnpy"], "fog.npy (it is not a NumPy .npy array)"),
+        (["--method", "l2p"], "runs on a pretrained backbone (vit_base_patch16_224) and was given no weights"),
+        (["--method", "ncm", "--set", "weights=null"], "--set weights=random"),
+        (["--method", "l2p", "--set", "weights={tmp}/missing.pt"], "weight file {tmp}/missing.pt does not exist"),
     ],
 )
 def test_user_errors_exit_2_with_one_paragraph(tmp_path: Path, args: list[str], needle: str) -> None:
-    for name, text in FILES.items():
-        (tmp_path / name).write_text(text)
+    for name, content in FILES.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     cmd = args if args[0] in ("sweep", "regress") else ["run", "--out", str(tmp_path / "out"), *args]
     proc = cli(*cmd)
@@ -93,6 +117,39 @@ def test_user_errors_exit_2_with_one_paragraph(tmp_path: Path, args: list[str], 
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and proc.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+# Errors found once the run has started (its directory exists): exit 2, one paragraph, and a `failed` record.
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ([*C10C, "--set", "scenario.root={tmp}/c10c"], "--set scenario.clean_root=DIR"),
+        (["--method", "l2p", "--set", "weights={tmp}/garbage.pt", "--set", "depth=1"], "cannot read weight file"),
+    ],
+)
+def test_user_errors_at_setup_exit_2_and_leave_a_failed_record(tmp_path: Path, args: list[str], needle: str) -> None:
+    for name, content in FILES.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    proc = cli("run", "--out", str(tmp_path / "out"), *[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr and "weights_only" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.strip().count("\n") == 0
+    (record,) = (tmp_path / "out").glob("*/run.json")
+    assert json.loads(record.read_text())["status"] == "failed"
+
+
+def test_unwritable_out_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """A read-only --out (simulated: these tests may run as root, who can write anywhere) is exit 2 and one
+    paragraph, before any data is read."""
+    from cl_bench.engine import rundir
+
+    monkeypatch.setattr(rundir.os, "access", lambda path, mode: False)
+    assert main(["run", "--out", str(tmp_path / "ro" / "runs"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} is not writable" in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "ro").exists()
 
 
 def test_corrupt_mnist_file_is_a_user_error(tmp_path: Path) -> None:
@@ -151,3 +208,30 @@ def test_issue_command_on_real_mnist(tmp_path: Path, mnist_root: Path) -> None:
     assert "only the 10k test files were found" in record["scenario"]["spec"]["split"]
     assert record["method"]["config"]["lambda"] == 100.0 and record["seed"] == 3
     assert record["metrics"]["final_acc"] > 0.4  # two binary experiences: well above 1/4 chance
+
+
+@pytest.mark.slow  # a whole (1-iteration) run with its plot: ~30 s on a loaded 2-core machine
+def test_progress_bar_shows_from_the_first_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the bar opens before the method's setup (a large backbone can take minutes to build and
+    to evaluate before training) and names each phase (issue 13)."""
+    import tqdm
+
+    from cl_bench.engine.runner import run
+    from cl_bench.engine.spec import RunSpec
+
+    shown: list[str] = []
+
+    class Bar(tqdm.tqdm):  # type: ignore[type-arg]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            shown.append(str(kwargs["desc"]))
+            super().__init__(*args, **{**kwargs, "disable": True})
+
+        def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+            shown.append(str(desc))
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    spec = RunSpec.from_mapping({"method": {"name": "finetune"}, "scenario": {"name": "split_digits"},
+                                 "protocol": {"epochs": 1, "max_iterations": 1}}, "test")  # fmt: skip
+    assert run(spec, tmp_path, progress=True)["status"] == "completed"
+    assert shown[:3] == ["finetune on split_digits (setting up the method)",
+                         "finetune on split_digits (evaluating before training)", "finetune on split_digits"]

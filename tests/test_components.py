@@ -50,6 +50,20 @@ def test_reservoir_keeps_everything_until_full_and_stores_task_ids() -> None:
     assert t[order].tolist() == [3, 3, 3, 3, -1, -1, -1]
 
 
+def test_storage_grows_with_the_stream_not_the_capacity() -> None:
+    """A capacity of 10**9 must not allocate 10**9 slots up front (issue 13: 256 GB for a 1,438-example
+    stream); storage follows what is stored, and the sample equals that of a right-sized buffer."""
+    from cl_bench.components.buffer import LogitReservoirBuffer
+
+    huge, small = LogitReservoirBuffer(10**9, seed=3), LogitReservoirBuffer(100, seed=3)
+    for i in range(0, 70, 7):
+        for buf in (huge, small):
+            buf.add_with_logits(torch.arange(i, i + 7.0).unsqueeze(1), torch.arange(7), torch.randn(7, 3))
+    assert huge.x is not None and huge.logits is not None and len(huge.x) <= 2 * 70 and len(huge.logits) == len(huge.x)
+    assert len(huge) == len(small) == 70
+    assert torch.equal(huge.x[:70], small.x[:70]) and torch.equal(huge.t[:70], small.t[:70])  # type: ignore[index]
+
+
 def test_zero_capacity_stores_nothing() -> None:
     buf = ReservoirBuffer(0)
     buf.add(torch.randn(5, 2), torch.zeros(5, dtype=torch.long))

@@ -183,7 +183,7 @@ def test_bool_fields_accept_bools() -> None:
 def test_invalid_values_caught_by_the_config_itself() -> None:
     with pytest.raises(ConfigError, match="invalid configuration for method 'er'"):
         METHODS.create("er", lr=-0.1)
-    with pytest.raises(ConfigError, match="invalid configuration for method 'agem'"):
+    with pytest.raises(ConfigError, match="'sample_size' of method 'agem' must be >= 1"):
         METHODS.create("agem", sample_size=0)
 
 

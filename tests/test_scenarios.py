@@ -14,8 +14,8 @@ import torch
 from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Scenario
-from cl_bench.scenarios import mnist
-from cl_bench.scenarios.mnist import load_mnist, read_idx
+from cl_bench.data import mnist
+from cl_bench.data.mnist import load_mnist, read_idx
 
 
 # -- IDX fixtures in the real format ---------------------------------------------------------------------------------
@@ -163,6 +163,34 @@ def test_failed_download_falls_back_to_the_test_files(tmp_path: Path, monkeypatc
     monkeypatch.setattr(mnist, "_try_download", lambda root: None)  # no network
     train, test, spec = load_mnist(str(tmp_path), download=True)
     assert (len(train), len(test)) == (40, 10) and "only the 10k test files" in str(spec["split"])
+
+
+def test_only_the_test_files_never_download_and_keep_the_8k_2k_split(tmp_path: Path, no_download: None) -> None:
+    """The default (download=None) with the test pair present: no download attempt (the same data on every
+    machine), nothing created in the user's folder, and ``Scenario.data`` names the files (issue 13)."""
+    write_mnist(tmp_path, train=None, test=50)
+    before = sorted(tmp_path.rglob("*"))
+    sc = SCENARIOS.create("split_mnist", root=str(tmp_path))
+    assert sorted(tmp_path.rglob("*")) == before  # no MNIST/raw or any other folder made
+    assert "only the 10k test files" in str(sc.spec["split"]) and "data" not in sc.spec
+    assert sc.data == f"mnist test set (50, IDX) at {tmp_path}"
+
+
+def test_automatic_download_only_when_no_file_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """download=None tries torchvision only into the default folder or an existing, MNIST-free one, and says
+    so; a root that does not exist is reported, never created."""
+    calls: list[Path] = []
+
+    def fake_download(root: Path) -> None:
+        calls.append(root)
+        write_mnist(root / "MNIST" / "raw", train=40, test=20, gz=False)
+
+    monkeypatch.setattr(mnist, "_try_download", fake_download)
+    sc = SCENARIOS.create("split_mnist", root=str(tmp_path))
+    assert calls == [tmp_path] and sc.data is not None and "downloaded by torchvision" in sc.data
+    with pytest.raises(DataError, match="no download was tried"):
+        SCENARIOS.create("split_mnist", root=str(tmp_path / "typo"))
+    assert calls == [tmp_path] and not (tmp_path / "typo").exists()
 
 
 def test_missing_files_say_where_the_loader_looked(tmp_path: Path, no_download: None) -> None:

@@ -52,11 +52,14 @@ class ReservoirBuffer:
 
         Subclasses storing extra per-example data (e.g. logits) write it at the same slots.
         """
-        if self.x is None:
-            self.x = torch.empty((self.capacity, *x.shape[1:]), dtype=x.dtype, device=x.device)
-            self.y = torch.empty(self.capacity, dtype=y.dtype, device=y.device)
-            self.t = torch.full((self.capacity,), -1, dtype=torch.long, device=y.device)
         n = len(x)
+        if self.x is None:
+            self.x = x.new_empty((0, *x.shape[1:]))
+            self.y = y.new_empty(0)
+            self.t = torch.full((0,), -1, dtype=torch.long, device=y.device)
+        needed = min(self.capacity, self.size + n)
+        if len(self.x) < needed:
+            self.grow(min(self.capacity, max(needed, 2 * len(self.x))))
         ranks = torch.arange(self.seen + 1, self.seen + n + 1, dtype=torch.float64)
         draws = (torch.rand(n, generator=self.gen, dtype=torch.float64) * ranks).long()
         slots: dict[int, int] = {}  # slot -> example; later examples overwrite earlier ones, as sequentially
@@ -74,6 +77,19 @@ class ReservoirBuffer:
             self.y[dst] = y[src]
             self.t[dst] = t[src] if t is not None else -1
         return dst, src
+
+    def grow(self, rows: int) -> None:
+        """Enlarge the storage to ``rows`` slots, keeping the stored examples.
+
+        Storage grows as examples arrive (doubling, up to the capacity) instead of being allocated at full
+        capacity up front, so a capacity far above the stream's length (``buffer_size=10**9``) costs only
+        the memory of the examples actually stored.
+        """
+        assert self.x is not None and self.y is not None and self.t is not None
+        extra = rows - len(self.x)
+        self.x = torch.cat([self.x, self.x.new_empty((extra, *self.x.shape[1:]))])
+        self.y = torch.cat([self.y, self.y.new_empty(extra)])
+        self.t = torch.cat([self.t, self.t.new_full((extra,), -1)])
 
     def sample_indices(self, n: int) -> torch.Tensor:
         """Slots of up to ``n`` stored examples drawn without replacement."""
@@ -117,10 +133,17 @@ class LogitReservoirBuffer(ReservoirBuffer):
             self.seen += len(x)
             return
         if self.logits is None:
-            self.logits = torch.empty((self.capacity, *logits.shape[1:]), dtype=logits.dtype, device=logits.device)
+            self.logits = logits.new_empty((0 if self.x is None else len(self.x), *logits.shape[1:]))
         dst, src = self.place(x, y, t)
         if len(dst):
             self.logits[dst] = logits[src].detach()
+
+    def grow(self, rows: int) -> None:
+        """Enlarge the storage (logits included) to ``rows`` slots."""
+        super().grow(rows)
+        if self.logits is not None:
+            extra = rows - len(self.logits)
+            self.logits = torch.cat([self.logits, self.logits.new_empty((extra, *self.logits.shape[1:]))])
 
     def sample_with_logits(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Up to ``n`` stored examples without replacement: inputs, labels, task ids, logits."""

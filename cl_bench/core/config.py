@@ -153,12 +153,57 @@ def build_config(cls: type, overrides: Mapping[str, Any], owner: str) -> Any:
         except _Mismatch:
             raise ConfigError(
                 f"parameter {key!r} of {owner} must be {type_name(types_[key])}, "
-                f"got {value!r} ({type(value).__name__}). Pass e.g. --set {key}=<{type_name(types_[key])}>."
+                f"got {value!r} ({type(value).__name__}). Pass e.g. {_set_hint(owner, key, types_[key])}."
             ) from None
+        _check_range(key, kwargs[by_public[key]], _default_of(cls, by_public[key]), owner)
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"invalid configuration for {owner}: {err}") from None
+
+
+#: Integers must fit in a signed 64-bit int: torch and numpy cannot hold more, and fail deep inside with a C++
+#: overflow instead of a message.
+INT_LIMIT = 2**63
+#: Field names that size something (a layer, a batch, a pool): a value < 1 would build an empty network or
+#: loop on nothing, so it is refused before any training. Where a field's default is 0, 0 keeps meaning
+#: "the default" (e.g. ``replay_batch_size=0`` = the training batch size).
+_SIZE_SUFFIXES = ("_size", "_dim")
+_SIZE_NAMES = ("num_heads", "depth")
+# Memory sizes may be 0: an empty memory is a valid ablation (ER without replay is fine-tuning).
+_MAY_BE_ZERO = ("buffer_size", "memory_size")
+# The CLI flags that set protocol fields; suggested before the generic --set protocol.KEY=.
+_PROTOCOL_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "eval_every": "--eval-every"}
+
+
+def _set_hint(owner: str, key: str, tp: Any) -> str:
+    """The command-line spelling that sets ``key`` of ``owner`` (a method's keys take no prefix)."""
+    value = f"<{type_name(tp)}>"
+    if owner == "the protocol" or owner.endswith("'s protocol"):
+        flag = _PROTOCOL_FLAGS.get(key)
+        return (f"{flag} {value} or " if flag else "") + f"--set protocol.{key}={value}"
+    if owner.startswith("scenario"):
+        return f"--set scenario.{key}={value}"
+    return f"--set {key}={value}"
+
+
+def _default_of(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default if f.default is not dataclasses.MISSING else None
+
+
+def _check_range(key: str, value: Any, default: Any, owner: str) -> None:
+    """Refuse integers too large for torch, and sizes below 1 (see :data:`_SIZE_SUFFIXES`)."""
+    ints = [v for v in (value if isinstance(value, (list, tuple)) else [value])
+            if isinstance(v, int) and not isinstance(v, bool)]  # fmt: skip
+    if any(abs(v) >= INT_LIMIT for v in ints):
+        raise ConfigError(f"parameter {key!r} of {owner} is {value!r}, which does not fit in a 64-bit integer "
+                          f"(|value| < 2**63); no setting needs that many — check the value")  # fmt: skip
+    is_size = key.endswith(_SIZE_SUFFIXES) or key in _SIZE_NAMES
+    if is_size and isinstance(value, int) and not isinstance(value, bool):
+        low = 0 if default == 0 or key in _MAY_BE_ZERO else 1
+        if value < low:
+            raise ConfigError(f"parameter {key!r} of {owner} must be >= {low} (it is a size), got {value}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -193,7 +193,13 @@ class Scenario(Sequence[Experience]):
         ordered: The stream defines the order of its training examples (e.g. blurry task
             boundaries): the online protocol consumes each experience in its stored order
             instead of shuffling it.
+
+    Attributes:
+        data: Which files the stream was read from, where (set by file-reading builders; None otherwise).
+            Recorded and printed, but not part of :attr:`spec`: the same files elsewhere are the same stream.
     """
+
+    data: str | None = None
 
     def __init__(
         self,

@@ -132,3 +132,11 @@ def split_by_class(
     full_spec = {**spec, "n_experiences": n_experiences, "class_order": order, "seed": seed,
                  "classes_per_experience": [sorted(g) for g in groups]}  # fmt: skip
     return Scenario(name, experiences, full_spec, n_classes, setting, protocol_defaults)
+
+
+def with_data(scenario: Scenario, data: object) -> Scenario:
+    """Attach which files ``scenario`` was read from (``Scenario.data``, e.g. "mnist test set (10000, IDX) at
+    ROOT"): recorded as ``record["scenario"]["data"]`` and printed after a run, but kept out of the hashed spec,
+    since the same files at another path are the same stream."""
+    scenario.data = None if data is None else str(data)
+    return scenario

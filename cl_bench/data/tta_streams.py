@@ -28,6 +28,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,41 @@ TTA_BATCH_SIZE = 200
 
 DomainData = Callable[[str, int, torch.Tensor], TensorData]
 """``(corruption, severity, kept indices) -> test data of that domain`` (the kept rows, in order)."""
+
+
+
+@dataclass(frozen=True)
+class TTAOptions:
+    """The test-time adaptation options every corruption stream takes (see :mod:`cl_bench.engine.source`).
+
+    Attributes:
+        setting: continual, gradual, mixed_domains, reset_each_shift or correlated.
+        n_per_domain: Test images per domain (0 = all).
+        concentration: Dirichlet concentration of the correlated setting (RoTTA's default 0.1).
+        insert_clean: Insert the clean test images between corruption domains.
+        source_model: Source architecture ("auto": lenet_bn for 1x28x28, cnn_bn otherwise; wrn28_10).
+        source_weights: Source checkpoint file (a state dict or RobustBench file); None = train it.
+        source_epochs: Epochs of the source phase when training.
+        source_free: Methods get no source data.
+        train_domains: In the continual setting, also corrupt the training split (for supervised methods).
+    """
+
+    setting: str = "continual"
+    n_per_domain: int = 0
+    concentration: float = 0.1
+    insert_clean: bool = False
+    source_model: str = "auto"
+    source_weights: str | None = None
+    source_epochs: int = 5
+    source_free: bool = False
+    train_domains: bool = True
+
+    def source(self, train: TensorData | None, test: TensorData | None) -> SourceDomain:
+        """The source domain of a stream whose clean data is ``train``/``test``."""
+        if self.source_epochs < 1:
+            raise ConfigError(f"source_epochs must be >= 1, got {self.source_epochs}")
+        return SourceDomain(train, test, self.source_model, self.source_weights, self.source_epochs,
+                            self.source_free, self.setting == "reset_each_shift")  # fmt: skip
 
 
 def check_setting(setting: str, concentration: float, n_per_domain: int) -> None:

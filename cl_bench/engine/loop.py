@@ -79,6 +79,7 @@ class Loop:
         self.scenario: Scenario = SCENARIOS.create(spec.scenario, **spec.scenario_config)
         data_seconds = time.perf_counter() - t0
         self.method: Method = method_cls(self.method_config)
+        self.method.record_extras()  # e.g. a pretrained backbone's weight file: missing or not given, refused here
         caps = self.method.caps
         self.protocol = self.resolve_protocol(spec.protocol)
         if checkpoint_every and not caps.resumable:
@@ -149,7 +150,8 @@ class Loop:
         return new_record(
             run_id=self.run_dir.name, status=status,
             method={"name": spec.method, "config": config_to_dict(self.method_config), **self.method.record_extras()},
-            scenario={"name": spec.scenario, "spec": self.scenario.spec, "spec_hash": self.scenario.spec_hash},
+            scenario={"name": spec.scenario, "spec": self.scenario.spec, "spec_hash": self.scenario.spec_hash,
+                      **({"data": self.scenario.data} if self.scenario.data else {})},
             protocol={**self.protocol.to_dict(), "setting": self.scenario.setting}, seed=spec.seed,
             matrix=self.evaluator.matrix,
             cost={**cost, "peak_rss_mb": peak_rss_mb(), **self.model_cost()},
@@ -213,30 +215,50 @@ class Loop:
     # -- driving --------------------------------------------------------------------------------------------
     def start(self, state: dict[str, Any] | None) -> None:
         """Seed, set the method up, then begin afresh (``state`` None) or continue from ``state``."""
-        self.info = self.stream_info()
-        seed_everything(self.spec.seed)
-        self.method.setup(self.info, self.spec.seed)
-        if state is None:
-            self.begin()
+        # The bar opens before the method's setup: building a large backbone and the evaluation before training
+        # can take minutes on CPU, and a terminal must show what is happening from the first step (issue 13).
+        self.open_bar("setting up the method")
+        try:
+            self.info = self.stream_info()
+            seed_everything(self.spec.seed)
+            self.method.setup(self.info, self.spec.seed)
+            if state is None:
+                self.open_bar("evaluating before training")
+                self.begin()
+            else:
+                self.restore(state)
+        except BaseException:
+            self.close_bar()
+            raise
+
+    def open_bar(self, phase: str | None = None) -> None:
+        """Show the progress bar (when enabled), its description naming ``phase`` if given."""
+        if not self.progress:
+            return
+        desc = f"{self.spec.method} on {self.spec.scenario}" + (f" ({phase})" if phase else "")
+        if self.bar is None:
+            from tqdm import tqdm
+
+            total = sum(self.iterations(e) for e in range(len(self.scenario)))
+            self.bar = tqdm(total=total, initial=self.iteration, desc=desc, unit="it", dynamic_ncols=True,
+                            leave=False)  # fmt: skip
         else:
-            self.restore(state)
+            self.bar.n = self.iteration
+            self.bar.set_description(desc)
+
+    def close_bar(self) -> None:
+        """Close the progress bar, if one is open."""
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None
 
     def train(self) -> None:
         """Run :meth:`loop` under the progress bar."""
-        from tqdm import tqdm
-
-        total = sum(self.iterations(e) for e in range(len(self.scenario)))
-        self.bar = (
-            tqdm(total=total, initial=self.iteration, desc=f"{self.spec.method} on {self.spec.scenario}",
-                 unit="it", dynamic_ncols=True, leave=False)
-            if self.progress else None
-        )  # fmt: skip
+        self.open_bar()
         try:
             self.loop()
         finally:
-            if self.bar is not None:
-                self.bar.close()
-            self.bar = None
+            self.close_bar()
 
     def evaluate(self, full: bool, n_seen: int) -> None:
         t0 = time.perf_counter()

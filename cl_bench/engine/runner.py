@@ -169,4 +169,32 @@ def resume(
         return _drive(r, checkpoint.load(run_dir, spec, spec.device))
 
 
-__all__ = ["CHECKPOINT_FILE", "Protocol", "RunInterrupted", "RunSpec", "make_loop", "run", "resume", "run_id_for"]
+def record_failure(spec: RunSpec, out: str | Path, error: str, checkpoint_every: int = 0) -> Path | None:
+    """Leave a ``failed`` record for a run that stopped before its loop existed, unless it has a record.
+
+    :func:`run` refuses a bad configuration before touching the disk (right for one command: the user sees the
+    message). A sweep's run has no user watching; without a record, its failure would be missing from the board
+    and from ``sweep --dry-run`` (issue 13). The record has the request and the error, and an empty matrix.
+
+    Returns:
+        The record's path, or None if the run directory already holds a record (which is kept).
+    """
+    from cl_bench.core.record import environment, new_record
+    from cl_bench.metrics import AccuracyMatrix
+
+    run_dir = Path(out) / run_id_for(spec)
+    if (run_dir / RECORD_FILE).exists():
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    request = {"method_config": spec.method_config, "scenario_config": spec.scenario_config,
+               "protocol": spec.protocol.to_dict(), "device": spec.device, "checkpoint_every": checkpoint_every}
+    record = new_record(run_id=run_dir.name, status="failed",
+                        method={"name": spec.method, "config": spec.method_config},
+                        scenario={"name": spec.scenario, "spec": {}, "spec_hash": None},
+                        protocol=spec.protocol.to_dict(), seed=spec.seed, matrix=AccuracyMatrix(0), cost={},
+                        env=environment(spec.device), request=request, error=error)  # fmt: skip
+    return write_record(run_dir, record)
+
+
+__all__ = ["CHECKPOINT_FILE", "Protocol", "RunInterrupted", "RunSpec", "make_loop", "record_failure", "run", "resume",
+           "run_id_for"]  # fmt: skip

@@ -98,8 +98,15 @@ def source_model(scenario: Scenario, seed: int, device: str = "cpu") -> nn.Modul
                           f"RobustBench CIFAR-10 'Standard' file needs wrn28_10.")  # fmt: skip
         return net.to(device).eval()
     if src.train is None:
-        raise ConfigError(f"scenario {scenario.name!r} has no clean source training data: pass a source "
-                          f"checkpoint with --set scenario.source_weights=FILE")  # fmt: skip
+        from cl_bench.core.config import field_types
+        from cl_bench.core.registry import SCENARIOS
+
+        cls = SCENARIOS.get(scenario.name).config_cls if scenario.name in SCENARIOS.names() else None
+        params = field_types(cls) if cls is not None else {}
+        clean = (" or the clean training data with --set scenario.clean_root=DIR (the folder holding the "
+                 "CIFAR python batches)" if "clean_root" in params else "")  # fmt: skip
+        raise ConfigError(f"scenario {scenario.name!r} has no clean source training data to train its source model "
+                          f"on: pass a source checkpoint with --set scenario.source_weights=FILE{clean}")  # fmt: skip
     key = source_key(scenario, seed)
     path = cache_dir() / f"{key}.pt"
     if key not in _MEMORY and path.is_file():

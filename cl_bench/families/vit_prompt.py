@@ -36,11 +36,12 @@ from cl_bench.components.prompts import PromptedViT, require_vit, require_vit_na
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.types import Batch, Experience, PredictContext, StreamInfo
 from cl_bench.nets.backbones import backbone_tag, check_backbone_name, create_backbone
+from cl_bench.nets.weights import RANDOM, require_weights
 
 # A timm ViT small enough for the conformance suite and unit tests: 4 patches of the 8x8 adapted
 # toy images, 2 blocks of width 32 (random weights, no file needed).
-TINY_VIT: dict[str, Any] = {"backbone": "vit_tiny_patch16_224", "image_size": 8, "patch_size": 4, "depth": 2,
-                            "embed_dim": 32, "num_heads": 2}  # fmt: skip
+TINY_VIT: dict[str, Any] = {"backbone": "vit_tiny_patch16_224", "weights": RANDOM, "image_size": 8,
+                            "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}  # fmt: skip
 
 
 
@@ -54,7 +55,8 @@ class ViTConfig:
 
     Attributes:
         backbone: timm architecture (a VisionTransformer), built without classifier.
-        weights: Local weight file of the backbone (None = random weights: tests and smoke runs only).
+        weights: Local weight file of the backbone; None (the default) is refused when the run starts, and
+            ``"random"`` gives randomly initialised weights (tests and smoke runs only).
         image_size: Input side the backbone gets (None = the architecture's own, 224 for ViT-B/16).
         patch_size: Patch size override (None = the architecture's; for small test ViTs).
         depth: Number of blocks override (None = the architecture's).
@@ -136,6 +138,7 @@ class ViTPromptMethod(Method):
         super().setup(info, seed)
         cfg = self.config
         self.device = torch.device(info.device)
+        require_weights(cfg.weights, self.name or type(self).__name__, cfg.backbone)
         vit = create_backbone(cfg.backbone, cfg.weights, **cfg.backbone_kwargs())
         require_vit(vit, self.name or type(self).__name__, cfg.backbone)
         # Stream batches -> the backbone's input size, channels and normalisation.
@@ -151,6 +154,7 @@ class ViTPromptMethod(Method):
         self.n_train = self.trained = 0  # examples per epoch of the experience, examples trained on so far
 
     def record_extras(self) -> dict[str, Any]:
+        require_weights(self.config.weights, self.name, self.config.backbone)  # also checked before a run starts
         return {"backbone": backbone_tag(self.config.backbone, self.config.weights)}
 
     # -- hooks for the methods --------------------------------------------------------------------------

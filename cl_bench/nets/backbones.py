@@ -52,6 +52,12 @@ def check_backbone_name(name: str) -> None:
     )
 
 
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"weight file {path} {what}; pass a local weight file with --set weights=PATH")
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a weight file (``.pth``/``.pt``/``.bin`` via ``torch.load``, or ``.safetensors``).
 
@@ -62,8 +68,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         ConfigError: If the file is missing or holds no tensors.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"weight file {path} does not exist; pass a local file with --set weights=PATH")
+    _check_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -72,8 +77,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable file is the user's to fix
-        raise ConfigError(f"cannot read weight file {path} ({type(err).__name__}: {err}); "
-                          f"expected a PyTorch state dict or a .safetensors file") from err  # fmt: skip
+        # Only the exception's type: torch's text for a non-tensor pickle advises weights_only=False, which
+        # would run code from the file, and must never reach a user as advice.
+        raise ConfigError(f"cannot read weight file {path} ({type(err).__name__}): it is not a PyTorch state dict "
+                          f"of tensors or a .safetensors file, or it is damaged; pass the backbone's weight "
+                          f"file with --set weights=PATH") from None  # fmt: skip
     while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         inner = next((obj[k] for k in _NESTING_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
         if inner is None:
@@ -161,6 +169,8 @@ def create_backbone(name: str, weights: str | Path | None = None, **kwargs: Any)
 def backbone_tag(name: str, weights: str | Path | None) -> dict[str, str | None]:
     """What a run record says about its backbone: the architecture and the weight file's hash."""
     path = resolve_weights(weights)
+    if path is not None:
+        _check_file(path)
     return {"backbone": name, "weights_sha256": weights_sha256(path) if path is not None else None}
 
 

@@ -44,13 +44,37 @@ _IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 
 
+#: The explicit spelling of randomly initialised backbone weights (``--set weights=random``): for tests and smoke
+#: runs only, since a method on a pretrained model says nothing about that method without its pretrained weights.
+RANDOM = "random"
+
+
+def require_weights(weights: str | Path | None, method: str, backbone: str) -> None:
+    """Refuse a method on a pretrained backbone that was given no weights (None), before anything is built.
+
+    A missing weight file used to mean a silently random ViT-B/16 trained for minutes on CPU (issue 13):
+    random weights now have to be asked for, as ``weights=random``.
+
+    Raises:
+        ConfigError: If ``weights`` is None.
+    """
+    if weights is None:
+        raise ConfigError(
+            f"{f'method {method!r}' if method else 'this method'} runs on a pretrained backbone ({backbone}) and "
+            f"was given no weights: pass a local "
+            f"weight file with --set weights=PATH (a state dict or .safetensors file of that architecture; runs "
+            f"never download from a model hub). Randomly initialised weights are for tests and smoke runs only, "
+            f"and must be asked for with --set weights={RANDOM}"
+        )
+
+
 def resolve_weights(weights: str | Path | None) -> Path | None:
     """The file behind ``weights``: a path, or a :data:`PACKAGED_WEIGHTS` shorthand.
 
     Raises:
         ConfigError: If the shorthand's package is not installed.
     """
-    if weights is None:
+    if weights is None or str(weights) == RANDOM:
         return None
     key = str(weights)
     if key not in PACKAGED_WEIGHTS:
@@ -107,4 +131,5 @@ def lukemelas_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[
     return out
 
 
-__all__ = ["PACKAGED_WEIGHTS", "is_lukemelas_efficientnet", "lukemelas_to_timm", "resolve_weights"]
+__all__ = ["PACKAGED_WEIGHTS", "RANDOM", "is_lukemelas_efficientnet", "lukemelas_to_timm", "require_weights",
+           "resolve_weights"]  # fmt: skip

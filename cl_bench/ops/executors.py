@@ -22,6 +22,7 @@ References:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 import multiprocessing
 import os
 import sys
@@ -125,8 +126,15 @@ def execute_job(job: Job) -> JobResult:
             return JobResult(run_id, "completed", None, time.perf_counter() - t0, os.getpid())
     except rundir.RunBusy as err:
         return JobResult(run_id, "busy", str(err), 0.0, os.getpid())
-    except Exception as err:  # the run's failed record (if any) holds the traceback
-        return JobResult(run_id, "failed", f"{type(err).__name__}: {err}", time.perf_counter() - t0, os.getpid())
+    except Exception as err:  # the run's failed record holds the traceback (or, if it never started, the error)
+        from cl_bench.engine.runner import record_failure
+
+        message = f"{type(err).__name__}: {err}"
+        try:
+            record_failure(job.spec, job.out, message, job.checkpoint_every)
+        except Exception:  # noqa: S110 - an unwritable folder: the sweep's summary still names the failure
+            pass
+        return JobResult(run_id, "failed", message, time.perf_counter() - t0, os.getpid())
 
 
 class Progress:
@@ -145,8 +153,9 @@ class Progress:
         running = min(self.slots, self.outstanding)
         pending = self.outstanding - running
         detail = f" ({result.error.strip().splitlines()[-1]})" if result.error else ""
+        took = "" if math.isnan(result.seconds) else f" in {result.seconds:.1f}s"  # NaN: the run's time is unknown
         self.log(f"[sweep] done {self.done}/{self.total} | running {running} | failed {self.failed} | "
-                 f"pending {pending} -- {result.run_id} {result.outcome} in {result.seconds:.1f}s{detail}")  # fmt: skip
+                 f"pending {pending} -- {result.run_id} {result.outcome}{took}{detail}")  # fmt: skip
 
     def retrying(self, n: int, attempt: int) -> None:
         self.outstanding += n
@@ -181,11 +190,9 @@ def run_local(jobs: list[Job], workers: int, max_retries: int, progress: Progres
                 job = futures[fut]
                 try:
                     result = fut.result()
-                except cf.process.BrokenProcessPool as err:
+                except cf.process.BrokenProcessPool:
                     interrupted.append(job)
-                    from cl_bench.engine.spec import run_id_for
-
-                    result = JobResult(run_id_for(job.spec), "failed", f"worker died: {err}")
+                    result = _pool_broke(job)
                 results[result.run_id] = result
                 progress.update(result)
         pending = []
@@ -194,6 +201,19 @@ def run_local(jobs: list[Job], workers: int, max_retries: int, progress: Progres
             progress.retrying(len(interrupted), attempt)
             pending = interrupted
     return list(results.values())
+
+
+def _pool_broke(job: Job) -> JobResult:
+    """The result of a job the broken pool took down: interrupted if it had started (its run directory exists),
+    else never started; no duration, since none was measured (not "failed in 0.0s")."""
+    from cl_bench.engine.spec import run_id_for
+
+    run_id = run_id_for(job.spec)
+    if (Path(job.out) / run_id).exists():
+        why = "interrupted: a worker died (killed or out of memory); a restart resumes it from its checkpoint"
+    else:
+        why = "not started: a worker died and took the pool down before this run began"
+    return JobResult(run_id, "failed", why, seconds=math.nan)
 
 
 def run_ray(

@@ -294,7 +294,8 @@ def run_specs(
         if executors.is_completed(out / run_id_for(rs)):
             outcomes[run_id_for(rs)] = "skipped"
         else:
-            jobs.append(executors.Job(rs, str(out), checkpoint_every, threads, os.getcwd(), tuple(trackers)))
+            every = checkpoint_every if resumable(rs.method) else 0
+            jobs.append(executors.Job(rs, str(out), every, threads, os.getcwd(), tuple(trackers)))
     progress = executors.Progress(len(runs), len(outcomes), min(workers, len(jobs)), log)
     log(f"[sweep] {len(runs)} runs in {out}: {len(outcomes)} already completed, {len(jobs)} to run "
         f"on {workers} {executor} worker{'s' if workers > 1 else ''}")  # fmt: skip
@@ -312,6 +313,18 @@ def run_specs(
         if r.error:
             errors[r.run_id] = r.error
     return SweepResult(out, outcomes, errors)
+
+
+def resumable(method: str) -> bool:
+    """Whether runs of ``method`` can be checkpointed; a sweep does not checkpoint the others (e.g. ``avalanche:``
+    methods, whose state lives in the other library's strategy), so they run instead of failing on the sweep's
+    ``checkpoint_every``, and a killed one starts again."""
+    from cl_bench.core.registry import METHODS
+
+    try:
+        return bool(METHODS.get(method).obj.caps.resumable)
+    except Exception:  # an unknown name: validate() reports it
+        return True
 
 
 def summarize(result: SweepResult) -> str:
@@ -340,6 +353,8 @@ def plan(spec: SweepSpec) -> list[tuple[str, str, str]]:
     def spelled(rs: Any) -> str:
         pairs = ((rs.method, rs.method_config), (rs.scenario, rs.scenario_config))
         parts = [f"{name}: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())) for name, cfg in pairs if cfg]
+        if spec.checkpoint_every and not resumable(rs.method):
+            parts.append(f"not checkpointed ({rs.method} cannot be resumed; a killed run starts again)")
         return "; ".join(parts)
 
     return [(run_id_for(rs), executors.state_of(out / run_id_for(rs)), spelled(rs)) for rs in expand(spec)]
