@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import torch
 
+from cl_bench.data.augment import TrainView
+
 Setting = Literal["class_il", "task_il", "domain_il"]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """A training batch augmentation: ``(stored-form batch, CPU generator) -> batch`` of the same form."""
@@ -94,12 +96,33 @@ class TensorData:
             generator: CPU generator for the training augmentation; without one
                 (evaluation, per-sample access) no augmentation is applied.
         """
-        x, y = self.x[idx], self.y[idx]
+        x, y, _ = self.train_batch(idx, device, generator)
+        return x, y
+
+    def train_batch(
+        self,
+        idx: torch.Tensor | slice,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`batch`, plus the raw (stored-form, un-augmented) inputs the view was made from.
+
+        Replay memories keep the raw inputs and replay them through :attr:`view` (see :class:`Batch`).
+        """
+        raw, y = self.x[idx], self.y[idx]
         if device is not None:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if generator is not None and self.augment is not None:
-            x = self.augment(x, generator)
-        return (self.transform(x) if self.transform else x), y
+            raw, y = raw.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return self.view(raw, generator), y, raw
+
+    def raw_batch(self, idx: torch.Tensor | slice, device: torch.device | str | None = None) -> torch.Tensor:
+        """Stored-form (un-augmented, un-transformed) inputs at ``idx``, moved to ``device``."""
+        raw = self.x[idx]
+        return raw if device is None else raw.to(device, non_blocking=True)
+
+    @property
+    def view(self) -> TrainView:
+        """The callable turning raw inputs into training inputs (this data's augmentation, then transform)."""
+        return TrainView(self.augment, self.transform)
 
     def subset(self, idx: torch.Tensor) -> TensorData:
         """The examples at ``idx`` (same transform and augmentation)."""
@@ -272,12 +295,33 @@ class Batch:
         y: Labels.
         task_ids: Per-example task ids, or None when the protocol hides them.
         experience: Index of the experience it comes from.
+        raw: The same examples in stored form, before augmentation and transform (None = ``x`` is all
+            there is, e.g. a batch built by hand). Replay memories keep these, not ``x``.
+        view: Turns raw inputs into training inputs like ``x`` (the stream's augmentation, then its
+            transform; a :class:`~cl_bench.data.augment.TrainView`), so replayed examples are augmented
+            afresh each time (mammoth's ``not_aug_inputs``). None = raw inputs are model inputs.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     task_ids: torch.Tensor | None
     experience: int
+    raw: torch.Tensor | None = None
+    view: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None
+
+    @property
+    def stored(self) -> torch.Tensor:
+        """What a replay memory should keep for these examples: ``raw`` when known, else ``x``."""
+        return self.raw if self.raw is not None else self.x
+
+    def replay(self, stored: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Model inputs for memory examples kept as :attr:`stored`; a fresh augmentation drawn from ``generator``.
+
+        Without a :attr:`view` the stored examples are model inputs already and come back unchanged.
+        """
+        if self.view is None or self.raw is None:
+            return stored
+        return self.view(stored, generator)
 
 
 @dataclass(frozen=True)

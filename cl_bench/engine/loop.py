@@ -351,11 +351,19 @@ class CLLoop(Loop):
     ) -> float:
         """One ``observe`` call; returns its loss."""
         t0 = time.perf_counter()
-        x, y = next(ahead) if ahead is not None else data.batch(idx, generator=aug)
+        raw, view = None, getattr(data, "view", None)
+        if ahead is not None:
+            x, y, raw = next(ahead)
+        elif hasattr(data, "train_batch"):
+            x, y, raw = data.train_batch(idx, generator=aug)
+        else:  # a method's own data type with only the batch interface: its memory keeps model inputs
+            x, y = data.batch(idx, generator=aug)
         task_ids = None
         if task_id is not None:
             task_ids = data.t[idx] if data.t is not None else torch.full_like(y, task_id)
-        out = self.counted("train_flops", self.method.observe, Batch(x, y, task_ids, e))
+        # The raw inputs and the view ride along so replay memories keep un-augmented examples (Batch.raw).
+        batch = Batch(x, y, task_ids, e, raw=raw, view=view if raw is not None else None)
+        out = self.counted("train_flops", self.method.observe, batch)
         self.cost["train_seconds"] += time.perf_counter() - t0
         return float(out["loss"])
 
