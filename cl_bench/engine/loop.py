@@ -29,6 +29,7 @@ from cl_bench.core.registry import METHODS, SCENARIOS
 from cl_bench.core.types import Batch, Experience, Scenario, StreamInfo
 from cl_bench.engine import checkpoint
 from cl_bench.engine.evaluator import Evaluator
+from cl_bench.engine.precision import Precision
 from cl_bench.engine.rng import augment_seed, rng_state, seed_everything, set_rng_state, shuffle_seed
 from cl_bench.engine.spec import Protocol, RunSpec, check_device
 from cl_bench.report.trackers import Trackers
@@ -81,6 +82,8 @@ class Loop:
         self.method: Method = method_cls(self.method_config)
         caps = self.method.caps
         self.protocol = self.resolve_protocol(spec.protocol)
+        p = self.protocol  # refused here (fp16 on CPU), before anything touches the disk
+        self.precision = Precision(p.precision, p.channels_last, p.compile, spec.device)
         if checkpoint_every and not caps.resumable:
             raise UserError(
                 f"method {spec.method!r} cannot be checkpointed (caps.resumable is False: its state lives "
@@ -170,13 +173,18 @@ class Loop:
         return out
 
     def counted(self, key: str, fn: Any, *args: Any) -> Any:
-        """``fn(*args)``, its FLOPs added to ``cost[key]`` when the run counts them (``--count-flops``)."""
+        """``fn(*args)`` under the run's precision (autocast), its FLOPs added to ``cost[key]`` when counted.
+
+        Every training, adaptation and evaluation call of the method goes through here, so
+        ``Protocol.precision`` applies to all of them.
+        """
         if not self.count_flops:
-            return fn(*args)
+            with self.precision.autocast():
+                return fn(*args)
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
-        with counter:
+        with counter, self.precision.autocast():
             out = fn(*args)
         self.cost[key] = self.cost.get(key, 0) + counter.get_total_flops()
         return out
@@ -186,7 +194,7 @@ class Loop:
         return {
             "iteration": self.iteration, "position": self.position, "begun": self.begun,
             "matrix": self.evaluator.state(), "method": self.method.state_dict(), "rng": rng_state(),
-            "cost": dict(self.cost),
+            "cost": dict(self.cost), "precision": self.precision.state_dict(),
         }  # fmt: skip
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -199,6 +207,7 @@ class Loop:
             self.replay_begin()
             self.begun = True
         self.method.load_state_dict(state["method"])
+        self.precision.load_state_dict(state.get("precision", {}))
         set_rng_state(state["rng"])
 
     def replay_begin(self) -> None:
@@ -215,6 +224,7 @@ class Loop:
         self.info = self.stream_info()
         seed_everything(self.spec.seed)
         self.method.setup(self.info, self.spec.seed)
+        self.precision.prepare(self.method)  # channels-last / compiled network, grad scaler (fp16)
         if state is None:
             self.begin()
         else:
@@ -358,6 +368,7 @@ class CLLoop(Loop):
             x, y, raw = data.train_batch(idx, generator=aug)
         else:  # a method's own data type with only the batch interface: its memory keeps model inputs
             x, y = data.batch(idx, generator=aug)
+        x = self.precision.inputs(x)
         task_ids = None
         if task_id is not None:
             task_ids = data.t[idx] if data.t is not None else torch.full_like(y, task_id)
