@@ -164,7 +164,7 @@ def stored_examples(data: Any, idx: torch.Tensor | slice, device: torch.device |
     """What a memory filled from a dataset keeps: ``(raw inputs, labels, view)`` of the examples at ``idx``.
 
     ``raw`` is the stored, un-augmented form and ``view(raw, generator)`` the training inputs (a
-    :class:`~cl_bench.data.augment.TrainView`), so replay re-augments; data without a raw form (a method's
+    :class:`~cl_bench.core.types.TrainView`), so replay re-augments; data without a raw form (a method's
     own type with only ``batch``) gives its model inputs and ``view`` None.
     """
     if hasattr(data, "raw_batch"):

@@ -15,8 +15,6 @@ from typing import Any, Literal
 
 import torch
 
-from cl_bench.data.augment import TrainView
-
 Setting = Literal["class_il", "task_il", "domain_il"]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """A training batch augmentation: ``(stored-form batch, CPU generator) -> batch`` of the same form."""
@@ -40,6 +38,37 @@ class Standardize:
         mean = torch.tensor(self.mean, device=x.device).view(shape)
         std = torch.tensor(self.std, device=x.device).view(shape)
         return (x - mean) / std
+
+
+@dataclass(frozen=True)
+class TrainView:
+    """Turns stored-form (raw) inputs into a training view: the stream's augmentation, then its transform.
+
+    A training :class:`~cl_bench.core.types.Batch` carries the raw inputs and this callable, so a replay
+    memory can keep un-augmented, un-normalised examples and draw a fresh augmentation each time it
+    replays them (mammoth's ``not_aug_inputs``; Avalanche re-applies the train transform to its buffer).
+    Without an augmentation (or without a generator) the view is the plain batch transform, so replaying
+    gives bit-for-bit the inputs the network saw when the example arrived.
+
+    Attributes:
+        augment: Training augmentation on stored-form batches (None = none).
+        transform: Batch transform from stored form to model input (None = identity).
+
+    References:
+        Buzzega et al. "Dark experience for general continual learning: a strong, simple baseline". NeurIPS 2020
+            (official code github.com/aimagelab/mammoth, ``utils/buffer.py``: the buffer applies the train
+            transform to stored ``not_aug_inputs`` in ``get_data``).
+    """
+
+    augment: Augment | None = None
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __call__(self, raw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The model inputs for ``raw``; augmented only when an augmentation and a generator are given."""
+        x = raw
+        if generator is not None and self.augment is not None and len(x):
+            x = self.augment(x, generator)
+        return self.transform(x) if self.transform is not None else x
 
 
 class TensorData:
@@ -298,7 +327,7 @@ class Batch:
         raw: The same examples in stored form, before augmentation and transform (None = ``x`` is all
             there is, e.g. a batch built by hand). Replay memories keep these, not ``x``.
         view: Turns raw inputs into training inputs like ``x`` (the stream's augmentation, then its
-            transform; a :class:`~cl_bench.data.augment.TrainView`), so replayed examples are augmented
+            transform; a :class:`TrainView`), so replayed examples are augmented
             afresh each time (mammoth's ``not_aug_inputs``). None = raw inputs are model inputs.
     """
 

@@ -9,7 +9,6 @@ applies it to training batches before the batch transform.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -125,33 +124,3 @@ class ResizedCropFlip:
         return (f"random resized crop (scale {self.scale}, ratio ({self.ratio[0]:.3f}, {self.ratio[1]:.3f})) to "
                 f"{self.size or 'input size'} + horizontal flip p={self.flip_p}")  # fmt: skip
 
-
-@dataclass(frozen=True)
-class TrainView:
-    """Turns stored-form (raw) inputs into a training view: the stream's augmentation, then its transform.
-
-    A training :class:`~cl_bench.core.types.Batch` carries the raw inputs and this callable, so a replay
-    memory can keep un-augmented, un-normalised examples and draw a fresh augmentation each time it
-    replays them (mammoth's ``not_aug_inputs``; Avalanche re-applies the train transform to its buffer).
-    Without an augmentation (or without a generator) the view is the plain batch transform, so replaying
-    gives bit-for-bit the inputs the network saw when the example arrived.
-
-    Attributes:
-        augment: Training augmentation on stored-form batches (None = none).
-        transform: Batch transform from stored form to model input (None = identity).
-
-    References:
-        Buzzega et al. "Dark experience for general continual learning: a strong, simple baseline". NeurIPS 2020
-            (official code github.com/aimagelab/mammoth, ``utils/buffer.py``: the buffer applies the train
-            transform to stored ``not_aug_inputs`` in ``get_data``).
-    """
-
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-    def __call__(self, raw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The model inputs for ``raw``; augmented only when an augmentation and a generator are given."""
-        x = raw
-        if generator is not None and self.augment is not None and len(x):
-            x = self.augment(x, generator)
-        return self.transform(x) if self.transform is not None else x

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from cl_bench.core.errors import DataError
-from cl_bench.core.types import Augment
-from cl_bench.data.augment import TrainView
+from cl_bench.core.types import Augment, TrainView
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 """File endings read as images (case-insensitive), as torchvision's ImageFolder does."""
