@@ -76,6 +76,11 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             merged["protocol"][flag] = getattr(args, flag)
     if args.online:
         merged["protocol"]["online"] = True
+    if args.precision is not None:
+        merged["protocol"]["precision"] = args.precision
+    for flag in ("channels_last", "compile"):
+        if getattr(args, flag):
+            merged["protocol"][flag] = True
     for key in ("seed", "device"):
         if getattr(args, key) is not None:
             merged[key] = getattr(args, key)
@@ -134,7 +139,7 @@ def _higher(name: str) -> bool:
 
 
 _CONFIG_FLAGS = ("scenario", "method", "set", "seed", "eval_every", "eval_subset", "epochs", "batch_size", "device",
-                 "config")  # fmt: skip
+                 "config", "precision")  # fmt: skip
 
 
 def _check_resume_overrides(args: argparse.Namespace) -> None:
@@ -144,6 +149,7 @@ def _check_resume_overrides(args: argparse.Namespace) -> None:
 
     given = [f"--{f.replace('_', '-')}" for f in _CONFIG_FLAGS if getattr(args, f) not in (None, [])]
     given += ["--online"] if args.online else []
+    given += [f"--{f.replace('_', '-')}" for f in ("channels_last", "compile") if getattr(args, f)]
     run_dir = Path(args.resume)
     if not given or not (run_dir / RECORD_FILE).exists():
         return
@@ -257,6 +263,12 @@ def make_parser() -> argparse.ArgumentParser:
                    help="training batch size, or a TTA run's test batch size (default: the scenario's; TTA 200)")
     r.add_argument("--online", action="store_true", help="single-pass online protocol: each example seen once")
     r.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    r.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="step arithmetic: fp32 (default), bf16 autocast (CPU or CUDA), fp16 autocast + grad "
+                        "scaling (CUDA only)")
+    r.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory format for the network and image batches (conv nets)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the method's network (off by default)")
     r.add_argument("--out", help="directory for run directories (default ./runs)")
     r.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N iterations")
     r.add_argument("--count-flops", action="store_true",

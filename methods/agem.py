@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from cl_bench.components.buffer import replay_inputs, stored_examples
 from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, Experience, StreamInfo
@@ -58,6 +59,7 @@ class AGEM(SupervisedMethod):
         self.mem_t: torch.Tensor | None = None
         self.n_stored_exps = 0
         self.gen = torch.Generator().manual_seed(seed)
+        self.view: Any = None  # raw memory -> training inputs (the stream's augmentation + transform)
 
     def _params(self) -> list[torch.Tensor]:
         return [p for p in self.net.parameters() if p.requires_grad]
@@ -75,7 +77,8 @@ class AGEM(SupervisedMethod):
         if self.mem_x is not None and len(self.mem_x):
             idx = torch.randperm(len(self.mem_x), generator=self.gen)[: self.config.sample_size].to(self.mem_x.device)
             t = None if batch.task_ids is None else self.mem_t[idx]
-            g_ref, _ = self._grad(self.mem_x[idx], self.mem_y[idx], t)
+            mx = replay_inputs(self.view, self.mem_x[idx], self.gen)  # raw memory, freshly augmented
+            g_ref, _ = self._grad(mx, self.mem_y[idx], t)
             dot = torch.dot(g, g_ref)
             if dot < 0:
                 g = g - dot / torch.dot(g_ref, g_ref).clamp_min(1e-12) * g_ref
@@ -92,7 +95,7 @@ class AGEM(SupervisedMethod):
             return
         k = min(self.config.patterns_per_exp, len(exp.train))
         idx = torch.randperm(len(exp.train), generator=self.gen)[:k]
-        x, y = exp.train.batch(idx, self.device)
+        x, y, self.view = stored_examples(exp.train, idx, self.device)
         t = torch.full_like(y, exp.task_id if exp.task_id is not None else -1)
         if self.mem_x is None:
             self.mem_x, self.mem_y, self.mem_t = x, y, t
@@ -109,10 +112,11 @@ class AGEM(SupervisedMethod):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "mem": (self.mem_x, self.mem_y, self.mem_t),
-                "n_stored_exps": self.n_stored_exps, "gen": self.gen.get_state()}  # fmt: skip
+                "n_stored_exps": self.n_stored_exps, "gen": self.gen.get_state(), "view": self.view}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.mem_x, self.mem_y, self.mem_t = state["mem"]
         self.n_stored_exps = state["n_stored_exps"]
         self.gen.set_state(state["gen"])
+        self.view = state.get("view")

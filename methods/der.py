@@ -1,9 +1,9 @@
 """Dark experience replay (DER and DER++): replay of the network's own past logits (and, DER++, labels).
 
-A reservoir memory keeps un-augmented inputs with the logits the network gave
-them when they were seen; each step adds ``alpha * MSE(net(x_mem), logits_mem)``
-to the cross-entropy of the incoming batch; DER++ adds ``beta * CE`` on the stored
-labels of a second, independent memory sample. One paper, one file.
+A reservoir memory keeps un-augmented inputs (``Batch.stored``) with the logits the network gave
+them when they were seen, and re-augments them at each replay (mammoth's ``not_aug_inputs``); each
+step adds ``alpha * MSE(net(x_mem), logits_mem)`` to the cross-entropy of the incoming batch; DER++
+adds ``beta * CE`` on the stored labels of a second, independent memory sample. One paper, one file.
 
 References:
     Buzzega et al. "Dark experience for general continual learning: a strong, simple baseline". NeurIPS 2020.
@@ -72,6 +72,7 @@ class DER(SupervisedMethod):
         if not len(self.buffer) or self.config.alpha == 0:
             return 0.0
         mx, _, _, ml = self.buffer.sample_with_logits(self._n)
+        mx = self._batch.replay(mx, self.buffer.gen)  # fresh augmentation; the stored logits stay as stored
         return self.config.alpha * F.mse_loss(self.net(mx), ml)
 
     def regularizer(self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor | float:
@@ -80,10 +81,10 @@ class DER(SupervisedMethod):
         return self.replay_loss()
 
     def observe(self, batch: Batch) -> dict[str, Any]:
-        self._n = self.replay_n(batch)
+        self._n, self._batch = self.replay_n(batch), batch
         loss = self.step(batch.x, batch.y, batch.task_ids)
         assert self._incoming_logits is not None
-        self.buffer.add_with_logits(batch.x, batch.y, self._incoming_logits, batch.task_ids)
+        self.buffer.add_with_logits(batch.stored, batch.y, self._incoming_logits, batch.task_ids)
         return {"loss": loss}
 
     def memory_size(self) -> int:
@@ -133,7 +134,7 @@ class DERPP(DER):
             return loss
         # A second draw, independent of the logit term's, as mammoth's derpp.py does.
         mx, my, mt = self.buffer.sample(self._n)
-        out = self.net(mx)
+        out = self.net(self._batch.replay(mx, self.buffer.gen))
         if (mt >= 0).all():
             out = self.mask_logits(out, mt)
         return loss + self.config.beta * F.cross_entropy(out, my)

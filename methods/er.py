@@ -60,10 +60,11 @@ class ER(SupervisedMethod):
         x, y, t = batch.x, batch.y, batch.task_ids
         if len(self.buffer):
             mx, my, mt = self.buffer.sample(self.config.replay_batch_size or len(x))
+            mx = batch.replay(mx, self.buffer.gen)  # raw memory, freshly augmented (mammoth's not_aug_inputs)
             x, y = torch.cat([x, mx]), torch.cat([y, my])
             t = None if t is None else torch.cat([t, mt])
         loss = self.step(x, y, t)
-        self.buffer.add(batch.x, batch.y, batch.task_ids)
+        self.buffer.add(batch.stored, batch.y, batch.task_ids)
         return {"loss": loss}
 
     def memory_size(self) -> int:

@@ -80,7 +80,7 @@ class ERACE(SupervisedMethod):
         loss = F.cross_entropy(out, y)
         if len(self.buffer):
             mx, my, mt = self.buffer.sample(self.config.replay_batch_size or len(x))
-            mout = self.net(mx)
+            mout = self.net(batch.replay(mx, self.buffer.gen))  # raw memory, freshly augmented
             if t is not None:
                 mout = self.mask_logits(mout, mt)
             loss_mem = F.cross_entropy(mout, my)
@@ -89,7 +89,7 @@ class ERACE(SupervisedMethod):
         loss.backward()
         self.lr_schedule.apply()
         self.opt.step()
-        self.buffer.add(batch.x, batch.y, batch.task_ids)
+        self.buffer.add(batch.stored, batch.y, batch.task_ids)
         return {"loss": loss.detach()}
 
     def memory_size(self) -> int:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.components import ClassBalancedBuffer, require_per_class_room
+from cl_bench.components.buffer import replay_inputs, stored_examples
 from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, Experience, StreamInfo
@@ -65,6 +66,7 @@ class ERClassBalanced(SupervisedMethod):
         require_per_class_room("er_cb", self.config.buffer_size, info.n_classes)
         super().setup(info, seed)
         self.buffer = ClassBalancedBuffer(self.config.buffer_size, seed)
+        self.view: Any = None  # raw memory -> training inputs (the stream's augmentation + transform)
 
     def observe(self, batch: Batch) -> dict[str, Any]:
         x, y, t = batch.x, batch.y, batch.task_ids
@@ -72,6 +74,7 @@ class ERClassBalanced(SupervisedMethod):
             return {"loss": self.step(x, y, t)}
         self.net.train()
         mx, my, mt = self.buffer.sample(self.config.replay_batch_size or len(x))
+        mx = replay_inputs(self.view, mx, self.buffer.gen)  # raw memory, freshly augmented
         out = self.mask_logits(self.net(torch.cat([x, mx])), None if t is None else torch.cat([t, mt]))
         loss = (self.config.new_weight * F.cross_entropy(out[: len(x)], y)
                 + self.config.replay_weight * F.cross_entropy(out[len(x):], my))  # fmt: skip
@@ -85,7 +88,7 @@ class ERClassBalanced(SupervisedMethod):
         super().end_experience(exp)
         if exp.train is None or len(exp.train) == 0:
             return
-        x, y = exp.train.batch(slice(None), device=self.device)
+        x, y, self.view = stored_examples(exp.train, slice(None), self.device)
         t = exp.train.t if exp.train.t is not None else torch.full_like(y, -1 if exp.task_id is None else exp.task_id)
         self.buffer.rebuild(x, y, t.to(self.device))
 
@@ -96,8 +99,9 @@ class ERClassBalanced(SupervisedMethod):
         return self.config.buffer_size
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "buffer": self.buffer.state_dict()}
+        return {**super().state_dict(), "buffer": self.buffer.state_dict(), "view": self.view}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.buffer.load_state_dict(state["buffer"])
+        self.view = state.get("view")

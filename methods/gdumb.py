@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.components import ClassBalancedBuffer, require_per_class_room
+from cl_bench.components.buffer import replay_inputs
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
@@ -122,10 +123,12 @@ class GDumb(SupervisedMethod):
         self.init_state = copy.deepcopy(self.net.state_dict())
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.batch_size = 0
+        self.view: Any = None  # raw memory -> training inputs (the stream's augmentation + transform)
 
     def observe(self, batch: Batch) -> dict[str, Any]:
         self.batch_size = max(self.batch_size, len(batch.x))
-        self.buffer.add_greedy(batch.x, batch.y, batch.task_ids)
+        self.view = batch.view if batch.raw is not None else None
+        self.buffer.add_greedy(batch.stored, batch.y, batch.task_ids)
         return {"loss": 0.0}  # no gradient step while streaming
 
     def _lr(self, epoch: int) -> float:
@@ -159,7 +162,7 @@ class GDumb(SupervisedMethod):
             perm = torch.randperm(len(y), generator=self.gen).to(y.device)
             for i in range(0, len(y), bs):
                 idx = perm[i : i + bs]
-                bx, by, bt = x[idx], y[idx], t[idx]
+                bx, by, bt = replay_inputs(self.view, x[idx], self.gen), y[idx], t[idx]  # freshly augmented
                 task_il = bool((bt >= 0).all())  # task ids were stored only in task-IL runs
                 if cfg.cutmix_alpha > 0:
                     bx, perm_b, lam = cutmix(bx, cfg.cutmix_alpha, self.gen)
@@ -182,7 +185,7 @@ class GDumb(SupervisedMethod):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "buffer": self.buffer.state_dict(), "init": self.init_state,
-                "gen": self.gen.get_state(), "batch_size": self.batch_size}  # fmt: skip
+                "gen": self.gen.get_state(), "batch_size": self.batch_size, "view": self.view}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -190,3 +193,4 @@ class GDumb(SupervisedMethod):
         self.init_state = state["init"]
         self.gen.set_state(state["gen"])
         self.batch_size = state["batch_size"]
+        self.view = state.get("view")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cl_bench.components.buffer import replay_inputs, stored_examples
 from cl_bench.core.errors import UserError
 from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
@@ -95,7 +96,8 @@ class GEM(SupervisedMethod):
     def setup(self, info: StreamInfo, seed: int) -> None:
         _quadprog()  # a missing solver is reported before training starts
         super().setup(info, seed)
-        self.memory: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.memory: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # raw x, y, t per experience
+        self.views: list[Any] = []  # per memory: raw -> training inputs (augmentation + transform)
         self.gen = torch.Generator().manual_seed(seed)
 
     def _params(self) -> list[torch.Tensor]:
@@ -109,8 +111,9 @@ class GEM(SupervisedMethod):
     def observe(self, batch: Batch) -> dict[str, Any]:
         self.net.train()
         refs = []
-        for mx, my, mt in self.memory:
+        for (mx, my, mt), view in zip(self.memory, self.views, strict=True):
             t = None if batch.task_ids is None else mt
+            mx = replay_inputs(view, mx, self.gen)  # raw memory, freshly augmented
             refs.append(self._flat_grad(F.cross_entropy(self.mask_logits(self.net(mx), t), my)))
         loss = F.cross_entropy(self.mask_logits(self.net(batch.x), batch.task_ids), batch.y)
         g = self._flat_grad(loss)
@@ -130,9 +133,10 @@ class GEM(SupervisedMethod):
         if exp.train is None or self.config.patterns_per_exp == 0 or len(exp.train) == 0:
             return
         idx = torch.randperm(len(exp.train), generator=self.gen)[: self.config.patterns_per_exp]
-        x, y = exp.train.batch(idx, self.device)
+        x, y, view = stored_examples(exp.train, idx, self.device)
         t = torch.full_like(y, exp.task_id if exp.task_id is not None else -1)
         self.memory.append((x, y, t))
+        self.views.append(view)
 
     def memory_size(self) -> int:
         return sum(len(x) for x, _, _ in self.memory)
@@ -141,9 +145,10 @@ class GEM(SupervisedMethod):
         return self.config.patterns_per_exp * len(self.memory)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "memory": self.memory, "gen": self.gen.get_state()}
+        return {**super().state_dict(), "memory": self.memory, "gen": self.gen.get_state(), "views": self.views}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.memory = list(state["memory"])
+        self.views = list(state.get("views", [None] * len(self.memory)))
         self.gen.set_state(state["gen"])

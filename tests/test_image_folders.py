@@ -161,8 +161,9 @@ def test_filedata_workers_and_cache_give_the_same_batches(imagenet_r: Path, tmp_
     sub = cached.subset(torch.arange(10, 20))
     c = list(FileData.concat([sub, cached.subset(torch.arange(10))]).iter_batches(
         [idx.clamp(max=19), torch.tensor([11, 12]), torch.tensor([15])], seeds))  # fmt: skip
-    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    for (xa, ya, ra), (xb, yb, rb) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ra, rb)
+    assert torch.equal(a[0][2], plain.raw_batch(idx))  # raw = decoded, un-augmented stored form
     assert torch.equal(a[2][0], plain.batch(torch.tensor([5]))[0])  # seed None: no augmentation
     assert torch.equal(c[1][0], a[1][0])  # rows 11, 12 of the concatenation are files 1, 2
     assert not torch.equal(a[0][0], plain.batch(idx)[0])  # augmented

@@ -7,17 +7,30 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 
+def grow(store: torch.Tensor | None, rows: int, like: torch.Tensor) -> torch.Tensor:
+    """``store`` copied into a new tensor of ``rows`` rows (dtype, device, row shape of ``like`` when empty)."""
+    ref = like if store is None else store
+    out = torch.empty((rows, *ref.shape[1:]), dtype=ref.dtype, device=ref.device)
+    if store is not None:
+        out[: len(store)] = store
+    return out
+
+
 class ReservoirBuffer:
     """A fixed-capacity memory holding a uniform sample of every example offered so far.
 
-    Examples are stored as given (model inputs on the run's device). Sampling
-    and replacement draw from the buffer's own generator, so the memory is
-    reproducible and its state travels in checkpoints.
+    Examples are stored as given, on their device: methods give it :attr:`Batch.stored
+    <cl_bench.core.types.Batch.stored>` (the raw, un-augmented inputs) and replay through
+    :meth:`Batch.replay <cl_bench.core.types.Batch.replay>`, so each replay draws a fresh augmentation.
+    Sampling and replacement draw from the buffer's own generator, so the memory is reproducible and its
+    state travels in checkpoints. Storage grows by doubling as examples arrive, up to ``capacity``, so a
+    budget larger than the stream (e.g. ``10**9``) costs only what the stream holds.
 
     Args:
         capacity: Maximum number of stored examples.
@@ -53,13 +66,7 @@ class ReservoirBuffer:
         Subclasses storing extra per-example data (e.g. logits) write it at the same slots.
         """
         n = len(x)
-        if self.x is None:
-            self.x = x.new_empty((0, *x.shape[1:]))
-            self.y = y.new_empty(0)
-            self.t = torch.full((0,), -1, dtype=torch.long, device=y.device)
-        needed = min(self.capacity, self.size + n)
-        if len(self.x) < needed:
-            self.grow(min(self.capacity, max(needed, 2 * len(self.x))))
+        self.reserve(min(self.capacity, self.size + n), x, y)
         ranks = torch.arange(self.seen + 1, self.seen + n + 1, dtype=torch.float64)
         draws = (torch.rand(n, generator=self.gen, dtype=torch.float64) * ranks).long()
         slots: dict[int, int] = {}  # slot -> example; later examples overwrite earlier ones, as sequentially
@@ -78,18 +85,15 @@ class ReservoirBuffer:
             self.t[dst] = t[src] if t is not None else -1
         return dst, src
 
-    def grow(self, rows: int) -> None:
-        """Enlarge the storage to ``rows`` slots, keeping the stored examples.
-
-        Storage grows as examples arrive (doubling, up to the capacity) instead of being allocated at full
-        capacity up front, so a capacity far above the stream's length (``buffer_size=10**9``) costs only
-        the memory of the examples actually stored.
-        """
-        assert self.x is not None and self.y is not None and self.t is not None
-        extra = rows - len(self.x)
-        self.x = torch.cat([self.x, self.x.new_empty((extra, *self.x.shape[1:]))])
-        self.y = torch.cat([self.y, self.y.new_empty(extra)])
-        self.t = torch.cat([self.t, self.t.new_full((extra,), -1)])
+    def reserve(self, rows: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Make room for ``rows`` stored examples shaped like ``x``/``y``, doubling the storage when it grows."""
+        have = 0 if self.x is None else len(self.x)
+        if rows <= have:
+            return
+        new = min(self.capacity, max(rows, 2 * have))
+        self.x = grow(self.x, new, x)
+        self.y = grow(self.y, new, y)
+        self.t = grow(self.t, new, torch.empty(0, dtype=torch.long, device=y.device))
 
     def sample_indices(self, n: int) -> torch.Tensor:
         """Slots of up to ``n`` stored examples drawn without replacement."""
@@ -132,9 +136,10 @@ class LogitReservoirBuffer(ReservoirBuffer):
         if self.capacity == 0 or len(x) == 0:
             self.seen += len(x)
             return
-        if self.logits is None:
-            self.logits = logits.new_empty((0 if self.x is None else len(self.x), *logits.shape[1:]))
         dst, src = self.place(x, y, t)
+        assert self.x is not None
+        if self.logits is None or len(self.logits) < len(self.x):  # grows with the inputs' storage
+            self.logits = grow(self.logits, len(self.x), logits)
         if len(dst):
             self.logits[dst] = logits[src].detach()
 
@@ -159,3 +164,23 @@ class LogitReservoirBuffer(ReservoirBuffer):
         """Restore what :meth:`state_dict` returned."""
         super().load_state_dict(state)
         self.logits = state["logits"]
+
+
+def stored_examples(data: Any, idx: torch.Tensor | slice, device: torch.device | str) -> tuple[
+        torch.Tensor, torch.Tensor, Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None]:  # fmt: skip
+    """What a memory filled from a dataset keeps: ``(raw inputs, labels, view)`` of the examples at ``idx``.
+
+    ``raw`` is the stored, un-augmented form and ``view(raw, generator)`` the training inputs (a
+    :class:`~cl_bench.core.types.TrainView`), so replay re-augments; data without a raw form (a method's
+    own type with only ``batch``) gives its model inputs and ``view`` None.
+    """
+    if hasattr(data, "raw_batch"):
+        return data.raw_batch(idx, device), data.y[idx].to(device), data.view
+    x, y = data.batch(idx, device)
+    return x, y, None
+
+
+def replay_inputs(view: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None,
+                  stored: torch.Tensor, generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+    """Model inputs for memory examples: ``view(stored, generator)`` (a fresh augmentation), or as stored."""
+    return stored if view is None else view(stored, generator)

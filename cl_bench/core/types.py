@@ -40,6 +40,37 @@ class Standardize:
         return (x - mean) / std
 
 
+@dataclass(frozen=True)
+class TrainView:
+    """Turns stored-form (raw) inputs into a training view: the stream's augmentation, then its transform.
+
+    A training :class:`~cl_bench.core.types.Batch` carries the raw inputs and this callable, so a replay
+    memory can keep un-augmented, un-normalised examples and draw a fresh augmentation each time it
+    replays them (mammoth's ``not_aug_inputs``; Avalanche re-applies the train transform to its buffer).
+    Without an augmentation (or without a generator) the view is the plain batch transform, so replaying
+    gives bit-for-bit the inputs the network saw when the example arrived.
+
+    Attributes:
+        augment: Training augmentation on stored-form batches (None = none).
+        transform: Batch transform from stored form to model input (None = identity).
+
+    References:
+        Buzzega et al. "Dark experience for general continual learning: a strong, simple baseline". NeurIPS 2020
+            (official code github.com/aimagelab/mammoth, ``utils/buffer.py``: the buffer applies the train
+            transform to stored ``not_aug_inputs`` in ``get_data``).
+    """
+
+    augment: Augment | None = None
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __call__(self, raw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The model inputs for ``raw``; augmented only when an augmentation and a generator are given."""
+        x = raw
+        if generator is not None and self.augment is not None and len(x):
+            x = self.augment(x, generator)
+        return self.transform(x) if self.transform is not None else x
+
+
 class TensorData:
     """A labelled dataset held as tensors.
 
@@ -94,12 +125,33 @@ class TensorData:
             generator: CPU generator for the training augmentation; without one
                 (evaluation, per-sample access) no augmentation is applied.
         """
-        x, y = self.x[idx], self.y[idx]
+        x, y, _ = self.train_batch(idx, device, generator)
+        return x, y
+
+    def train_batch(
+        self,
+        idx: torch.Tensor | slice,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`batch`, plus the raw (stored-form, un-augmented) inputs the view was made from.
+
+        Replay memories keep the raw inputs and replay them through :attr:`view` (see :class:`Batch`).
+        """
+        raw, y = self.x[idx], self.y[idx]
         if device is not None:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if generator is not None and self.augment is not None:
-            x = self.augment(x, generator)
-        return (self.transform(x) if self.transform else x), y
+            raw, y = raw.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return self.view(raw, generator), y, raw
+
+    def raw_batch(self, idx: torch.Tensor | slice, device: torch.device | str | None = None) -> torch.Tensor:
+        """Stored-form (un-augmented, un-transformed) inputs at ``idx``, moved to ``device``."""
+        raw = self.x[idx]
+        return raw if device is None else raw.to(device, non_blocking=True)
+
+    @property
+    def view(self) -> TrainView:
+        """The callable turning raw inputs into training inputs (this data's augmentation, then transform)."""
+        return TrainView(self.augment, self.transform)
 
     def subset(self, idx: torch.Tensor) -> TensorData:
         """The examples at ``idx`` (same transform and augmentation)."""
@@ -304,12 +356,33 @@ class Batch:
         y: Labels.
         task_ids: Per-example task ids, or None when the protocol hides them.
         experience: Index of the experience it comes from.
+        raw: The same examples in stored form, before augmentation and transform (None = ``x`` is all
+            there is, e.g. a batch built by hand). Replay memories keep these, not ``x``.
+        view: Turns raw inputs into training inputs like ``x`` (the stream's augmentation, then its
+            transform; a :class:`TrainView`), so replayed examples are augmented
+            afresh each time (mammoth's ``not_aug_inputs``). None = raw inputs are model inputs.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     task_ids: torch.Tensor | None
     experience: int
+    raw: torch.Tensor | None = None
+    view: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None
+
+    @property
+    def stored(self) -> torch.Tensor:
+        """What a replay memory should keep for these examples: ``raw`` when known, else ``x``."""
+        return self.raw if self.raw is not None else self.x
+
+    def replay(self, stored: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Model inputs for memory examples kept as :attr:`stored`; a fresh augmentation drawn from ``generator``.
+
+        Without a :attr:`view` the stored examples are model inputs already and come back unchanged.
+        """
+        if self.view is None or self.raw is None:
+            return stored
+        return self.view(stored, generator)
 
 
 @dataclass(frozen=True)

@@ -123,3 +123,4 @@ class ResizedCropFlip:
         """Short description for scenario specs."""
         return (f"random resized crop (scale {self.scale}, ratio ({self.ratio[0]:.3f}, {self.ratio[1]:.3f})) to "
                 f"{self.size or 'input size'} + horizontal flip p={self.flip_p}")  # fmt: skip
+

@@ -27,7 +27,7 @@ import torch
 
 from cl_bench.core import atomic
 from cl_bench.core.errors import DataError
-from cl_bench.core.types import Augment
+from cl_bench.core.types import Augment, TrainView
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 """File endings read as images (case-insensitive), as torchvision's ImageFolder does."""
@@ -178,10 +178,32 @@ class FileData:
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoded, (augmented,) transformed inputs and labels at ``idx`` — as :meth:`TensorData.batch`."""
-        x, y = self._stored(idx.cpu() if isinstance(idx, torch.Tensor) else idx)
-        if generator is not None and self.augment is not None:
-            x = self.augment(x, generator)
-        return self._finish(x, y, device)
+        x, y, _ = self.train_batch(idx, device, generator)
+        return x, y
+
+    def train_batch(
+        self,
+        idx: torch.Tensor | slice,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`batch`, plus the decoded stored-form inputs (un-augmented) on the batch's device."""
+        raw, y = self._stored(idx.cpu() if isinstance(idx, torch.Tensor) else idx)
+        x = self.augment(raw, generator) if generator is not None and self.augment is not None else raw
+        dev = device if device is not None else self.device
+        x, y = self._finish(x, y, device)
+        return x, y, raw if dev is None else raw.to(dev, non_blocking=True)
+
+    def raw_batch(self, idx: torch.Tensor | slice, device: torch.device | str | None = None) -> torch.Tensor:
+        """Decoded stored-form (un-augmented, un-transformed) inputs at ``idx``, moved to ``device``."""
+        raw, _ = self._stored(idx.cpu() if isinstance(idx, torch.Tensor) else idx)
+        dev = device if device is not None else self.device
+        return raw if dev is None else raw.to(dev, non_blocking=True)
+
+    @property
+    def view(self) -> TrainView:
+        """The callable turning raw inputs into training inputs (this data's augmentation, then transform)."""
+        return TrainView(self.augment, self.transform)
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor, device: torch.device | str | None) -> tuple[torch.Tensor,
                                                                                                        torch.Tensor]:
@@ -191,22 +213,25 @@ class FileData:
         return (self.transform(x) if self.transform else x), y
 
     def iter_batches(self, batches: Sequence[torch.Tensor], seeds: Sequence[int | None]) -> Iterator[tuple[
-            torch.Tensor, torch.Tensor]]:  # fmt: skip
-        """Training batches at ``batches`` (index tensors), decoded ahead by ``workers`` processes.
+            torch.Tensor, torch.Tensor, torch.Tensor]]:  # fmt: skip
+        """Training batches ``(x, y, raw)`` at ``batches`` (index tensors), decoded ahead by ``workers`` processes.
 
         Each batch is augmented with a generator seeded by its entry of ``seeds`` (None = no augmentation)
-        inside the worker, so the result does not depend on the number of workers.
+        inside the worker, so the result does not depend on the number of workers; ``raw`` is the decoded,
+        un-augmented stored form (what a replay memory keeps, see :meth:`train_batch`).
         """
         items = _Batches(self, [b.cpu() for b in batches], list(seeds))
+        dev = self.device
         if self.store.workers == 0:
             for i in range(len(items)):
-                yield self._finish(*items[i], None)
+                x, y, raw = items[i]
+                yield (*self._finish(x, y, None), raw if dev is None else raw.to(dev, non_blocking=True))
             return
         loader = torch.utils.data.DataLoader(items, batch_size=None, shuffle=False,
                                              num_workers=min(self.store.workers, max(1, len(items))),
                                              prefetch_factor=2, persistent_workers=False)  # fmt: skip
-        for x, y in loader:
-            yield self._finish(x, y, None)
+        for x, y, raw in loader:
+            yield (*self._finish(x, y, None), raw if dev is None else raw.to(dev, non_blocking=True))
 
     def subset(self, idx: torch.Tensor) -> FileData:
         """The examples at ``idx`` (same files, cache, transform and augmentation)."""
@@ -244,12 +269,12 @@ class _Batches(torch.utils.data.Dataset):  # type: ignore[type-arg]
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.data._stored(self.batches[i], threads=False)  # a worker process is the parallelism
-        seed = self.seeds[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raw, y = self.data._stored(self.batches[i], threads=False)  # a worker process is the parallelism
+        seed, x = self.seeds[i], raw
         if seed is not None and self.data.augment is not None:
-            x = self.data.augment(x, torch.Generator().manual_seed(seed))
-        return x, y
+            x = self.data.augment(raw, torch.Generator().manual_seed(seed))
+        return x, y, raw
 
 
 def find_images(folder: Path) -> list[Path]:

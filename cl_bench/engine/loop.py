@@ -29,6 +29,7 @@ from cl_bench.core.registry import METHODS, SCENARIOS
 from cl_bench.core.types import Batch, Experience, Scenario, StreamInfo
 from cl_bench.engine import checkpoint
 from cl_bench.engine.evaluator import Evaluator
+from cl_bench.engine.precision import Precision
 from cl_bench.engine.rng import augment_seed, rng_state, seed_everything, set_rng_state, shuffle_seed
 from cl_bench.engine.spec import Protocol, RunSpec, check_device
 from cl_bench.report.trackers import Trackers
@@ -82,6 +83,8 @@ class Loop:
         self.method.record_extras()  # e.g. a pretrained backbone's weight file: missing or not given, refused here
         caps = self.method.caps
         self.protocol = self.resolve_protocol(spec.protocol)
+        p = self.protocol  # refused here (fp16 on CPU), before anything touches the disk
+        self.precision = Precision(p.precision, p.channels_last, p.compile, spec.device)
         if checkpoint_every and not caps.resumable:
             raise UserError(
                 f"method {spec.method!r} cannot be checkpointed (caps.resumable is False: its state lives "
@@ -173,13 +176,18 @@ class Loop:
         return out
 
     def counted(self, key: str, fn: Any, *args: Any) -> Any:
-        """``fn(*args)``, its FLOPs added to ``cost[key]`` when the run counts them (``--count-flops``)."""
+        """``fn(*args)`` under the run's precision (autocast), its FLOPs added to ``cost[key]`` when counted.
+
+        Every training, adaptation and evaluation call of the method goes through here, so
+        ``Protocol.precision`` applies to all of them.
+        """
         if not self.count_flops:
-            return fn(*args)
+            with self.precision.autocast():
+                return fn(*args)
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
-        with counter:
+        with counter, self.precision.autocast():
             out = fn(*args)
         self.cost[key] = self.cost.get(key, 0) + counter.get_total_flops()
         return out
@@ -189,7 +197,7 @@ class Loop:
         return {
             "iteration": self.iteration, "position": self.position, "begun": self.begun,
             "matrix": self.evaluator.state(), "method": self.method.state_dict(), "rng": rng_state(),
-            "cost": dict(self.cost),
+            "cost": dict(self.cost), "precision": self.precision.state_dict(),
         }  # fmt: skip
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -202,6 +210,7 @@ class Loop:
             self.replay_begin()
             self.begun = True
         self.method.load_state_dict(state["method"])
+        self.precision.load_state_dict(state.get("precision", {}))
         set_rng_state(state["rng"])
 
     def replay_begin(self) -> None:
@@ -222,6 +231,7 @@ class Loop:
             self.info = self.stream_info()
             seed_everything(self.spec.seed)
             self.method.setup(self.info, self.spec.seed)
+            self.precision.prepare(self.method)  # channels-last / compiled network, grad scaler (fp16)
             if state is None:
                 self.open_bar("evaluating before training")
                 self.begin()
@@ -374,11 +384,20 @@ class CLLoop(Loop):
     ) -> float:
         """One ``observe`` call; returns its loss."""
         t0 = time.perf_counter()
-        x, y = next(ahead) if ahead is not None else data.batch(idx, generator=aug)
+        raw, view = None, getattr(data, "view", None)
+        if ahead is not None:
+            x, y, raw = next(ahead)
+        elif hasattr(data, "train_batch"):
+            x, y, raw = data.train_batch(idx, generator=aug)
+        else:  # a method's own data type with only the batch interface: its memory keeps model inputs
+            x, y = data.batch(idx, generator=aug)
+        x = self.precision.inputs(x)
         task_ids = None
         if task_id is not None:
             task_ids = data.t[idx] if data.t is not None else torch.full_like(y, task_id)
-        out = self.counted("train_flops", self.method.observe, Batch(x, y, task_ids, e))
+        # The raw inputs and the view ride along so replay memories keep un-augmented examples (Batch.raw).
+        batch = Batch(x, y, task_ids, e, raw=raw, view=view if raw is not None else None)
+        out = self.counted("train_flops", self.method.observe, batch)
         self.cost["train_seconds"] += time.perf_counter() - t0
         return float(out["loss"])
 

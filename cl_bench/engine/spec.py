@@ -19,6 +19,9 @@ from cl_bench.core.config import build_config
 from cl_bench.core.errors import ConfigError, UserError
 from cl_bench.core.types import Scenario, spec_hash
 
+#: Values of :attr:`Protocol.precision`.
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -47,6 +50,13 @@ class Protocol:
             either way.
         recipe: Name of the reproduction recipe (``cl_bench.ops.reproduce``) this run was made by ("" =
             none), so ``cl-bench reproduce board`` finds its records.
+        precision: Arithmetic of training and evaluation steps: "fp32" (default), "bf16" (``torch.autocast``
+            to bfloat16, CPU or CUDA) or "fp16" (autocast to float16 with ``torch.amp.GradScaler`` loss
+            scaling; CUDA only, as float16 autocast is meant for GPUs: Micikevicius et al., "Mixed precision
+            training", ICLR 2018). See :mod:`cl_bench.engine.precision`.
+        channels_last: Keep the method's network (and 4-D input batches) in channels-last memory format,
+            which speeds up convolutions on recent GPUs and oneDNN CPUs.
+        compile: ``torch.compile`` the method's network in place (``nn.Module.compile``) before training.
     """
 
     eval_every: int = 1
@@ -58,8 +68,13 @@ class Protocol:
     max_iterations: int = 0
     recipe: str = ""
     resample_eval_subset: bool = False
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         for name in ("eval_every", "eval_subset", "max_iterations"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -77,8 +92,8 @@ class Protocol:
         """The protocol as run records and run ids store it.
 
         Fields added after the first record schema (``online``, ``max_iterations``, ``recipe``,
-        ``resample_eval_subset``) appear only when they differ from their default, so records, run ids
-        and golden references made before they existed stay unchanged.
+        ``resample_eval_subset``, ``precision``, ``channels_last``, ``compile``) appear only when they differ
+        from their default, so records, run ids and golden references made before they existed stay unchanged.
         """
         d = dataclasses.asdict(self)
         for name in _LATER_FIELDS:
@@ -96,7 +111,8 @@ class Protocol:
         )
 
 
-_LATER_FIELDS = ("online", "max_iterations", "recipe", "resample_eval_subset")
+_LATER_FIELDS = ("online", "max_iterations", "recipe", "resample_eval_subset", "precision", "channels_last",
+                 "compile")
 _PROTOCOL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Protocol)}
 
 
@@ -263,5 +279,5 @@ def spec_from_record(record: dict[str, Any]) -> RunSpec:
     }, "the recorded request")  # fmt: skip
 
 
-__all__ = ["RUN_OPTIONS", "SCALAR_FIELDS", "SPEC_KEYS", "Protocol", "RunSpec", "check_device", "check_scalar",
-           "check_seeds", "run_id_for", "spec_from_record"]  # fmt: skip
+__all__ = ["PRECISIONS", "RUN_OPTIONS", "SCALAR_FIELDS", "SPEC_KEYS", "Protocol", "RunSpec", "check_device",
+           "check_scalar", "check_seeds", "run_id_for", "spec_from_record"]  # fmt: skip

@@ -133,9 +133,16 @@ class SupervisedMethod(Method):
         out = self.net(x)
         loss = F.cross_entropy(self.mask_logits(out, task_ids), y) + self.regularizer(x, y, out)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.lr_schedule.apply()
-        self.opt.step()
+        scaler = getattr(self, "grad_scaler", None)  # set by the loop for --precision fp16 (CUDA)
+        if scaler is None:
+            loss.backward()
+            self.lr_schedule.apply()
+            self.opt.step()
+        else:  # scaled loss so float16 gradients do not underflow; skips steps whose gradients overflowed
+            scaler.scale(loss).backward()
+            self.lr_schedule.apply()
+            scaler.step(self.opt)
+            scaler.update()
         return loss.detach()
 
     def observe(self, batch: Batch) -> dict[str, Any]:
