@@ -76,6 +76,9 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             merged["protocol"][flag] = getattr(args, flag)
     if args.online:
         merged["protocol"]["online"] = True
+    for flag in ("tta_reset", "tta_source_every"):
+        if getattr(args, flag, None) is not None:
+            merged["protocol"][flag] = getattr(args, flag)
     for key in ("seed", "device"):
         if getattr(args, key) is not None:
             merged[key] = getattr(args, key)
@@ -93,6 +96,7 @@ def format_metrics(record: dict[str, Any]) -> str:
     """The metric table printed after a run."""
     from cl_bench.core.registry import METRICS
     from cl_bench.metrics import METRIC_SPECS
+    from cl_bench.metrics.source_curve import SOURCE_CURVE_METRICS
 
     rows = []
     kind = "tta" if record["accuracy_matrix"].get("online") else "cl"
@@ -100,7 +104,8 @@ def format_metrics(record: dict[str, Any]) -> str:
         if name in METRIC_SPECS and METRIC_SPECS[name].kind != kind:
             continue  # undefined for this kind of run (e.g. forgetting curves of a TTA run)
         entry = METRICS.get(name) if name in METRICS else None
-        arrow = "" if entry is None else ("(higher is better)" if _higher(name) else "(lower is better)")
+        higher = _higher(name) if entry is not None else SOURCE_CURVE_METRICS.get(name, (None,))[0]
+        arrow = "" if higher is None else ("(higher is better)" if higher else "(lower is better)")
         shown = "n/a" if value is None else (f"{value:.1f}" if name.endswith("recovery") else f"{value:.4f}")
         rows.append(f"  {name:<24} {shown:>10}  {arrow}")
     return "\n".join(rows)
@@ -125,7 +130,7 @@ def _higher(name: str) -> bool:
 
 
 _CONFIG_FLAGS = ("scenario", "method", "set", "seed", "eval_every", "eval_subset", "epochs", "batch_size", "device",
-                 "config")  # fmt: skip
+                 "config", "tta_reset", "tta_source_every")  # fmt: skip
 
 
 def _check_resume_overrides(args: argparse.Namespace) -> None:
@@ -244,6 +249,12 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int,
                    help="training batch size, or a TTA run's test batch size (default: the scenario's; TTA 200)")
     r.add_argument("--online", action="store_true", help="single-pass online protocol: each example seen once")
+    r.add_argument("--tta-reset", choices=("none", "episodic", "shift"),
+                   help="TTA: reset the method to the source model never, after every test batch (episodic) or at "
+                        "each domain shift (default: the stream's setting)")
+    r.add_argument("--tta-source-every", type=int, metavar="K",
+                   help="TTA: measure the adapting model on the clean source test split every K batches (and "
+                        "before/after the stream) into the record's source_curve (default 0 = off)")
     r.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     r.add_argument("--out", help="directory for run directories (default ./runs)")
     r.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N iterations")

@@ -19,6 +19,8 @@ from cl_bench.core.config import build_config
 from cl_bench.core.errors import ConfigError, UserError
 from cl_bench.core.types import Scenario, spec_hash
 
+TTA_RESETS = ("", "none", "episodic", "shift")
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -42,6 +44,14 @@ class Protocol:
             ``cl-bench reproduce run --smoke`` sets 2 to prove a recipe starts without training it.
         recipe: Name of the reproduction recipe (``cl_bench.ops.reproduce``) this run was made by ("" =
             none), so ``cl-bench reproduce board`` finds its records.
+        tta_reset: TTA runs: when the method is reset to the source model. "none" never; "episodic" after
+            every test batch (each batch adapted from the source model alone: Wang et al., Tent, ICLR 2021,
+            episodic mode; the RMT benchmark's ``MODEL.EPISODIC``); "shift" at each domain change (the
+            ``reset_each_shift`` stream setting). "" = the stream's own choice ("shift" on
+            ``reset_each_shift`` streams, else "none").
+        tta_source_every: TTA runs: every k adaptation iterations (and before and after the stream)
+            measure the adapting model on the held-out clean source test split, into the record's
+            ``source_curve`` (0 = off).
     """
 
     eval_every: int = 1
@@ -52,9 +62,14 @@ class Protocol:
     online: bool = False
     max_iterations: int = 0
     recipe: str = ""
+    tta_reset: str = ""
+    tta_source_every: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("eval_every", "eval_subset", "max_iterations"):
+        if self.tta_reset not in TTA_RESETS:
+            raise ValueError(f"tta_reset must be one of none, episodic, shift (or empty: the stream's "
+                             f"default), got {self.tta_reset!r}")  # fmt: skip
+        for name in ("eval_every", "eval_subset", "max_iterations", "tta_source_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("batch_size", "epochs", "eval_batch_size"):
@@ -70,7 +85,8 @@ class Protocol:
     def to_dict(self) -> dict[str, Any]:
         """The protocol as run records and run ids store it.
 
-        Fields added after the first record schema (``online``, ``max_iterations``, ``recipe``) appear only
+        Fields added after the first record schema (``online``, ``max_iterations``, ``recipe``, ``tta_reset``,
+        ``tta_source_every``) appear only
         when they differ from their default, so records, run ids and golden references made before they
         existed stay unchanged.
         """
@@ -90,7 +106,7 @@ class Protocol:
         )
 
 
-_LATER_FIELDS = ("online", "max_iterations", "recipe")
+_LATER_FIELDS = ("online", "max_iterations", "recipe", "tta_reset", "tta_source_every")
 _PROTOCOL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Protocol)}
 
 
