@@ -16,10 +16,18 @@ counted — the online error):
 augmentation flips images get ``flip=false`` (a mirrored digit is another digit). Every method uses its
 default configuration otherwise.
 
+The clean-source columns come from ``Protocol.tta_source_every`` (``--source-every``, default 20
+batches): the adapting model is evaluated (``predict``) on the stream's held-out clean source test split
+before the stream, every k batches and after it; ``source_acc_min`` is the worst of these accuracies,
+``source_forgetting`` the first minus the last (see metrics/source_curve.py). ``--doc docs/tta.md``
+writes the table (with how it was measured) between the markers ``<!-- tta_table:begin -->`` and
+``<!-- tta_table:end -->`` of that file.
+
 Usage::
 
     .venv/bin/python benchmarks/tta_table.py --seeds 0 1 2                     # every TTA method
     .venv/bin/python benchmarks/tta_table.py --methods source roid --streams digits_c --seeds 0
+    .venv/bin/python benchmarks/tta_table.py --seeds 0 1 2 --doc docs/tta.md  # the table of docs/tta.md
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import torch
 
 from cl_bench.core.registry import METHODS
 from cl_bench.engine.runner import run
-from cl_bench.engine.spec import RunSpec
+from cl_bench.engine.spec import Protocol, RunSpec
 
 # CL_BENCH_MNIST as the tests use it; else the shared folder next to the checkout
 DEFAULT_ROOT = Path(os.environ.get("CL_BENCH_MNIST") or Path(__file__).resolve().parents[2] / "shared/data/mnist")
@@ -57,6 +65,12 @@ def tta_methods() -> list[str]:
     return [n for n in METHODS.names() if METHODS.get(n).obj.caps.adapts_at_test]
 
 
+#: (record metric, column heading) per stream, in table order
+COLUMNS = (("online_error", "online error"), ("source_acc_min", "clean acc. min"),
+           ("source_forgetting", "clean forgetting"))  # fmt: skip
+BEGIN, END = "<!-- tta_table:begin -->", "<!-- tta_table:end -->"
+
+
 def cell(values: list[float]) -> str:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
@@ -64,6 +78,17 @@ def cell(values: list[float]) -> str:
     if len(vals) == 1:
         return f"{vals[0]:.3f}"
     return f"{statistics.fmean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+
+
+def write_doc(path: Path, text: str) -> None:
+    """Replace the text between the table markers of ``path`` (appended as a new section if absent)."""
+    doc = path.read_text() if path.exists() else ""
+    block = f"{BEGIN}\n{text.strip()}\n{END}"
+    if BEGIN in doc and END in doc:
+        doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    path.write_text(doc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", default="runs/tta_table", help="where run records go")
+    ap.add_argument("--source-every", type=int, default=20,
+                    help="clean-source evaluation every K batches (Protocol.tta_source_every; 0 = off)")
+    ap.add_argument("--doc", default=None, help="write the table between the tta_table markers of this file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     methods = args.methods or tta_methods()
@@ -83,9 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not test-time adaptation methods: {unknown}; choose from {tta_methods()}", file=sys.stderr)
         return 2
     configs = stream_configs(args.root, args.setting)
-    errors: dict[tuple[str, str], list[float]] = {}
+    values: dict[tuple[str, str, str], list[float]] = {}
     seconds: dict[tuple[str, str], float] = {}
-    t_all = time.perf_counter()
     for stream in args.streams:
         for method in methods:
             fields = getattr(METHODS.get(method).config_cls, "__dataclass_fields__", {})
@@ -93,21 +120,36 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 t0 = time.perf_counter()
                 spec = RunSpec(method=method, method_config=method_config, scenario=stream,
-                               scenario_config=configs[stream], seed=seed)  # fmt: skip
+                               scenario_config=configs[stream], seed=seed,
+                               protocol=Protocol(tta_source_every=args.source_every))  # fmt: skip
                 rec = run(spec, args.out)
                 dt = time.perf_counter() - t0
-                seconds[(stream, method)] = seconds.get((stream, method), 0.0) + dt
-                err = rec["metrics"]["online_error"]
-                errors.setdefault((stream, method), []).append(err)
-                print(f"{stream:8} {method:12} seed {seed} online error {err:.3f} ({dt:.0f} s)", flush=True)
-    print(f"\nOnline error, {args.setting} streams, mean ± sd over seeds {args.seeds}\n")
-    head = ["method", *args.streams]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+                # from the record, so a table re-made from finished records (run() returns them) keeps the times
+                spent = rec["cost"].get("train_seconds", 0.0) + rec["cost"].get("eval_seconds", 0.0)
+                seconds[(stream, method)] = seconds.get((stream, method), 0.0) + spent
+                for name, _ in COLUMNS:
+                    value = rec["metrics"].get(name)
+                    values.setdefault((stream, method, name), []).append(math.nan if value is None else value)
+                shown = "  ".join(f"{name} {values[(stream, method, name)][-1]:.3f}" for name, _ in COLUMNS)
+                print(f"{stream:8} {method:12} seed {seed} {shown} ({dt:.0f} s)", flush=True)
+    cols = [c for c in COLUMNS if args.source_every or c[0] == "online_error"]
+    lines = [f"Online error and clean-source accuracy (fractions), {args.setting} streams, mean ± sd over seeds "
+             f"{args.seeds}; clean-source points every {args.source_every} batches and before/after the stream.",
+             "", "| method | " + " | ".join(f"{s} {h}" for s in args.streams for _, h in cols) + " | seconds |",
+             "|" + "---|" * (2 + len(args.streams) * len(cols))]  # fmt: skip
     for method in methods:
-        print(f"| {method} | " + " | ".join(cell(errors.get((s, method), [])) for s in args.streams) + " |")
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-          f"torch {torch.__version__}; total {time.perf_counter() - t_all:.0f} s")
+        cells = [cell(values.get((s, method, name), [])) for s in args.streams for name, _ in cols]
+        total = sum(seconds.get((s, method), 0.0) for s in args.streams)
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {total:.0f} |")
+    lines += ["", f"Measured by `benchmarks/tta_table.py --seeds {' '.join(map(str, args.seeds))} --source-every "
+              f"{args.source_every}`; machine: {platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} torch thread(s) (shared with other jobs), torch {torch.__version__}, "
+              f"python {platform.python_version()}; 'seconds' is the adaptation plus clean-evaluation time of a "
+              "method's runs (records' cost train_seconds + eval_seconds; source phase excluded)."]  # fmt: skip
+    text = "\n".join(lines)
+    print("\n" + text)
+    if args.doc:
+        write_doc(Path(args.doc), text)
     return 0
 
 
