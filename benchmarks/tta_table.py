@@ -6,18 +6,18 @@ seeded by the run seed; each test batch is predicted by ``Method.adapt`` before 
 counted — the online error):
 
 * ``digits_c``: sklearn's 8x8 digits, the 15 benchmark corruptions at severity 5, continual, all 360
-  test images per domain, the protocol's default batch (10), the scenario's default source model
+  test images per domain, the TTA protocol's default batch (200), the scenario's default source model
   and source phase (5 epochs).
 * ``mnist_c``: the real MNIST test set (``--root``), corruptions contrast and fog (severity 5),
-  1,000 images per domain, continual, batch 10, the source trained for 1 epoch (``source_epochs`` 1)
+  1,000 images per domain, continual, batch 200, the source trained for 1 epoch (``source_epochs`` 1)
   on cl_bench's clean MNIST split — a stream the source model collapses on (≈ 90 % error).
 
 ``--setting`` runs another TTA stream setting (e.g. ``mixed_domains``, ``correlated``). Methods whose
 augmentation flips images get ``flip=false`` (a mirrored digit is another digit). Every method uses its
 default configuration otherwise.
 
-The clean-source columns come from ``Protocol.tta_source_every`` (``--source-every``, default 20
-batches): the adapting model is evaluated (``predict``) on the stream's held-out clean source test split
+The clean-source columns come from ``Protocol.tta_source_every`` (``--source-every``, default 1:
+after every batch): the adapting model is evaluated (``predict``) on the stream's held-out clean source test split
 before the stream, every k batches and after it; ``source_acc_min`` is the worst of these accuracies,
 ``source_forgetting`` the first minus the last (see metrics/source_curve.py). ``--doc docs/tta.md``
 writes the table (with how it was measured) between the markers ``<!-- tta_table:begin -->`` and
@@ -68,6 +68,9 @@ def tta_methods() -> list[str]:
 #: (record metric, column heading) per stream, in table order
 COLUMNS = (("online_error", "online error"), ("source_acc_min", "clean acc. min"),
            ("source_forgetting", "clean forgetting"))  # fmt: skip
+#: default clean-source interval per stream: after every batch (digits_c has 2 batches of 200 per domain,
+#: mnist_c 5), so source_acc_min sees every state the adapting model passes through
+SOURCE_EVERY = {"digits_c": 1, "mnist_c": 1}
 BEGIN, END = "<!-- tta_table:begin -->", "<!-- tta_table:end -->"
 
 
@@ -100,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", default="runs/tta_table", help="where run records go")
-    ap.add_argument("--source-every", type=int, default=20,
-                    help="clean-source evaluation every K batches (Protocol.tta_source_every; 0 = off)")
+    ap.add_argument("--source-every", type=int, default=None,
+                    help="clean-source evaluation every K batches (Protocol.tta_source_every; 0 = off; default: "
+                    f"per stream {SOURCE_EVERY})")  # fmt: skip
     ap.add_argument("--doc", default=None, help="write the table between the tta_table markers of this file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -111,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not test-time adaptation methods: {unknown}; choose from {tta_methods()}", file=sys.stderr)
         return 2
     configs = stream_configs(args.root, args.setting)
+    every = {s: SOURCE_EVERY[s] if args.source_every is None else args.source_every for s in args.streams}
     values: dict[tuple[str, str, str], list[float]] = {}
     seconds: dict[tuple[str, str], float] = {}
     for stream in args.streams:
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 spec = RunSpec(method=method, method_config=method_config, scenario=stream,
                                scenario_config=configs[stream], seed=seed,
-                               protocol=Protocol(tta_source_every=args.source_every))  # fmt: skip
+                               protocol=Protocol(tta_source_every=every[stream]))  # fmt: skip
                 rec = run(spec, args.out)
                 dt = time.perf_counter() - t0
                 # from the record, so a table re-made from finished records (run() returns them) keeps the times
@@ -132,17 +137,19 @@ def main(argv: list[str] | None = None) -> int:
                     values.setdefault((stream, method, name), []).append(math.nan if value is None else value)
                 shown = "  ".join(f"{name} {values[(stream, method, name)][-1]:.3f}" for name, _ in COLUMNS)
                 print(f"{stream:8} {method:12} seed {seed} {shown} ({dt:.0f} s)", flush=True)
-    cols = [c for c in COLUMNS if args.source_every or c[0] == "online_error"]
+    cols = [c for c in COLUMNS if any(every.values()) or c[0] == "online_error"]
     lines = [f"Online error and clean-source accuracy (fractions), {args.setting} streams, mean ± sd over seeds "
-             f"{args.seeds}; clean-source points every {args.source_every} batches and before/after the stream.",
+             f"{args.seeds}; clean-source points before and after the stream and every "
+             + ", ".join(f"{k} batches on {s}" for s, k in every.items()) + ".",
              "", "| method | " + " | ".join(f"{s} {h}" for s in args.streams for _, h in cols) + " | seconds |",
              "|" + "---|" * (2 + len(args.streams) * len(cols))]  # fmt: skip
     for method in methods:
         cells = [cell(values.get((s, method, name), [])) for s in args.streams for name, _ in cols]
         total = sum(seconds.get((s, method), 0.0) for s in args.streams)
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {total:.0f} |")
-    lines += ["", f"Measured by `benchmarks/tta_table.py --seeds {' '.join(map(str, args.seeds))} --source-every "
-              f"{args.source_every}`; machine: {platform.processor() or platform.machine()}, "
+    given = "" if args.source_every is None else f" --source-every {args.source_every}"
+    lines += ["", f"Measured by `benchmarks/tta_table.py --seeds {' '.join(map(str, args.seeds))}{given}`; "
+              f"machine: {platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} torch thread(s) (shared with other jobs), torch {torch.__version__}, "
               f"python {platform.python_version()}; 'seconds' is the adaptation plus clean-evaluation time of a "
               "method's runs (records' cost train_seconds + eval_seconds; source phase excluded)."]  # fmt: skip
