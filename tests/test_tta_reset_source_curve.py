@@ -144,3 +144,32 @@ def test_iabn_on_fully_connected_batch_norm_is_batch_norm() -> None:
         bn.running_mean.uniform_()
     x = torch.randn(8, 5)
     assert torch.allclose(InstanceAwareBatchNorm(bn, k=0.0).eval()(x), bn(x), atol=1e-6)
+
+
+# -- sliding-window batch norm --------------------------------------------------------------------------------------
+def test_window_batch_norm_pools_the_last_samples_and_predict_stores_nothing() -> None:
+    from cl_bench.components import PriorBatchNorm
+    from cl_bench.components.window_bn import WindowBatchNorm
+
+    bn, xs = _bn(), torch.randn(7, 3, 5, 5) * 2 + 1
+    win, batch = WindowBatchNorm(bn, window=3), PriorBatchNorm(bn)
+    win.mode = "update"
+    for t in range(len(xs)):  # single samples: statistics of the last (up to) 3 samples, the current one included
+        out = win(xs[t : t + 1])
+        ref = batch(xs[max(0, t - 2) : t + 1])[-1:]
+        assert torch.allclose(out, ref, atol=1e-4), t
+    win.mode = "peek"
+    before = {k: v.clone() for k, v in win.state_dict().items()}
+    win(xs[:1])
+    assert all(torch.equal(before[k], v) for k, v in win.state_dict().items())
+    assert torch.allclose(WindowBatchNorm(bn, window=4)(xs), batch(xs), atol=1e-4)  # batch >= window: BN-1
+
+
+@pytest.mark.slow
+def test_bn_adapt_with_a_window_conforms_and_refuses_two_statistics_options() -> None:
+    from cl_bench.methods.bn_adapt import BNAdaptConfig
+    from cl_bench.testing import check_method
+
+    check_method("bn_adapt", config={"window": 8})
+    with pytest.raises(ConfigError, match="not both"):
+        BNAdaptConfig(window=4, prior_strength=8)
