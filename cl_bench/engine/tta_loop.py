@@ -22,13 +22,13 @@ from typing import Any
 import torch
 
 from cl_bench.core.errors import UserError
+from cl_bench.core.record import add_source_curve
 from cl_bench.core.types import PredictContext, Scenario, StreamInfo, TensorData
 from cl_bench.data.tta_streams import TTA_BATCH_SIZE
 from cl_bench.engine.loop import Loop
 from cl_bench.engine.source import source_model
 from cl_bench.engine.spec import Protocol
 from cl_bench.metrics import AccuracyMatrix
-from cl_bench.metrics.source_curve import source_curve_metrics
 
 
 class TTAEvaluator:
@@ -152,8 +152,7 @@ class TTALoop(Loop):
     def record(self, status: str, error: str | None = None) -> dict[str, Any]:
         rec = super().record(status, error)
         if self.protocol.tta_source_every:
-            rec["source_curve"] = [list(p) for p in getattr(self, "source_curve", [])]  # [] if it failed early
-            rec["metrics"].update(source_curve_metrics(rec["source_curve"]))
+            add_source_curve(rec, getattr(self, "source_curve", []))  # [] if the run failed before begin
         return rec
 
     def begin(self) -> None:
