@@ -75,13 +75,15 @@ SOURCE_EVERY = {"digits_c": 1, "mnist_c": 1}
 BEGIN, END = "<!-- tta_table:begin -->", "<!-- tta_table:end -->"
 
 
-def cell(values: list[float]) -> str:
+def cell(values: list[float], expected: int = 0) -> str:
+    """Mean ± sd of ``values``; "(n=k)" when fewer than ``expected`` runs finished."""
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
         return "n/a"
+    short = f" (n={len(vals)})" if len(vals) < expected else ""
     if len(vals) == 1:
-        return f"{vals[0]:.3f}"
-    return f"{statistics.fmean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+        return f"{vals[0]:.3f}{short}"
+    return f"{statistics.fmean(vals):.3f} ± {statistics.stdev(vals):.3f}{short}"
 
 
 def finished(spec: RunSpec, out: str) -> dict | None:
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source-every", type=int, default=None,
                     help="clean-source evaluation every K batches (Protocol.tta_source_every; 0 = off; default: "
                     f"per stream {SOURCE_EVERY})")  # fmt: skip
+    ap.add_argument("--only-finished", action="store_true",
+                    help="run nothing: tabulate the completed records under --out (cells show n if seeds are missing)")
     ap.add_argument("--doc", default=None, help="write the table between the tta_table markers of this file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -137,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                 spec = RunSpec(method=method, method_config=method_config, scenario=stream,
                                scenario_config=configs[stream], seed=seed,
                                protocol=Protocol(tta_source_every=every[stream]))  # fmt: skip
-                rec = finished(spec, args.out) or run(spec, args.out)
+                rec = finished(spec, args.out)
+                if rec is None and args.only_finished:
+                    continue  # tabulate what exists; the cell shows how many seeds it holds
+                rec = rec or run(spec, args.out)
                 dt = time.perf_counter() - t0
                 # from the record, so a table re-made from finished records (run() returns them) keeps the times
                 spent = rec["cost"].get("train_seconds", 0.0) + rec["cost"].get("eval_seconds", 0.0)
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
              "", "| method | " + " | ".join(f"{s} {h}" for s in args.streams for _, h in cols) + " | seconds |",
              "|" + "---|" * (2 + len(args.streams) * len(cols))]  # fmt: skip
     for method in methods:
-        cells = [cell(values.get((s, method, name), [])) for s in args.streams for name, _ in cols]
+        cells = [cell(values.get((s, method, name), []), len(args.seeds)) for s in args.streams for name, _ in cols]
         total = sum(seconds.get((s, method), 0.0) for s in args.streams)
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {total:.0f} |")
     given = "" if args.source_every is None else f" --source-every {args.source_every}"
