@@ -16,6 +16,7 @@ import yaml
 
 from cl_bench.core.config import read_yaml_file
 from cl_bench.core.errors import UserError
+from cl_bench.report.console import _higher, format_metrics, format_online
 
 DEFAULT_METHOD = "er"
 DEFAULT_SCENARIO = "split_digits"
@@ -81,6 +82,9 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     for flag in ("channels_last", "compile"):
         if getattr(args, flag):
             merged["protocol"][flag] = True
+    for flag in ("tta_reset", "tta_source_every"):
+        if getattr(args, flag, None) is not None:
+            merged["protocol"][flag] = getattr(args, flag)
     for key in ("seed", "device"):
         if getattr(args, key) is not None:
             merged[key] = getattr(args, key)
@@ -94,52 +98,8 @@ def build_spec(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return spec, options
 
 
-def format_metrics(record: dict[str, Any]) -> str:
-    """The metric table printed after a run."""
-    from cl_bench.core.registry import METRICS
-    from cl_bench.metrics import METRIC_SPECS
-
-    rows = []
-    from cl_bench.core.record import record_kind
-
-    kind = record_kind(record)
-    for name, value in record["metrics"].items():
-        if name in METRIC_SPECS and METRIC_SPECS[name].kind != kind:
-            continue  # undefined for this kind of run (e.g. forgetting curves of a TTA run)
-        entry = METRICS.get(name) if name in METRICS else None
-        arrow = "" if entry is None else ("(higher is better)" if _higher(name) else "(lower is better)")
-        if value is None:
-            shown = "n/a"
-        elif kind == "tta":  # errors and accuracies in %, the unit of the per-domain errors printed with them
-            shown = f"{100 * value:.1f} %"
-        else:
-            shown = f"{value:.1f}" if name.endswith("recovery") else f"{value:.4f}"
-        rows.append(f"  {name:<24} {shown:>10}  {arrow}")
-    return "\n".join(rows)
-
-
-def format_online(record: dict[str, Any]) -> str:
-    """Online error of each experience of a TTA record, with its severity (0 = clean source images)."""
-    from cl_bench.metrics import TTAMatrix
-    from cl_bench.metrics.tta import online_errors
-    from cl_bench.report.domains import domain_names
-
-    m = TTAMatrix.from_dict(record["accuracy_matrix"])
-    names = domain_names(record["scenario"].get("spec") or {}, m.severity)
-    cells = [f"{names[e]}: {100 * err:.1f}" for e, err in enumerate(online_errors(m))]
-    lines = ["  online error (%) per domain (corruption, severity), in stream order:"]
-    lines += ["    " + "   ".join(cells[i : i + 5]) for i in range(0, len(cells), 5)]
-    return "\n".join(lines)
-
-
-def _higher(name: str) -> bool:
-    from cl_bench.metrics import METRIC_SPECS
-
-    return METRIC_SPECS[name].higher_is_better
-
-
 _CONFIG_FLAGS = ("scenario", "method", "set", "seed", "eval_every", "eval_subset", "epochs", "batch_size", "device",
-                 "config", "precision")  # fmt: skip
+                 "config", "precision", "tta_reset", "tta_source_every")  # fmt: skip
 
 
 def _check_resume_overrides(args: argparse.Namespace) -> None:
@@ -262,6 +222,12 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int,
                    help="training batch size, or a TTA run's test batch size (default: the scenario's; TTA 200)")
     r.add_argument("--online", action="store_true", help="single-pass online protocol: each example seen once")
+    r.add_argument("--tta-reset", choices=("none", "episodic", "shift"),
+                   help="TTA: reset the method to the source model never, after every test batch (episodic) or at "
+                        "each domain shift (default: the stream's setting)")
+    r.add_argument("--tta-source-every", type=int, metavar="K",
+                   help="TTA: measure the adapting model on the clean source test split every K batches (and "
+                        "before/after the stream) into the record's source_curve (default 0 = off)")
     r.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     r.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="step arithmetic: fp32 (default), bf16 autocast (CPU or CUDA), fp16 autocast + grad "

@@ -5,6 +5,7 @@ the one place that names them. Each module holds one method family's whole logic
 """
 
 from cl_bench.methods import (  # noqa: F401
+    adacontrast,
     agem,
     bn_adapt,
     bn_ema,
@@ -30,12 +31,14 @@ from cl_bench.methods import (  # noqa: F401
     lwf,
     mas,
     ncm,
+    note,
     one_prompt,
     psmt,
     ranpac,
     rdumb,
     rmt,
     roid,
+    rotta,
     sar,
     shot_im,
     si,

@@ -26,6 +26,7 @@ from cl_bench.components.exemplars import (
 )
 from cl_bench.components.feature_cache import FeatureCache
 from cl_bench.components.fisher import diagonal_fisher
+from cl_bench.components.iabn import InstanceAwareBatchNorm, iabn_layers
 from cl_bench.components.importance import PathIntegral, output_norm_importance, parameters_outside_norm_layers
 from cl_bench.components.norm import adapt_only, bn_affine_params, require_bn
 from cl_bench.components.penalty import FisherPenalty
@@ -51,10 +52,12 @@ from cl_bench.components.tta_weighting import (
 
 __all__ = ["BackboneInput", "CSTUMemory", "ClassBalancedBuffer", "HerdingMemory", "embed", "herding", "kd_loss",
            "require_per_class_room", "CertaintyDiversityWeights", "CodaPrompt", "EMABatchNorm", "EMATeacher",
-           "FeatureCache", "FisherPenalty", "LogitReservoirBuffer", "PBRSMemory", "PriorBatchNorm", "PromptPool",
+           "FeatureCache", "FisherPenalty", "InstanceAwareBatchNorm", "LogitReservoirBuffer", "PBRSMemory",
+           "PriorBatchNorm", "PromptPool",
            "PromptedViT", "PrototypeHead", "ReliableEntropy", "ReservoirBuffer", "TTAugment", "adapt_only",
            "batch_norm_layers", "blend_parameters_", "bn_affine_params", "cross_entropy_to", "diagonal_fisher",
-           "make_augment", "marginal_entropy", "prior_correction", "pseudo_label_fisher", "replace_batch_norms",
+           "iabn_layers", "make_augment", "marginal_entropy", "prior_correction", "pseudo_label_fisher",
+           "replace_batch_norms",
            "require_bn", "set_ema_mode", "soft_likelihood_ratio", "softmax_entropy", "source_batches",
            "symmetric_cross_entropy", "use_test_batch_stats", "weighted_slr_consistency"]
 __all__ = ["BackboneInput", "CodaPrompt", "EMATeacher", "FeatureCache", "FisherPenalty", "LogitReservoirBuffer",

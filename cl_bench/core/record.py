@@ -16,6 +16,7 @@ from typing import Any
 from cl_bench.core import atomic
 from cl_bench.core.errors import UserError
 from cl_bench.metrics import Matrix, compute_all, matrix_from_dict, matrix_kind
+from cl_bench.metrics.source_curve import source_curve_metrics
 
 SCHEMA_VERSION = 1
 RECORD_FILE = "run.json"
@@ -108,6 +109,19 @@ def new_record(
         "request": request,
         "error": error,
     }
+
+
+def add_source_curve(record: dict[str, Any], curve: list[list[int]]) -> dict[str, Any]:
+    """Add a TTA run's clean-source curve to ``record``, in place: the optional top-level field.
+
+    ``record["source_curve"]`` is the list of ``[iteration, correct, total]`` points measured with
+    ``Protocol.tta_source_every`` (outside the accuracy matrix), and ``record["metrics"]`` gains
+    ``source_acc_min`` and ``source_forgetting`` computed from it (:mod:`cl_bench.metrics.source_curve`).
+    Records of runs without the setting have neither.
+    """
+    record["source_curve"] = [[int(v) for v in point] for point in curve]
+    record["metrics"].update(source_curve_metrics(record["source_curve"]))
+    return record
 
 
 def environment(device: str) -> dict[str, Any]:

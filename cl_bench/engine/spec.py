@@ -21,6 +21,7 @@ from cl_bench.core.types import Scenario, spec_hash
 
 #: Values of :attr:`Protocol.precision`.
 PRECISIONS = ("fp32", "bf16", "fp16")
+TTA_RESETS = ("", "none", "episodic", "shift")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,14 @@ class Protocol:
         channels_last: Keep the method's network (and 4-D input batches) in channels-last memory format,
             which speeds up convolutions on recent GPUs and oneDNN CPUs.
         compile: ``torch.compile`` the method's network in place (``nn.Module.compile``) before training.
+        tta_reset: TTA runs: when the method is reset to the source model. "none" never; "episodic" after
+            every test batch (each batch adapted from the source model alone: Wang et al., Tent, ICLR 2021,
+            episodic mode; the RMT benchmark's ``MODEL.EPISODIC``); "shift" at each domain change (the
+            ``reset_each_shift`` stream setting). "" = the stream's own choice ("shift" on
+            ``reset_each_shift`` streams, else "none").
+        tta_source_every: TTA runs: every k adaptation iterations (and before and after the stream)
+            measure the adapting model on the held-out clean source test split, into the record's
+            ``source_curve`` (0 = off).
     """
 
     eval_every: int = 1
@@ -71,11 +80,16 @@ class Protocol:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    tta_reset: str = ""
+    tta_source_every: int = 0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        for name in ("eval_every", "eval_subset", "max_iterations"):
+        if self.tta_reset not in TTA_RESETS:
+            raise ValueError(f"tta_reset must be one of none, episodic, shift (or empty: the stream's "
+                             f"default), got {self.tta_reset!r}")  # fmt: skip
+        for name in ("eval_every", "eval_subset", "max_iterations", "tta_source_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("batch_size", "epochs", "eval_batch_size"):
@@ -92,8 +106,9 @@ class Protocol:
         """The protocol as run records and run ids store it.
 
         Fields added after the first record schema (``online``, ``max_iterations``, ``recipe``,
-        ``resample_eval_subset``, ``precision``, ``channels_last``, ``compile``) appear only when they differ
-        from their default, so records, run ids and golden references made before they existed stay unchanged.
+        ``resample_eval_subset``, ``precision``, ``channels_last``, ``compile``, ``tta_reset``,
+        ``tta_source_every``) appear only when they differ from their default, so records, run ids and golden
+        references made before they existed stay unchanged.
         """
         d = dataclasses.asdict(self)
         for name in _LATER_FIELDS:
@@ -112,7 +127,7 @@ class Protocol:
 
 
 _LATER_FIELDS = ("online", "max_iterations", "recipe", "resample_eval_subset", "precision", "channels_last",
-                 "compile")
+                 "compile", "tta_reset", "tta_source_every")
 _PROTOCOL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Protocol)}
 
 

@@ -13,6 +13,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from cl_bench.core.errors import UserError
+from cl_bench.core.record import add_source_curve
 from cl_bench.core.types import PredictContext, Scenario, StreamInfo, TensorData
 from cl_bench.data.tta_streams import TTA_BATCH_SIZE
 from cl_bench.engine.loop import Loop
@@ -60,16 +62,20 @@ class TTAEvaluator:
             raise RuntimeError(f"experience {e} ended but the matrix expects experience {self.matrix.n_finished}")
         self.matrix.end_experience(iteration, correct, total)
 
-    def end_stream(self, predict: Any, data: TensorData | None) -> bool:
-        """Measure ``predict`` (which changes nothing) on the clean source test set once; True if it ran."""
-        if data is None or not len(data) or self.matrix.clean_after:
-            return False
+    def source_correct(self, predict: Any, data: TensorData) -> int:
+        """Correct predictions of ``predict`` (which changes nothing) on the clean source test set ``data``."""
         correct = 0
         with torch.inference_mode():
             for b in range(math.ceil(len(data) / self.batch_size)):
                 x, y = data.batch(slice(b * self.batch_size, (b + 1) * self.batch_size))
                 correct += int((predict(x, PredictContext()).argmax(1) == y).sum())
-        self.matrix.set_clean_after(correct, len(data))
+        return correct
+
+    def end_stream(self, predict: Any, data: TensorData | None) -> bool:
+        """Measure ``predict`` (which changes nothing) on the clean source test set once; True if it ran."""
+        if data is None or not len(data) or self.matrix.clean_after:
+            return False
+        self.matrix.set_clean_after(self.source_correct(predict, data), len(data))
         return True
 
     def state(self) -> dict[str, Any]:
@@ -80,7 +86,14 @@ class TTAEvaluator:
 
 
 class TTALoop(Loop):
-    """The TTA loop: source phase in :meth:`stream_info`, then each test batch to ``adapt`` once."""
+    """The TTA loop: source phase in :meth:`stream_info`, then each test batch to ``adapt`` once.
+
+    ``Protocol.tta_reset`` decides when the method returns to the source model: "episodic" restores the
+    state it had right after ``setup`` after every batch, "shift" calls ``setup`` again at each domain
+    change. ``Protocol.tta_source_every`` > 0 measures the adapting model on the clean source test split
+    before the stream, every k batches and after the stream: ``source_curve`` ([iteration, correct,
+    total] points), which the record stores beside the accuracy matrix.
+    """
 
     kind = "tta"
 
@@ -109,19 +122,64 @@ class TTALoop(Loop):
         data = None if src.free or src.train is None else src.train.to(self.spec.device)
         return dataclasses.replace(super().stream_info(), source_model=model, source_data=data)
 
+    @property
+    def reset_mode(self) -> str:
+        """The run's ``tta_reset``: the protocol's, else the stream's ("shift" on reset_each_shift streams)."""
+        src = self.scenario.source
+        return self.protocol.tta_reset or ("shift" if src is not None and src.reset_each_shift else "none")
+
+    def _snapshot(self) -> None:
+        # Episodic mode returns to the state right after setup; load_state_dict is much cheaper than a new
+        # setup (which may deep-copy networks or warm up on source data). Methods that cannot load a state
+        # (caps.resumable False) get setup again instead.
+        self.initial = None
+        if self.reset_mode == "episodic" and self.method.caps.resumable:
+            self.initial = copy.deepcopy(self.method.state_dict())
+
+    def _reset(self) -> None:
+        if self.initial is None:
+            self.method.setup(self.info, self.spec.seed)
+        else:
+            self.method.load_state_dict(copy.deepcopy(self.initial))
+
+    def _source_point(self, iteration: int) -> None:
+        """One point of the clean-source curve at ``iteration`` (no-op without a clean source test split)."""
+        data = self.scenario.source.test if self.scenario.source is not None else None
+        if data is None or not len(data) or (self.source_curve and self.source_curve[-1][0] == iteration):
+            return
+        t0 = time.perf_counter()
+        correct = self.evaluator.source_correct(self.method.predict, data.to(torch.device(self.spec.device)))
+        self.source_curve.append([iteration, correct, len(data)])
+        self.cost["eval_seconds"] += time.perf_counter() - t0
+
+    def record(self, status: str, error: str | None = None) -> dict[str, Any]:
+        rec = super().record(status, error)
+        if self.protocol.tta_source_every:
+            add_source_curve(rec, getattr(self, "source_curve", []))  # [] if the run failed before begin
+        return rec
+
     def begin(self) -> None:
         self.evaluator.begin()
         self.partial = [0, 0]
+        self.source_curve: list[list[int]] = []
+        self._snapshot()
+        if self.protocol.tta_source_every:
+            self._source_point(0)  # the source model before any adaptation
 
     def iterations(self, e: int) -> int:
         cap = self.protocol.max_iterations or math.inf  # smoke runs (Protocol.max_iterations)
         return int(min(cap, math.ceil(len(self.scenario[e].test) / self.protocol.batch_size)))
 
     def state(self) -> dict[str, Any]:
-        return {**super().state(), "tta_partial": list(self.partial)}
+        out = {**super().state(), "tta_partial": list(self.partial)}
+        if self.protocol.tta_source_every:
+            out["tta_source_curve"] = [list(p) for p in self.source_curve]
+        return out
 
     def restore(self, state: dict[str, Any]) -> None:
+        self._snapshot()  # called right after setup, before the checkpointed state is loaded
         self.partial = list(state.get("tta_partial", [0, 0]))  # online [correct, total] of the experience so far
+        self.source_curve = [list(p) for p in state.get("tta_source_curve", [])]
         super().restore(state)
 
     def replay_begin(self) -> None:
@@ -136,7 +194,7 @@ class TTALoop(Loop):
         for e in range(start_e, len(self.scenario)):
             exp = self.scenario[e]
             if not (self.begun and e == start_e):
-                if src.reset_each_shift and e > 0 and exp.shift != self.scenario[e - 1].shift:
+                if self.reset_mode == "shift" and e > 0 and exp.shift != self.scenario[e - 1].shift:
                     # Reset = a fresh copy of the source model and fresh optimiser/teacher state.
                     self.method.setup(self.info, self.spec.seed)
                 self.position, self.begun, self.partial = (e, 0, 0), True, [0, 0]
@@ -154,11 +212,18 @@ class TTALoop(Loop):
                                        f"{(len(x), self.scenario.n_classes)}")  # fmt: skip
                 self.partial[0] += int((logits.argmax(1) == y).sum())
                 self.partial[1] += len(y)
+                if self.reset_mode == "episodic":
+                    self._reset()
                 self.cost["train_seconds"] += time.perf_counter() - t0
                 self.position = (e, 0, b + 1)
+                every = self.protocol.tta_source_every
+                if every and (self.iteration + 1) % every == 0:
+                    self._source_point(self.iteration + 1)  # before tail, so a checkpoint there holds it
                 self.tail(e)
             self.evaluator.end_experience(e, self.iteration, *self.partial)
             self.position, self.begun, self.partial = (e + 1, 0, 0), False, [0, 0]
+        if self.protocol.tta_source_every:
+            self._source_point(self.iteration)  # after the stream
         t0 = time.perf_counter()
         if self.evaluator.end_stream(self.method.predict, None if src.test is None else src.test.to(device)):
             self.cost["eval_seconds"] += time.perf_counter() - t0

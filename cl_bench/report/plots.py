@@ -127,7 +127,20 @@ def _plot_online_error(record: dict[str, Any], m: TTAMatrix, path: Path) -> Path
     from cl_bench.report.domains import domain_names
 
     errs = online_errors(m)
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    curve = record.get("source_curve") or []
+    if curve:  # a second panel: clean-source accuracy during the stream (Protocol.tta_source_every)
+        fig, (ax, ax_src) = plt.subplots(2, 1, figsize=(9, 7), dpi=110)
+        its, accs = [p[0] for p in curve if p[2]], [p[1] / p[2] for p in curve if p[2]]
+        ax_src.plot(its, accs, marker=".", lw=1.2, color="tab:purple", label="clean source accuracy")
+        for it in m.iteration[:-1]:  # domain changes: the iteration each finished experience ended at
+            ax_src.axvline(it, color="0.8", lw=0.8)
+        ax_src.set_xlabel("adaptation iteration (test batch)")
+        ax_src.set_ylabel("clean source accuracy")
+        ax_src.set_ylim(-0.02, 1.02)
+        ax_src.legend(loc="lower left", fontsize=8)
+        ax_src.grid(alpha=0.3)
+    else:
+        fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     xs = list(range(len(errs)))
     ax.plot(xs, errs, marker="o", ms=3, lw=1.2, label="online error")
     clean = [e for e in xs if m.severity[e] == 0]
