@@ -22,6 +22,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     )  # fmt: skip
 
 
+@pytest.mark.slow  # a real training run in a subprocess
 def test_default_run_writes_record_and_plot(tmp_path: Path) -> None:
     proc = cli("--epochs", "2", cwd=tmp_path)  # bare flags mean `run`; fewer epochs keep the test quick
     assert proc.returncode == 0, proc.stderr
