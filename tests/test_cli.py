@@ -141,6 +141,7 @@ def test_parse_sets_sections() -> None:
         parse_sets(["novalue"])
 
 
+@pytest.mark.slow  # a real Split-MNIST training run in a subprocess
 def test_issue_command_on_real_mnist(tmp_path: Path, mnist_root: Path) -> None:
     """The documented MNIST command, shortened to 2 experiences to stay quick."""
     proc = cli("run", "--scenario", "split_mnist", "--method", "ewc", "--set", "lambda=100",
