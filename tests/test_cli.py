@@ -24,6 +24,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     )  # fmt: skip
 
 
+@pytest.mark.slow  # a real training run in a subprocess
 def test_default_run_writes_record_and_plot(tmp_path: Path) -> None:
     proc = cli("--epochs", "2", cwd=tmp_path)  # bare flags mean `run`; fewer epochs keep the test quick
     assert proc.returncode == 0, proc.stderr
@@ -197,6 +198,7 @@ def test_parse_sets_sections() -> None:
         parse_sets(["novalue"])
 
 
+@pytest.mark.slow  # a real Split-MNIST training run in a subprocess
 def test_issue_command_on_real_mnist(tmp_path: Path, mnist_root: Path) -> None:
     """The documented MNIST command, shortened to 2 experiences to stay quick."""
     proc = cli("run", "--scenario", "split_mnist", "--method", "ewc", "--set", "lambda=100",

@@ -10,8 +10,10 @@ have ``check_scenario``.
 """
 
 from cl_bench.testing.check_method import CHECKS, check_method, toy_scenario
+from cl_bench.testing.check_scenario import SCENARIO_CHECKS, check_scenario
 from cl_bench.testing.parametrize import Check, parametrize_with_checks
 from cl_bench.testing.results import CheckResult, ConformanceError, ConformanceReport, ConformanceViolation
 
-__all__ = ["CHECKS", "Check", "CheckResult", "ConformanceError", "ConformanceReport", "ConformanceViolation",
-           "check_method", "parametrize_with_checks", "toy_scenario"]  # fmt: skip
+__all__ = ["CHECKS", "SCENARIO_CHECKS", "Check", "CheckResult", "ConformanceError", "ConformanceReport",
+           "ConformanceViolation",
+           "check_method", "check_scenario", "parametrize_with_checks", "toy_scenario"]  # fmt: skip

@@ -20,7 +20,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from cl_bench.core.method import Method
@@ -75,6 +75,7 @@ def parametrize_with_checks(
     *,
     checks: Iterable[str] | None = None,
     config: Mapping[str, Any] | None = None,
+    marks: Callable[[str], Sequence[Any]] | None = None,
 ) -> Any:
     """A ``pytest.mark.parametrize("method, check", ...)`` over every method and check.
 
@@ -82,6 +83,7 @@ def parametrize_with_checks(
         methods: Method classes or registered names (default: every registered method).
         checks: Names of the checks (default: all of :data:`~cl_bench.testing.check_method.CHECKS`).
         config: Method config overrides for every run.
+        marks: Method name -> pytest marks for its tests (e.g. ``pytest.mark.slow`` outside a fast core set).
 
     Returns:
         The pytest mark; the decorated test takes ``method`` and ``check`` and calls ``check(method)``.
@@ -92,13 +94,12 @@ def parametrize_with_checks(
 
     chosen = list(METHODS.names() if methods is None else methods)
     names = list(CHECKS if checks is None else checks)
-    params, ids = [], []
+    params = []
     for m in chosen:
         label = m if isinstance(m, str) else _resolve(m)[1]
-        for c in names:
-            params.append((m, Check(c, config)))
-            ids.append(f"{label}-{c}")
-    return pytest.mark.parametrize(("method", "check"), params, ids=ids)
+        extra = list(marks(label)) if marks is not None else []
+        params += [pytest.param(m, Check(c, config), marks=extra, id=f"{label}-{c}") for c in names]
+    return pytest.mark.parametrize(("method", "check"), params)
 
 
 __all__ = ["Check", "parametrize_with_checks"]
