@@ -22,6 +22,7 @@ from cl_bench.methods import (  # noqa: F401
     finetune,
     gdumb,
     gem,
+    icarl,
     joint,
     l2,
     l2_vit,
