@@ -44,4 +44,5 @@ from cl_bench.methods import (  # noqa: F401
     source,
     t3a,
     tent,
+    wa,
 )

@@ -167,8 +167,8 @@ class ICaRL(SupervisedMethod):
 
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
         means = self.class_means() if self.config.classifier == "nme" else None
-        if means is None:
-            return super().predict(x, ctx)
+        if means is None:  # no exemplar yet, or the "cnn" classifier: the network's outputs over seen classes
+            return rank_unseen_last(super().predict(x, ctx), self.seen_classes)
         mu, has = means
         was_training = self.net.training
         self.net.eval()
