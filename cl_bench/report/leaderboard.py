@@ -30,7 +30,8 @@ TTA_METRICS = ("online_error", "online_error_max_severity", "online_error_clean"
 TUNE_FILE = "tune.json"
 #: Compute and memory columns (the record's ``cost``), shown when some record of a table has them: what a
 #: method spends for its accuracy (NEVIS'22, Bornschein et al., JMLR 2023, compares at equal compute).
-COST_COLUMNS = {"train_seconds": "train s", "train_flops": "train GFLOPs", "n_params": "params"}
+COST_COLUMNS = {"train_seconds": "train s", "train_flops": "train GFLOPs", "n_params": "params",
+                "buffer_bytes": "memory KB"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,14 @@ class Row:
         return Cell.of([None if r["cost"].get(key) is None else r["cost"][key] * scale for r in self.records])
 
     def cost_text(self, key: str) -> str:
-        """The cost cell as shown: seconds with 1 decimal, GFLOPs with 3 significant digits, params as int."""
+        """The cost cell as shown: seconds with 1 decimal, GFLOPs with 3 significant digits, params as int, KB."""
         c = self.cost(key)
         if c.n == 0:
             return "—"
         if key == "n_params":
             return f"{int(c.mean):,}"
+        if key == "buffer_bytes":
+            return f"{c.mean / 1024:.1f}"
         return f"{c.mean:.1f}" if key.endswith("_seconds") else f"{c.mean:.3g}"
 
 
