@@ -74,6 +74,10 @@ def pairs(batch_size: int, epochs: int, lr: float) -> list[Pair]:
         Pair("mas", "mas", "avalanche:MAS", {"lambda_reg": 1.0, "alpha": 0.5}, {"lambda_reg": 1.0, "alpha": 0.5}),
         Pair("gem", "gem", "avalanche:GEM", {"patterns_per_exp": 256, "memory_strength": 0.5},
              {"patterns_per_exp": 256, "memory_strength": 0.5}),
+        Pair("mir", "mir", "avalanche:MIR", {**mem, "subsample": 50, "replay_batch_size": batch_size},
+             {"mem_size": BUDGET, "subsample": 50, "batch_size_mem": batch_size},
+             "by design: Avalanche's MIR memory is class-balanced, rebuilt at experience ends (replay from the "
+             "second experience, candidates exclude the last batch's classes); native: reservoir every step"),
         Pair("er", "er", "avalanche:Replay", mem, {"mem_size": BUDGET},
              "by design: native reservoir updated every step, replay from the first batch; Avalanche "
              "rebuilds a class-balanced memory at experience ends"),

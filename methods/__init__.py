@@ -30,6 +30,7 @@ from cl_bench.methods import (  # noqa: F401
     lame,
     lwf,
     mas,
+    mir,
     ncm,
     one_prompt,
     psmt,
