@@ -104,3 +104,28 @@ def _info(scenario: Scenario) -> StreamInfo:
 
 def _batch(x: torch.Tensor, y: torch.Tensor, e: int) -> Batch:
     return Batch(x, y, None, e)
+
+
+# -- cross-check against Avalanche 0.6 (benchmarks/crosscheck.py, small scale) ---------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["derpp"])
+def test_native_agrees_with_avalanche_within_seed_spread(tmp_path: Path, key: str) -> None:
+    # The rule and settings of benchmarks/crosscheck.py (docs/methods.md): |mean diff| <= max(0.02, 2 x pooled
+    # seed std) over 3 seeds; 5 epochs, batch 10, MLP 2x100, SGD lr 0.01, memory 200. About 2 min on one core.
+    pytest.importorskip("avalanche")
+    import importlib.util
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "crosscheck.py"
+    spec = importlib.util.spec_from_file_location("crosscheck", script)
+    assert spec is not None and spec.loader is not None
+    cc = importlib.util.module_from_spec(spec)
+    sys.modules["crosscheck"] = cc  # dataclasses look their module up
+    spec.loader.exec_module(cc)
+    pair = next(p for p in cc.pairs(batch_size=10, epochs=5, lr=0.01) if p.key == key)
+    result = cc.run_pair(pair, "split_digits", {}, Protocol(eval_every=0, epochs=5, batch_size=10), [0, 1, 2],
+                         {"model": "mlp", "hidden_size": 100, "lr": 0.01}, str(tmp_path))  # fmt: skip
+    assert result.agree, result.cells()
+    assert min(result.native + result.bridged) > 0.5  # both learned (chance 0.1; forgetting everything ~0.2)
