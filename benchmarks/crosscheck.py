@@ -81,6 +81,10 @@ def pairs(batch_size: int, epochs: int, lr: float) -> list[Pair]:
              {"mem_size": BUDGET, "subsample": 50, "batch_size_mem": batch_size},
              "by design: Avalanche's MIR memory is class-balanced, rebuilt at experience ends (replay from the "
              "second experience, candidates exclude the last batch's classes); native: reservoir every step"),
+        Pair("mir_cb", "mir", "avalanche:MIR",
+             {**mem, "subsample": 50, "replay_batch_size": batch_size, "memory": "balanced_at_end"},
+             {"mem_size": BUDGET, "subsample": 50, "batch_size_mem": batch_size},
+             "native switched to Avalanche's memory (class-balanced, rebuilt at experience ends)"),
         Pair("er", "er", "avalanche:Replay", mem, {"mem_size": BUDGET},
              "by design: native reservoir updated every step, replay from the first batch; Avalanche "
              "rebuilds a class-balanced memory at experience ends"),

@@ -16,16 +16,16 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from cl_bench.components import ReservoirBuffer
+from cl_bench.components import ClassBalancedBuffer, ReservoirBuffer
 from cl_bench.core.method import Caps, held_bytes
 from cl_bench.core.registry import METHODS
-from cl_bench.core.types import Batch, StreamInfo
+from cl_bench.core.types import Batch, Experience, StreamInfo
 from cl_bench.families.supervised import SupervisedMethod, TrainConfig
 
 
@@ -38,12 +38,16 @@ class MIRConfig(TrainConfig):
         subsample: Candidates drawn from memory per step, C (50: official ``Scripts/ER_experiments.sh``).
         replay_batch_size: Retrieved examples replayed per step (10: official ``--buffer_batch_size``).
         virtual_lr: Learning rate of the virtual step (0 = the optimiser's ``lr``, as the official code).
+        memory: "reservoir" (the paper's: updated at every step) or "balanced_at_end" (Avalanche 0.6's
+            ``MIRPlugin``: a class-balanced memory rebuilt at each experience's end, so replay starts with the
+            second experience), for the cross-check in ``benchmarks/crosscheck.py``.
     """
 
     buffer_size: int = 200
     subsample: int = 50
     replay_batch_size: int = 10
     virtual_lr: float = 0.0
+    memory: Literal["reservoir", "balanced_at_end"] = "reservoir"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -51,6 +55,8 @@ class MIRConfig(TrainConfig):
             raise ValueError("buffer_size and virtual_lr must be >= 0")
         if self.replay_batch_size < 1 or self.subsample < self.replay_batch_size:
             raise ValueError("need 1 <= replay_batch_size <= subsample")
+        if self.memory not in ("reservoir", "balanced_at_end"):
+            raise ValueError(f"memory must be 'reservoir' or 'balanced_at_end', got {self.memory!r}")
 
 
 @METHODS.register(
@@ -65,7 +71,11 @@ class MIR(SupervisedMethod):
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
-        self.buffer = ReservoirBuffer(self.config.buffer_size, seed)
+        self.buffer: ReservoirBuffer | ClassBalancedBuffer
+        if self.config.memory == "reservoir":
+            self.buffer = ReservoirBuffer(self.config.buffer_size, seed)
+        else:
+            self.buffer = ClassBalancedBuffer(self.config.buffer_size, seed)
 
     def retrieve(self, loss: torch.Tensor, task_il: bool) -> tuple[torch.Tensor, ...] | None:
         """The ``replay_batch_size`` memory examples ``(x, y, t)`` a step on ``loss`` would hurt most.
@@ -105,8 +115,17 @@ class MIR(SupervisedMethod):
         loss.backward()
         self.lr_schedule.apply()
         self.opt.step()
-        self.buffer.add(batch.x, batch.y, batch.task_ids)
+        if isinstance(self.buffer, ReservoirBuffer):
+            self.buffer.add(batch.x, batch.y, batch.task_ids)
         return {"loss": loss.detach()}
+
+    def end_experience(self, exp: Experience) -> None:
+        super().end_experience(exp)
+        if isinstance(self.buffer, ClassBalancedBuffer) and exp.train is not None and len(exp.train):
+            x, y = exp.train.batch(slice(None), device=self.device)
+            task = -1 if exp.task_id is None else exp.task_id
+            t = exp.train.t if exp.train.t is not None else torch.full_like(y, task)
+            self.buffer.rebuild(x, y, t.to(self.device))
 
     def memory_size(self) -> int:
         return len(self.buffer)
