@@ -7,6 +7,7 @@ the one place that names them. Each module holds one method family's whole logic
 from cl_bench.methods import (  # noqa: F401
     adacontrast,
     agem,
+    bic,
     bn_adapt,
     bn_ema,
     cmf,
@@ -23,6 +24,7 @@ from cl_bench.methods import (  # noqa: F401
     finetune,
     gdumb,
     gem,
+    icarl,
     joint,
     l2,
     l2_vit,
@@ -30,6 +32,7 @@ from cl_bench.methods import (  # noqa: F401
     lame,
     lwf,
     mas,
+    mir,
     ncm,
     note,
     one_prompt,
@@ -46,4 +49,5 @@ from cl_bench.methods import (  # noqa: F401
     source,
     t3a,
     tent,
+    wa,
 )

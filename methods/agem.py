@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.components.buffer import replay_inputs, stored_examples
-from cl_bench.core.method import Caps
+from cl_bench.core.method import Caps, held_bytes
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, Experience, StreamInfo
 from cl_bench.families.supervised import SupervisedMethod, TrainConfig
@@ -109,6 +109,9 @@ class AGEM(SupervisedMethod):
 
     def memory_budget(self) -> int | None:
         return self.config.patterns_per_exp * self.n_stored_exps
+
+    def memory_bytes(self) -> int | None:
+        return 0 if self.mem_x is None else held_bytes(len(self.mem_x), self.mem_x, self.mem_y, self.mem_t)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "mem": (self.mem_x, self.mem_y, self.mem_t),

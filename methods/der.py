@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.components import LogitReservoirBuffer
-from cl_bench.core.method import Caps
+from cl_bench.core.method import Caps, held_bytes
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, StreamInfo
 from cl_bench.families.supervised import SupervisedMethod, TrainConfig
@@ -92,6 +92,9 @@ class DER(SupervisedMethod):
 
     def memory_budget(self) -> int | None:
         return self.config.buffer_size
+
+    def memory_bytes(self) -> int | None:
+        return held_bytes(len(self.buffer), self.buffer.x, self.buffer.y, self.buffer.t, self.buffer.logits)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "buffer": self.buffer.state_dict()}

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from cl_bench.components.buffer import replay_inputs, stored_examples
 from cl_bench.core.errors import UserError
-from cl_bench.core.method import Caps
+from cl_bench.core.method import Caps, held_bytes
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, Experience, StreamInfo
 from cl_bench.families.supervised import SupervisedMethod, TrainConfig
@@ -143,6 +143,9 @@ class GEM(SupervisedMethod):
 
     def memory_budget(self) -> int | None:
         return self.config.patterns_per_exp * len(self.memory)
+
+    def memory_bytes(self) -> int | None:
+        return sum(held_bytes(len(x), x, y, t) for x, y, t in self.memory)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "memory": self.memory, "gen": self.gen.get_state(), "views": self.views}

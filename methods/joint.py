@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from cl_bench.core.method import Caps
+from cl_bench.core.method import Caps, held_bytes
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Experience, TensorData
 from cl_bench.families.supervised import SupervisedMethod
@@ -53,6 +53,9 @@ class Joint(SupervisedMethod):
 
     def memory_size(self) -> int:
         return sum(len(d) for d in self.seen[:-1])
+
+    def memory_bytes(self) -> int | None:
+        return sum(held_bytes(len(d), d.x, d.y, d.t) for d in self.seen[:-1])
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "seen": list(self.seen)}

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from cl_bench.components import softmax_entropy
 from cl_bench.components.tta_output import features_and_head
 from cl_bench.core.errors import ConfigError
-from cl_bench.core.method import Caps
+from cl_bench.core.method import Caps, held_bytes
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
 from cl_bench.families.tta import FrozenSourceMethod
@@ -103,6 +103,11 @@ class T3A(FrozenSourceMethod):
 
     def memory_budget(self) -> int | None:
         return self.config.filter_k * self.info.n_classes if hasattr(self, "info") else None
+
+    def memory_bytes(self) -> int | None:
+        # the test embeddings beyond the head's own rows, with their pseudo-labels and entropies
+        n = self.memory_size()
+        return 0 if n == 0 else held_bytes(n, self.supports, self.labels, self.ent)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "supports": self.supports.clone(), "labels": self.labels.clone(),

@@ -76,6 +76,11 @@ class IterationCallback:
         self.report(loss, last)
 
 
+def held_bytes(n: int, *tensors: torch.Tensor | None) -> int:
+    """Bytes of the first ``n`` rows of each tensor (a preallocated buffer counts only its filled slots)."""
+    return sum(int(t[:n].numel()) * t.element_size() for t in tensors if t is not None)
+
+
 @dataclass(frozen=True)
 class NoConfig:
     """Config of a method without hyper-parameters."""
@@ -147,6 +152,13 @@ class Method:
 
     def memory_budget(self) -> int | None:
         """Maximum of :meth:`memory_size` allowed now (None = no bound)."""
+        return None
+
+    def memory_bytes(self) -> int | None:
+        """Bytes of what the memory holds: stored examples and what is kept with them (labels, task ids,
+        DER's logits); None = not reported. The run record's ``cost.buffer_bytes``, beside
+        ``cost.exemplars`` (:meth:`memory_size`), so that methods can be compared at equal memory.
+        """
         return None
 
     def record_extras(self) -> dict[str, Any]:

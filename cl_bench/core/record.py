@@ -28,9 +28,11 @@ STATUSES = ("completed", "failed", "running")
 #: A record's ``kind``: which loop made it and so which matrix type (and metrics) it holds.
 KINDS = ("cl", "tta")
 #: ``data_seconds``: building the scenario (loading, splitting); ``*_flops``: counted with
-#: ``torch.utils.flop_counter`` when the run asked for it (``--count-flops``); ``n_params``: the method's network.
+#: ``torch.utils.flop_counter`` when the run asked for it (``--count-flops``); ``n_params``: the method's network;
+#: ``exemplars`` / ``buffer_bytes``: what a method with a memory keeps at the end (``Method.memory_size`` /
+#: ``Method.memory_bytes``), for comparisons at equal memory.
 COST_KEYS = ("train_seconds", "eval_seconds", "peak_rss_mb", "source_seconds", "data_seconds", "train_flops",
-             "eval_flops", "n_params", "peak_gpu_mb")  # fmt: skip
+             "eval_flops", "n_params", "peak_gpu_mb", "exemplars", "buffer_bytes")  # fmt: skip
 
 
 class RecordError(UserError):

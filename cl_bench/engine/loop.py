@@ -166,13 +166,19 @@ class Loop:
         )  # fmt: skip
 
     def model_cost(self) -> dict[str, float]:
-        """The method's network size and, on CUDA, the peak GPU memory (for the board's compute columns)."""
+        """The method's network size, its memory (exemplars, bytes) and, on CUDA, the peak GPU memory."""
         out: dict[str, float] = {}
         net = getattr(self.method, "net", None)  # SupervisedMethod's network; other families may name it otherwise
         if isinstance(net, torch.nn.Module):
             out["n_params"] = sum(p.numel() for p in net.parameters())
         if self.spec.device.startswith("cuda") and torch.cuda.is_available():
             out["peak_gpu_mb"] = int(torch.cuda.max_memory_allocated() / 2**20)
+        # What the method keeps, for comparisons at equal memory; only once set up (Method.setup sets ``info``).
+        if self.method.caps.memory != "none" and hasattr(self.method, "info"):
+            out["exemplars"] = self.method.memory_size()
+            size = self.method.memory_bytes()
+            if size is not None:
+                out["buffer_bytes"] = size
         return out
 
     def counted(self, key: str, fn: Any, *args: Any) -> Any:

@@ -32,7 +32,7 @@ TUNE_FILE = "tune.json"
 #: method spends for its accuracy (NEVIS'22, Bornschein et al., JMLR 2023, compares at equal compute).
 COST_COLUMNS = {"data_seconds": "data s", "train_seconds": "train s", "eval_seconds": "eval s",
                 "train_flops": "train GFLOPs", "eval_flops": "eval GFLOPs", "n_params": "params",
-                "buffer_bytes": "memory MB", "peak_gpu_mb": "peak GPU MB"}
+                "buffer_bytes": "memory KB", "peak_gpu_mb": "peak GPU MB"}
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,8 @@ class Row:
         return Cell.of([r["metrics"].get(metric) for r in self.records])
 
     def cost(self, key: str) -> Cell:
-        """The row's aggregate of ``cost[key]`` (GFLOPs for ``*_flops``, MB for ``*_bytes``)."""
-        scale = 1e-9 if key.endswith("_flops") else 2.0**-20 if key.endswith("_bytes") else 1.0
+        """The row's aggregate of ``cost[key]`` (GFLOPs for ``*_flops``, KB for ``*_bytes``)."""
+        scale = 1e-9 if key.endswith("_flops") else 1 / 1024 if key.endswith("_bytes") else 1.0
         return Cell.of([None if r["cost"].get(key) is None else r["cost"][key] * scale for r in self.records])
 
     def cost_text(self, key: str) -> str:

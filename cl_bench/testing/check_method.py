@@ -17,7 +17,8 @@ check_resume              a run interrupted twice and resumed from its checkpoin
                           matrix of an uninterrupted run
 check_predict_pure        ``predict`` changes no state (unless ``caps.adapts_at_test``)
 check_memory_budget       ``memory_size()`` is 0 for ``caps.memory == "none"`` and within
-                          ``memory_budget()`` for ``"bounded"``, after every step
+                          ``memory_budget()`` for ``"bounded"``, after every step; a bounded
+                          memory reports its size in bytes (``memory_bytes()``, 0 when empty)
 check_beats_chance        after each experience, accuracy on it beats 1/#classes + 0.1
 check_pre_update          TTA only: ``adapt(x)`` returns what ``predict(x)`` gave just before
                           it (the prediction made before updating on x)

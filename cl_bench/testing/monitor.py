@@ -171,6 +171,7 @@ class Monitor:
         if "check_memory_budget" not in self.enabled:
             return
         size, budget, kind = method.memory_size(), method.memory_budget(), self.caps.memory
+        nbytes = method.memory_bytes()
         problem = None
         if kind == "none" and size != 0:
             problem = f"caps.memory is 'none' but memory_size() is {size}"
@@ -178,6 +179,10 @@ class Monitor:
             problem = "caps.memory is 'bounded' but memory_budget() is None"
         elif kind == "bounded" and budget is not None and size > budget:
             problem = f"memory_size() is {size}, over memory_budget() {budget}"
+        elif kind == "bounded" and nbytes is None:
+            problem = "caps.memory is 'bounded' but memory_bytes() is None (the record's cost.buffer_bytes)"
+        elif nbytes is not None and (nbytes < 0 or (size == 0 and nbytes != 0)):
+            problem = f"memory_bytes() is {nbytes} for memory_size() {size}"
         if problem:
             self.fail("check_memory_budget", problem, hook=f"after {hook}")
 
