@@ -15,6 +15,7 @@ from cl_bench.methods import (  # noqa: F401
     deyo,
     dualprompt,
     eata,
+    fecam,
     er,
     er_ace,
     er_cb,
