@@ -4,6 +4,9 @@ The backbone never changes; each class is its prototype, the mean feature of its
 examples, accumulated exactly batch by batch. No examples are stored and nothing is forgotten
 except through the growing number of competing prototypes.
 
+SimpleCIL exactly (raw-feature means, cosine) is ``ncm`` with ``normalize=false``, registered as
+``simplecil``; the default here averages L2-normalised features (Janson et al.).
+
 References:
     Zhou, Cai, Ye, Zhan & Liu, "Revisiting Class-Incremental Learning with Pre-Trained Models:
     Generalizability and Adaptivity are All You Need", IJCV 2024 (arXiv:2303.07338): SimpleCIL,

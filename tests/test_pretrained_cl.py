@@ -88,3 +88,16 @@ def test_fecam_logits_are_minus_the_official_mahalanobis_distance(tiny_weights: 
         expected.append(-torch.einsum("nd,de,ne->n", diff, prec, diff))
     got = method.predict(x_test, None)
     torch.testing.assert_close(got.double(), torch.stack(expected, 1), atol=2e-3, rtol=2e-3)
+
+
+# -- SimpleCIL -------------------------------------------------------------------------------------------------------
+def test_simplecil_is_ncm_on_raw_means_and_rejects_other_settings(tiny_weights: Path) -> None:
+    cfg = {"backbone": "test_resnet", "weights": str(tiny_weights), "image_size": 16, "feature_cache": False}
+    simple, scenario = _fit("simplecil", cfg)
+    raw, _ = _fit("ncm", {**cfg, "normalize": False})
+    normed, _ = _fit("ncm", cfg)
+    x = torch.cat([e.test.x for e in scenario])
+    torch.testing.assert_close(simple.predict(x, None), raw.predict(x, None))
+    assert not torch.allclose(simple.predict(x, None), normed.predict(x, None))  # ncm's default is another rule
+    with pytest.raises(ValueError, match="simplecil is ncm"):
+        METHODS.config("simplecil", {**cfg, "normalize": True})
