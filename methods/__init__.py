@@ -6,6 +6,7 @@ the one place that names them. Each module holds one method family's whole logic
 
 from cl_bench.methods import (  # noqa: F401
     agem,
+    aper,
     bn_adapt,
     bn_ema,
     cmf,

@@ -101,3 +101,77 @@ def test_simplecil_is_ncm_on_raw_means_and_rejects_other_settings(tiny_weights: 
     assert not torch.allclose(simple.predict(x, None), normed.predict(x, None))  # ncm's default is another rule
     with pytest.raises(ValueError, match="simplecil is ncm"):
         METHODS.config("simplecil", {**cfg, "normalize": True})
+
+
+# -- PETL modules and APER -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("arch", "size", "kind"), [("test_vit", 32, "adapter"), ("test_vit", 32, "vpt"),
+                                                    ("test_resnet", 16, "adapter"), ("test_efficientnet", 16, "ssf")])
+def test_petl_trains_only_new_modules_and_adapter_starts_as_identity(arch: str, size: int, kind: str) -> None:
+    from cl_bench.components.petl import attach_petl
+
+    torch.manual_seed(0)
+    m = create_backbone(arch, None).eval()
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        ref = m(x)
+    pretrained = {k: v.clone() for k, v in m.state_dict().items()}
+    params = attach_petl(m, kind, ffn_num=8)
+    out = m(x)
+    if kind == "adapter":
+        torch.testing.assert_close(out, ref)  # the zero-initialised up-projection: the pretrained function
+    (out * torch.randn_like(out)).sum().backward()  # a random direction: LayerNorm makes out.sum() constant
+    # Every module is wired in (gets a gradient); an adapter's down-projection only once up is non-zero.
+    grads = {n: p.grad for n, p in m.petl.named_parameters()}
+    assert all(g is not None for g in grads.values())
+    assert all(g.abs().sum() > 0 for n, g in grads.items() if kind != "adapter" or ".up." in n)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable == {f"petl.{n}" for n in grads} and len(params) == len(grads)
+    assert all(torch.equal(pretrained[k], v) for k, v in m.state_dict().items() if k in pretrained)
+
+
+def test_vpt_on_a_cnn_is_a_clear_error() -> None:
+    from cl_bench.components.petl import attach_petl
+
+    with pytest.raises(ValueError, match="needs a timm VisionTransformer"):
+        attach_petl(create_backbone("test_resnet", None), "vpt")
+
+
+def test_first_session_lr_follows_the_official_per_epoch_cosine() -> None:
+    from cl_bench.components.petl import FirstSessionTuner
+
+    lin = torch.nn.Linear(4, 4)
+    tuner = FirstSessionTuner(lin, list(lin.parameters()), 4, 3, lr=0.01, weight_decay=0.0, tuned_epochs=20,
+                              min_lr=0.0, seed=0)  # fmt: skip
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(torch.optim.SGD(lin.parameters(), lr=0.01), T_max=20)
+    for epoch in range(20):
+        assert tuner.lr_at(epoch) == pytest.approx(sched.get_last_lr()[0], rel=1e-9)
+        sched.optimizer.step()
+        sched.step()
+
+
+@pytest.mark.parametrize("petl", ["adapter", "ssf"])
+def test_aper_prototypes_are_means_of_frozen_and_adapted_features(tiny_weights: Path, petl: str) -> None:
+    cfg = {"backbone": "test_resnet", "weights": str(tiny_weights), "image_size": 16, "feature_cache": False,
+           "petl": petl, "lr": 0.1, "ffn_num": 8}  # fmt: skip
+    method, scenario = _fit("aper", cfg)
+    before = {n: p.clone() for n, p in method.adapted.backbone.petl.named_parameters()}
+    fresh = METHODS.get("aper").obj(METHODS.config("aper", cfg))
+    fresh.setup(StreamInfo(scenario.input_shape, scenario.n_classes, len(scenario), scenario.setting,
+                           input_transform=scenario[0].test.transform), seed=0)  # fmt: skip
+    moved = [not torch.equal(p, dict(fresh.adapted.backbone.petl.named_parameters())[n]) for n, p in before.items()]
+    assert any(moved)  # the first session tuned the PETL modules
+    x, y = scenario[2].train.x, scenario[2].train.y
+    merged = torch.cat([method.frozen.extract(x), method.adapted.extract(x)], dim=1)
+    c = int(y[0])
+    torch.testing.assert_close(method.head.means()[c], merged[y == c].mean(0), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(method.adapted.extract(x), method.frozen.extract(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", [{"petl": "ssf"}, {"petl": "vpt", "backbone": "test_vit", "image_size": 32},
+                                 {"petl": "adapter", "backbone": "test_vit", "image_size": 32}])
+def test_aper_variants_pass_the_conformance_suite(cfg: dict[str, Any]) -> None:
+    from cl_bench.methods.aper import APER
+    from cl_bench.testing import check_method
+
+    assert check_method("aper", config={**APER.conformance_config, **cfg}).ok
