@@ -175,3 +175,18 @@ def test_aper_variants_pass_the_conformance_suite(cfg: dict[str, Any]) -> None:
     from cl_bench.testing import check_method
 
     assert check_method("aper", config={**APER.conformance_config, **cfg}).ok
+
+
+# -- RanPAC Phase 1 --------------------------------------------------------------------------------------------------
+def test_ranpac_phase1_is_on_by_default_and_tunes_before_the_projection(tiny_weights: Path) -> None:
+    assert METHODS.config("ranpac").first_session is True  # the paper's default
+    cfg = {"backbone": "test_resnet", "weights": str(tiny_weights), "image_size": 16, "feature_cache": False,
+           "projection_dim": 32, "lr": 0.1, "ffn_num": 8}  # fmt: skip
+    tuned, scenario = _fit("ranpac", cfg)
+    plain, _ = _fit("ranpac", {**cfg, "first_session": False})
+    assert not hasattr(plain.encoder.backbone, "petl") and plain.tuner is None
+    assert tuned.tuned and not any(p.requires_grad for p in tuned.encoder.backbone.parameters())
+    x = scenario[1].test.x
+    pretrained = plain.encoder.extract(x)
+    assert not torch.allclose(tuned.encoder.extract(x), pretrained)  # Phase 1 changed the features
+    torch.testing.assert_close(tuned.encoder.features(x), tuned.encoder.extract(x))  # memoised after the freeze
