@@ -151,4 +151,7 @@ class FeCAM(Method):
     def record_extras(self) -> dict[str, Any]:
         if not hasattr(self, "_tag"):
             self._tag = self.config.tag()
-        return {"backbone": self._tag}
+        extras: dict[str, Any] = {"backbone": self._tag}
+        if hasattr(self, "encoder"):  # records are also written before setup (a run's first record)
+            extras["feature_cache"] = self.encoder.cache_stats()
+        return extras
