@@ -50,7 +50,7 @@ class NCMConfig(PretrainedConfig):
     reference="Zhou et al., 'Revisiting Class-Incremental Learning with Pre-Trained Models' (SimpleCIL), IJCV 2024",
 )
 class NCM(Method):
-    """Nearest class mean on frozen pretrained features (SimpleCIL); exemplar-free."""
+    """Nearest class mean on frozen pretrained features (normalize=false: simplecil); exemplar-free."""
 
     Config: ClassVar[type] = NCMConfig
     caps: ClassVar[Caps] = Caps(memory="none", pretrained_backbone=True)

@@ -125,7 +125,7 @@ class RanPACConfig(PretrainedConfig):
     "NeurIPS 2023",
 )
 class RanPAC(Method):
-    """First-session PETL (optional), random-projection features and an incremental ridge classifier."""
+    """First-session PETL (first_session=True, default), random projection, incremental ridge classifier."""
 
     Config: ClassVar[type] = RanPACConfig
     caps: ClassVar[Caps] = Caps(memory="none", pretrained_backbone=True)

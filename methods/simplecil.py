@@ -45,6 +45,6 @@ class SimpleCILConfig(NCMConfig):
     reference="Zhou et al., 'Revisiting Class-Incremental Learning with Pre-Trained Models' (SimpleCIL), IJCV 2024",
 )
 class SimpleCIL(NCM):
-    """SimpleCIL: cosine classifier on raw-feature class means of a frozen backbone (``ncm``, raw means)."""
+    """SimpleCIL: cosine classifier on raw-feature class means of a frozen backbone (ncm, normalize=false)."""
 
     Config: ClassVar[type] = SimpleCILConfig
