@@ -190,3 +190,20 @@ def test_ranpac_phase1_is_on_by_default_and_tunes_before_the_projection(tiny_wei
     pretrained = plain.encoder.extract(x)
     assert not torch.allclose(tuned.encoder.extract(x), pretrained)  # Phase 1 changed the features
     torch.testing.assert_close(tuned.encoder.features(x), tuned.encoder.extract(x))  # memoised after the freeze
+
+
+def test_records_report_the_feature_cache_hit_rate(tiny_weights: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from cl_bench.engine.runner import run
+    from cl_bench.engine.spec import RunSpec
+
+    monkeypatch.setenv("CL_BENCH_CACHE", str(tmp_path / "cache"))
+    cfg = {"backbone": "test_resnet", "weights": str(tiny_weights), "image_size": 16}
+
+    def stats(method: str, out: str) -> dict[str, Any]:
+        spec = RunSpec(method=method, method_config=cfg, scenario="toy", scenario_config={}, seed=0)
+        return run(spec, out=tmp_path / out)["method"]["feature_cache"]
+
+    first, second = stats("ncm", "a"), stats("fecam", "b")
+    assert first["misses"] == 6 * (40 + 20) and 0 < first["hit_rate"] < 1  # each row extracted once, then reused
+    assert second["misses"] == 0 and second["hit_rate"] == 1.0  # another method, the same frozen features
