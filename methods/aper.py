@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from cl_bench.components import PrototypeHead
-from cl_bench.components.petl import PETL_KINDS, FirstSessionTuner, attach_petl
+from cl_bench.components.petl import FirstSessionTuner, attach_petl, check_petl_backbone
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, Experience, PredictContext, StreamInfo
@@ -69,8 +69,7 @@ class APERConfig(PretrainedConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.petl not in PETL_KINDS:
-            raise ValueError(f"petl must be one of {', '.join(PETL_KINDS)}, got {self.petl!r}")
+        check_petl_backbone(self.petl, self.backbone)
         if self.lr <= 0 or self.min_lr < 0 or self.tuned_epochs < 1:
             raise ValueError("lr must be positive, min_lr >= 0 and tuned_epochs >= 1")
         if self.ffn_num < 1 or self.prompt_tokens < 1:

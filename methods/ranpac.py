@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.components import PrototypeHead
-from cl_bench.components.petl import PETL_KINDS, FirstSessionTuner, attach_petl
+from cl_bench.components.petl import FirstSessionTuner, attach_petl, check_petl_backbone
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, Experience, PredictContext, StreamInfo
@@ -113,8 +113,9 @@ class RanPACConfig(PretrainedConfig):
         super().__post_init__()
         if self.projection_dim < 1:
             raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
-        if self.petl not in PETL_KINDS:
-            raise ValueError(f"petl must be one of {', '.join(PETL_KINDS)}, got {self.petl!r}")
+        check_petl_backbone(self.petl if self.first_session else "adapter", self.backbone)  # only Phase 1 uses it
+        if self.petl not in ("adapter", "ssf", "vpt"):
+            raise ValueError(f"petl must be one of adapter, ssf, vpt, got {self.petl!r}")
         if self.lr <= 0 or self.min_lr < 0 or self.tuned_epochs < 1 or self.ffn_num < 1 or self.prompt_tokens < 1:
             raise ValueError("lr must be positive, min_lr >= 0, tuned_epochs, ffn_num and prompt_tokens >= 1")
 

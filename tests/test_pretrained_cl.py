@@ -129,11 +129,15 @@ def test_petl_trains_only_new_modules_and_adapter_starts_as_identity(arch: str, 
     assert all(torch.equal(pretrained[k], v) for k, v in m.state_dict().items() if k in pretrained)
 
 
-def test_vpt_on_a_cnn_is_a_clear_error() -> None:
+def test_vpt_on_a_cnn_is_a_clear_error_before_any_model_is_built() -> None:
     from cl_bench.components.petl import attach_petl
 
     with pytest.raises(ValueError, match="needs a timm VisionTransformer"):
         attach_petl(create_backbone("test_resnet", None), "vpt")
+    for method in ("aper", "ranpac"):
+        with pytest.raises(ValueError, match="needs a timm VisionTransformer"):
+            METHODS.config(method, {"petl": "vpt"})  # the default backbone is EfficientNet-Lite0
+    assert METHODS.config("ranpac", {"petl": "vpt", "first_session": False}).petl == "vpt"  # Phase 2 ignores it
 
 
 def test_first_session_lr_follows_the_official_per_epoch_cosine() -> None:

@@ -40,6 +40,22 @@ from torch import nn
 PETL_KINDS = ("adapter", "ssf", "vpt")
 
 
+def check_petl_backbone(kind: str, backbone: str) -> None:
+    """Fail at config time, before any model is built, when ``kind`` cannot work on ``backbone``.
+
+    Raises:
+        ValueError: Unknown kind, or VPT on an architecture outside timm's ``vision_transformer`` module.
+    """
+    if kind not in PETL_KINDS:
+        raise ValueError(f"petl must be one of {', '.join(PETL_KINDS)}, got {kind!r}")
+    if kind == "vpt":
+        import timm
+
+        if backbone not in timm.list_models(module="vision_transformer"):
+            raise ValueError(f"petl=vpt needs a timm VisionTransformer backbone (prompt tokens), and {backbone!r} is "
+                             f"not one; use petl=adapter or petl=ssf, or a ViT such as vit_base_patch16_224")
+
+
 def _is_vit(backbone: nn.Module) -> bool:
     blocks = getattr(backbone, "blocks", None)
     return isinstance(blocks, nn.Sequential) and len(blocks) > 0 and hasattr(blocks[0], "mlp") \
@@ -267,4 +283,5 @@ class FirstSessionTuner:
         self.seen = state["seen"]
 
 
-__all__ = ["PETL_KINDS", "Bottleneck", "CosineHead", "FirstSessionTuner", "ScaleShift", "attach_petl"]
+__all__ = ["PETL_KINDS", "Bottleneck", "CosineHead", "FirstSessionTuner", "ScaleShift", "attach_petl",
+           "check_petl_backbone"]
