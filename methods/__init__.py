@@ -7,6 +7,7 @@ the one place that names them. Each module holds one method family's whole logic
 from cl_bench.methods import (  # noqa: F401
     adacontrast,
     agem,
+    aper,
     bic,
     bn_adapt,
     bn_ema,
@@ -21,6 +22,7 @@ from cl_bench.methods import (  # noqa: F401
     er_ace,
     er_cb,
     ewc,
+    fecam,
     finetune,
     gdumb,
     gem,

@@ -4,6 +4,12 @@ The backbone never changes; each class is its prototype, the mean feature of its
 examples, accumulated exactly batch by batch. No examples are stored and nothing is forgotten
 except through the growing number of competing prototypes.
 
+SimpleCIL (registered as ``simplecil``, below) is this method with ``metric=cosine, normalize=false``:
+class means of the *unnormalised* frozen embeddings scored by cosine similarity (LAMDA-PILOT
+``models/simplecil.py``, ``replace_fc`` into a ``CosineLinear``); ``ncm``'s default averages L2-normalised
+features instead (Janson et al.'s NMC), which differs whenever feature norms vary within a class. It lives
+in this file because it is this file's logic with two settings fixed, so a record's name says which rule ran.
+
 References:
     Zhou, Cai, Ye, Zhan & Liu, "Revisiting Class-Incremental Learning with Pre-Trained Models:
     Generalizability and Adaptivity are All You Need", IJCV 2024 (arXiv:2303.07338): SimpleCIL,
@@ -47,7 +53,7 @@ class NCMConfig(PretrainedConfig):
     reference="Zhou et al., 'Revisiting Class-Incremental Learning with Pre-Trained Models' (SimpleCIL), IJCV 2024",
 )
 class NCM(Method):
-    """Nearest class mean on frozen pretrained features (SimpleCIL); exemplar-free."""
+    """Nearest class mean on frozen pretrained features (normalize=false: simplecil); exemplar-free."""
 
     Config: ClassVar[type] = NCMConfig
     caps: ClassVar[Caps] = Caps(memory="none", pretrained_backbone=True)
@@ -81,4 +87,35 @@ class NCM(Method):
     def record_extras(self) -> dict[str, Any]:
         if not hasattr(self, "_tag"):
             self._tag = self.config.tag()
-        return {"backbone": self._tag}
+        extras: dict[str, Any] = {"backbone": self._tag}
+        if hasattr(self, "encoder"):  # records are also written before setup (a run's first record)
+            extras["feature_cache"] = self.encoder.cache_stats()
+        return extras
+
+
+@dataclass(frozen=True)
+class SimpleCILConfig(NCMConfig):
+    """SimpleCIL: ``ncm`` fixed to raw-feature prototypes scored by cosine similarity.
+
+    Attributes:
+        metric: Always "cosine" (SimpleCIL's cosine classifier).
+        normalize: Always False (prototypes average the raw embeddings, as ``replace_fc`` does).
+    """
+
+    metric: Literal["cosine"] = "cosine"
+    normalize: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.metric != "cosine" or self.normalize:
+            raise ValueError("simplecil is ncm with metric=cosine and normalize=false; use ncm for other settings")
+
+
+@METHODS.register(
+    "simplecil",
+    reference="Zhou et al., 'Revisiting Class-Incremental Learning with Pre-Trained Models' (SimpleCIL), IJCV 2024",
+)
+class SimpleCIL(NCM):
+    """SimpleCIL: cosine classifier on raw-feature class means of a frozen backbone (ncm, normalize=false)."""
+
+    Config: ClassVar[type] = SimpleCILConfig

@@ -137,20 +137,23 @@ def test_ridge_search_prefers_small_ridge_for_signal_and_large_for_noise(n: int)
     assert small < large and large >= 1.0
 
 
-def test_ranpac_readout_is_the_ridge_solution_over_all_experiences(tiny_weights: Path) -> None:
+@pytest.mark.parametrize("first_session", [True, False])
+def test_ranpac_readout_is_the_ridge_solution_over_all_experiences(tiny_weights: Path, first_session: bool) -> None:
     from cl_bench.core.registry import METHODS, SCENARIOS
     from cl_bench.core.types import Batch, StreamInfo
     from cl_bench.methods.ranpac import RanPAC
 
     scenario = SCENARIOS.create("toy")
     cfg = METHODS.config("ranpac", {"backbone": "test_resnet", "weights": str(tiny_weights), "image_size": 16,
-                                    "projection_dim": 32, "feature_cache": False})  # fmt: skip
+                                    "projection_dim": 32, "feature_cache": False, "first_session": first_session,
+                                    "lr": 0.1, "ffn_num": 8})  # fmt: skip
     method = RanPAC(cfg)
     info = StreamInfo(scenario.input_shape, scenario.n_classes, len(scenario), scenario.setting,
                       input_transform=scenario[0].test.transform)  # fmt: skip
     method.setup(info, seed=0)
     hs, ys = [], []
     for exp in scenario:
+        method.begin_experience(exp)
         x, y = exp.train.batch(slice(None))
         for i in range(0, len(x), 16):
             method.observe(Batch(x[i : i + 16], y[i : i + 16], None, exp.index))

@@ -126,6 +126,20 @@ class Encoder:
             return self.extract(x)
         return self.cache.lookup(x, self.extract).to(x.device)
 
+    def freeze(self) -> None:
+        """From now on the backbone no longer changes (e.g. after a first-session tuning): memoise its
+        features in memory for the rest of the run (never on disk: the tuned weights are the run's own)."""
+        self.backbone.requires_grad_(False)
+        if self.cache is None:
+            self.cache = FeatureCache({"run-local": id(self)}, persist=False)
+
+    def cache_stats(self) -> dict[str, float]:
+        """Rows served from the feature cache vs extracted (``hit_rate`` = hits / lookups)."""
+        if self.cache is None:
+            return {"hits": 0, "misses": 0, "hit_rate": 0.0}
+        hits, misses = self.cache.hits, self.cache.misses
+        return {"hits": hits, "misses": misses, "hit_rate": round(hits / max(hits + misses, 1), 4)}
+
     def flush(self) -> None:
         """Persist new cached features (call at experience boundaries)."""
         if self.cache is not None:
