@@ -31,7 +31,7 @@ from cl_bench.ops.reproduce_board import board_rows
 NOTES_FILE = "measured_notes.json"  # per recipe: how and on what data the records in --out were measured
 
 
-def measure(names: list[str], root: str, out: Path, note: str) -> None:
+def measure(names: list[str], root: str, out: Path, note: str, seeds: list[int] | None = None) -> None:
     """Run each recipe's seeds on ``root`` (skipping the data check) and remember how it was measured."""
     recipes = load_recipes()
     out.mkdir(parents=True, exist_ok=True)
@@ -39,13 +39,13 @@ def measure(names: list[str], root: str, out: Path, note: str) -> None:
     notes = json.loads(notes_path.read_text()) if notes_path.exists() else {}
     for name in names:
         start = time.perf_counter()
-        specs = specs_for(recipes[name], {"scenario": {"root": root}})
+        specs = specs_for(recipes[name], {"scenario": {"root": root}}, seeds=seeds)
         for spec in specs:
             record = run(spec, out)
             print(f"{name} seed {spec.seed}: {record['status']} {recipes[name].metric} = "
                   f"{record['metrics'].get(recipes[name].metric)}")  # fmt: skip
         seconds = time.perf_counter() - start
-        notes[name] = f"{note}; {len(specs)} seeds, {seconds / 60:.1f} min total on 1 CPU thread"
+        notes[name] = f"{note}; {seconds / 60 / len(specs):.1f} min per seed, 1 CPU thread on a shared machine"
         notes_path.write_text(json.dumps(notes, indent=1))
 
 
@@ -76,10 +76,12 @@ def main() -> None:
     ap.add_argument("--root", help="scenario.root for --measure")
     ap.add_argument("--out", default="runs/reproduce_measured", help="records of --measure")
     ap.add_argument("--subset-note", default="", help="what data --measure used (goes into the table)")
+    ap.add_argument("--seeds", help="comma-separated seeds for --measure instead of the recipe's")
     ap.add_argument("--board", help="records to fill the measured column from")
     args = ap.parse_args()
     if args.measure:
-        measure(args.measure, args.root, Path(args.out), args.subset_note)
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+        measure(args.measure, args.root, Path(args.out), args.subset_note, seeds)
     print(table(Path(args.board) if args.board else (Path(args.out) if args.measure else None)))
 
 
