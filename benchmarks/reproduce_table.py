@@ -28,6 +28,7 @@ from cl_bench.engine.runner import run
 from cl_bench.ops.reproduce import load_recipes, recipe_command, specs_for
 from cl_bench.ops.reproduce_board import board_rows
 
+BEGIN, END = "<!-- table: benchmarks/reproduce_table.py -->", "<!-- end of table -->"
 NOTES_FILE = "measured_notes.json"  # per recipe: how and on what data the records in --out were measured
 
 
@@ -63,7 +64,8 @@ def table(board: Path | None) -> str:
             meas = f"{100 * row['measured']:.2f} ± {100 * row['std']:.2f} ({row['seeds']} seeds; {notes.get(name, '')})"
             verdict = row["verdict"] + (" (on a subset of the data)" if name in notes else "")
         else:
-            meas, verdict = "not run here (needs a GPU and the dataset)", "not run"
+            need = "a GPU and the dataset" if (r.compute.get("gpu_hours") or 0) > 0.5 else "the full dataset"
+            meas, verdict = f"not run here (needs {need})", "not run"
         lines.append(f"| {name} | {r.method} | {r.metric} | {rep} | {meas} | {verdict} | "
                      f"{r.compute.get('gpu_hours')} | `{recipe_command(r)}` |")  # fmt: skip
     return "\n".join(lines)
@@ -78,11 +80,18 @@ def main() -> None:
     ap.add_argument("--subset-note", default="", help="what data --measure used (goes into the table)")
     ap.add_argument("--seeds", help="comma-separated seeds for --measure instead of the recipe's")
     ap.add_argument("--board", help="records to fill the measured column from")
+    ap.add_argument("--write", help="replace the table between the markers of this Markdown file")
     args = ap.parse_args()
     if args.measure:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         measure(args.measure, args.root, Path(args.out), args.subset_note, seeds)
-    print(table(Path(args.board) if args.board else (Path(args.out) if args.measure else None)))
+    text = table(Path(args.board) if args.board else (Path(args.out) if args.measure else None))
+    if args.write:
+        doc = Path(args.write).read_text()
+        head, _, rest = doc.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        Path(args.write).write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    print(text)
 
 
 if __name__ == "__main__":
