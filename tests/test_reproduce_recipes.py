@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import importlib.util
 import json
 import pickle
 import struct
@@ -34,6 +35,7 @@ from cl_bench.ops.reproduce import load_recipes, recipe_command, run_recipes, sp
 from cl_bench.ops.reproduce_board import board_rows, format_board
 
 RECIPES = load_recipes()
+REPO = Path(__file__).resolve().parents[1]
 
 
 # -- fake data in the real formats ------------------------------------------------------------------------------------
@@ -188,6 +190,17 @@ def test_missing_data_is_one_paragraph_naming_files_and_checksums(tmp_path: Path
     with pytest.raises(DataError, match="RobustBench"):
         run_recipes(["rmt_bench_tent_cifar10c_continual"], sets={"scenario": {"root": str(tmp_path)}},
                     out=tmp_path / "o2")  # fmt: skip
+
+
+def test_docs_table_has_one_row_and_one_command_per_recipe() -> None:
+    spec = importlib.util.spec_from_file_location("reproduce_table", REPO / "benchmarks" / "reproduce_table.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    rows = [line for line in module.table(None).splitlines()[2:] if line.startswith("| ")]
+    assert len(rows) == len(RECIPES) and all("`cl-bench reproduce run " in row for row in rows)
+    assert all("not run here" in row for row in rows)
+    doc = (REPO / "docs" / "reproduce.md").read_text()
+    assert all(f"| {name} |" in doc for name in RECIPES), "docs/reproduce.md is stale: run the --write command"
 
 
 # -- the board on synthetic records -----------------------------------------------------------------------------------
