@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from cl_bench.components import blend_parameters_, make_augment
 from cl_bench.components.tta_output import features_and_head
 from cl_bench.core.errors import ConfigError
-from cl_bench.core.method import Caps, Method
+from cl_bench.core.method import Caps, Method, held_bytes
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
 from cl_bench.families.tta import adaptable_copy, generator
@@ -122,6 +122,9 @@ class AdaContrast(Method):
 
     def memory_budget(self) -> int | None:
         return self.config.queue_size
+
+    def memory_bytes(self) -> int | None:
+        return held_bytes(len(self.bank_feats), self.bank_feats, self.bank_probs)
 
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
         with torch.no_grad():

@@ -112,6 +112,9 @@ class RoTTA(Method):
     def memory_budget(self) -> int | None:
         return self.config.memory_size
 
+    def memory_bytes(self) -> int | None:
+        return self.memory.nbytes()
+
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
         with torch.no_grad():
             return self.teacher(x)

@@ -40,6 +40,10 @@ class _ClassMemory:
     def __len__(self) -> int:
         return sum(len(c) for c in self.items)
 
+    def nbytes(self) -> int:
+        """Bytes of the stored images (the record's ``cost.buffer_bytes``)."""
+        return sum(it["x"].numel() * it["x"].element_size() for c in self.items for it in c)
+
     def _majority(self) -> list[int]:
         sizes = [len(c) for c in self.items]
         return [i for i, s in enumerate(sizes) if s == max(sizes)]
