@@ -29,6 +29,7 @@ from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Scenario, SourceDomain, Standardize
 from cl_bench.data.filedata import FileData
+from cl_bench.data.streams import with_data
 from cl_bench.data.tta_streams import tta_experiences, tta_spec
 
 DOMAINS = ("clipart", "painting", "real", "sketch")
@@ -154,8 +155,10 @@ def domainnet126(
     experiences = tta_experiences(setting, tuple(domains), 5, domain_data, max(n for _, n in spans.values()),
                                   N_CLASSES, clean=None, insert_clean=False, n_per_domain=0,
                                   concentration=concentration, seed=seed)  # fmt: skip
-    spec: dict[str, Any] = {"dataset": "domainnet126", "root": str(base), "domains": list(domains),
+    spec: dict[str, Any] = {"dataset": "domainnet126", "domains": list(domains),
                             "images_per_domain": {d: n for d, (_, n) in spans.items()}, "image_size": image_size,
                             "transform": "x/255, ImageNet mean/std", "per_domain_subset": n_per_domain,
                             **tta_spec(setting, 0, concentration, False, seed, source)}  # fmt: skip
-    return Scenario("domainnet126", experiences, spec, N_CLASSES, "domain_il", {"batch_size": _BATCH}, source)
+    data = f"DomainNet-126 lists at {lists}, images at {base}"
+    return with_data(Scenario("domainnet126", experiences, spec, N_CLASSES, "domain_il", {"batch_size": _BATCH},
+                              source), data)  # fmt: skip

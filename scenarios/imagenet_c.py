@@ -37,6 +37,7 @@ from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Scenario, SourceDomain, Standardize
 from cl_bench.data import corruptions as C
 from cl_bench.data.filedata import FileData, scan_image_folder
+from cl_bench.data.streams import with_data
 from cl_bench.data.tta_streams import GRADUAL_SEVERITIES, tta_experiences, tta_spec
 
 BENCHMARK_ORDER = C.BENCHMARK_ORDER
@@ -141,9 +142,11 @@ def imagenet_c(
     experiences = tta_experiences(setting, tuple(corruptions), severity, domain_data, n_images, n_classes,
                                   clean=None, insert_clean=False, n_per_domain=n_per_domain,
                                   concentration=concentration, seed=seed)  # fmt: skip
-    spec: dict[str, Any] = {"dataset": "imagenet_c", "root": str(base), "corruptions": list(corruptions),
+    spec: dict[str, Any] = {"dataset": "imagenet_c", "corruptions": list(corruptions),
                             "severity": severity, "n_classes": n_classes, "images_per_domain": n_images,
                             "image_size": image_size, "transform": "x/255, ImageNet mean/std",
                             "subset": "seeded, the same images in every domain",
                             **tta_spec(setting, n_per_domain, concentration, False, seed, source)}  # fmt: skip
-    return Scenario("imagenet_c", experiences, spec, n_classes, "domain_il", {"batch_size": _BATCH}, source)
+    data = f"ImageNet-C folders ({n_images} images per domain) at {base}"
+    return with_data(Scenario("imagenet_c", experiences, spec, n_classes, "domain_il", {"batch_size": _BATCH},
+                              source), data)  # fmt: skip

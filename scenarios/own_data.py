@@ -8,9 +8,11 @@
 * ``folder_domains``: ``ROOT/<domain>/<class>/<image>`` (or ``<domain>/train|test/<class>/<image>``), one
   domain-incremental experience per domain, all domains sharing the class list.
 
-Every spec records a SHA-256 of the data's content (file bytes with their relative paths and labels), so two
-users can tell from their records whether they ran the same data; ``content_hash=False`` hashes the listing
-(relative paths and sizes) instead, for trees too large to read twice. Nothing is ever written into ``root``.
+The folder or file is recorded as ``scenario.data`` (printed as ``data:``), not in the hashed spec, so the same
+files at another path are the same stream. Every spec records a SHA-256 of the data's content (file bytes with
+their relative paths and labels), so two users can tell from their records whether they ran the same data;
+``content_hash=False`` hashes the listing (relative paths and sizes) instead, for trees too large to read twice.
+Nothing is ever written into ``root``.
 
 References:
     Marcel & Rodriguez, "Torchvision the machine-vision package of torch" (ACM MM 2010): the ImageFolder layout
@@ -31,7 +33,7 @@ from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Experience, Scenario, Shift, Standardize, TensorData
 from cl_bench.data.augment import CropFlip, ResizedCropFlip
 from cl_bench.data.filedata import FileData, scan_train_test
-from cl_bench.data.streams import split_by_class, stratified_split
+from cl_bench.data.streams import split_by_class, stratified_split, with_data
 
 _IMAGENET = Standardize(255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _NORMALIZE = ("unit", "imagenet")
@@ -163,15 +165,16 @@ def folder_split(
                           "cache_dir": cache_dir}  # fmt: skip
     listing = [*zip(tr_paths, tr_y.tolist(), strict=True), *zip(te_paths, te_y.tolist(), strict=True)]
     spec: dict[str, Any] = {
-        "dataset": "folder", "root": str(base), "classes": names, "split": split, "image_size": image_size,
+        "dataset": "folder", "classes": names, "split": split, "image_size": image_size,
         "augment": aug.describe() if aug else None, "normalize": normalize, "n_train": len(tr_paths),
         "n_test": len(te_paths), "data_sha256": _digest(listing, base, content_hash),
         "hashed": "file bytes" if content_hash else "paths and sizes",
     }  # fmt: skip
     train = FileData([str(p) for p in tr_paths], tr_y, augment=aug, **kw)
     test = FileData([str(p) for p in te_paths], te_y, **kw)
-    return split_by_class("folder_split", train, test, n_experiences=n_experiences, class_order=class_order,
-                          seed=seed, setting=setting, spec=spec)  # fmt: skip
+    data = f"image folder ({len(tr_paths)} train / {len(te_paths)} test images) at {base}"
+    return with_data(split_by_class("folder_split", train, test, n_experiences=n_experiences,
+                                    class_order=class_order, seed=seed, setting=setting, spec=spec), data)  # fmt: skip
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -279,15 +282,16 @@ def tensor_split(
     transform = Standardize(scale, (0.0,) * channels, (1.0,) * channels)
     aug = CropFlip(padding=max(1, x.shape[-1] // 8)) if augment == "crop_flip" else None
     spec: dict[str, Any] = {
-        "dataset": "tensor_file", "path": str(file), "input_shape": list(x.shape[1:]), "dtype": str(x.dtype),
+        "dataset": "tensor_file", "input_shape": list(x.shape[1:]), "dtype": str(x.dtype),
         "label_values": values.tolist(), "split": split, "augment": aug.describe() if aug else None,
         "n_train": len(tr_y), "n_test": len(te_y), "data_sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
         "hashed": "file bytes",
     }  # fmt: skip
     train = TensorData(tr_x, tr_y, transform, augment=aug)
     test = TensorData(te_x, te_y, transform)
-    return split_by_class("tensor_split", train, test, n_experiences=n_experiences, class_order=class_order,
-                          seed=seed, setting=setting, spec=spec)  # fmt: skip
+    data = f"arrays ({len(tr_y)} train / {len(te_y)} test) from {file}"
+    return with_data(split_by_class("tensor_split", train, test, n_experiences=n_experiences,
+                                    class_order=class_order, seed=seed, setting=setting, spec=spec), data)  # fmt: skip
 
 
 @SCENARIOS.register("folder_domains", reference="your own folders, one per domain (domain-incremental)")
@@ -345,9 +349,10 @@ def folder_domains(
         classes = tuple(sorted(set(tr_y.tolist()) | set(te_y.tolist())))
         experiences.append(Experience(i, train, test, classes, meta={"domain": d}, shift=Shift(d, 0)))
     spec: dict[str, Any] = {
-        "dataset": "folder_domains", "root": str(base), "domains": order, "classes": names, "per_domain": splits,
+        "dataset": "folder_domains", "domains": order, "classes": names, "per_domain": splits,
         "image_size": image_size, "augment": aug.describe() if aug else None, "normalize": normalize,
         "data_sha256": _digest(listing, base, content_hash), "hashed": "file bytes" if content_hash else
         "paths and sizes",
     }  # fmt: skip
-    return Scenario("folder_domains", experiences, spec, len(names), "domain_il")
+    data = f"{len(order)} domain folders at {base}"
+    return with_data(Scenario("folder_domains", experiences, spec, len(names), "domain_il"), data)

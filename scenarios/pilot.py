@@ -34,7 +34,7 @@ from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Scenario, Standardize
 from cl_bench.data.augment import ResizedCropFlip
 from cl_bench.data.filedata import FileData, scan_train_test
-from cl_bench.data.streams import split_by_class
+from cl_bench.data.streams import split_by_class, with_data
 
 # PILOT utils/data.py build_transform: ToTensor() only, so the ViT sees x/255.
 _TRANSFORM = Standardize(255.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -111,8 +111,10 @@ def _build(name: str, ds: PilotDataset, root: str | None, n_experiences: int, se
                           "cache_dir": cache_dir}  # fmt: skip
     train = FileData(tr_paths, tr_y, augment=aug, **kw)
     test = FileData(te_paths, te_y, **kw)
-    return split_by_class(name, train, test, n_experiences=n_experiences, class_order=class_order, seed=seed,
-                          setting=setting, spec=spec, protocol_defaults=_PROTOCOL)  # fmt: skip
+    data = f"{ds.title} ({len(tr_paths)} train / {len(te_paths)} test images) at {base}"
+    stream = split_by_class(name, train, test, n_experiences=n_experiences, class_order=class_order, seed=seed,
+                            setting=setting, spec=spec, protocol_defaults=_PROTOCOL)  # fmt: skip
+    return with_data(stream, data)
 
 
 def _register(name: str, ds: PilotDataset) -> None:

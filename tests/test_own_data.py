@@ -149,3 +149,13 @@ def test_bad_own_data_is_one_paragraph(args, needle: str, tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and "allow_pickle" not in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_the_same_data_at_another_path_is_the_same_stream(tree: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(tree, copy)
+    a = SCENARIOS.create("folder_split", root=str(tree), n_experiences=2, image_size=16)
+    b = SCENARIOS.create("folder_split", root=str(copy), n_experiences=2, image_size=16)
+    assert a.spec_hash == b.spec_hash and a.data != b.data and str(copy) in b.data
