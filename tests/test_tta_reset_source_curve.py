@@ -173,3 +173,17 @@ def test_bn_adapt_with_a_window_conforms_and_refuses_two_statistics_options() ->
     check_method("bn_adapt", config={"window": 8})
     with pytest.raises(ConfigError, match="not both"):
         BNAdaptConfig(window=4, prior_strength=8)
+
+
+def test_a_tta_run_stopped_inside_its_first_domain_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    from cl_bench import RunSpec, run
+    from cl_bench.engine.runner import RunInterrupted, resume
+    from cl_bench.engine.spec import Protocol
+
+    spec = RunSpec(method="rotta", scenario="toy_tta", seed=0, protocol=Protocol(batch_size=8, tta_source_every=1))
+    with pytest.raises(RunInterrupted):
+        run(spec, tmp_path / "a", checkpoint_every=1, stop_after=1)  # iteration 1: inside the first domain
+    (run_dir,) = [p for p in (tmp_path / "a").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    resumed, full = resume(run_dir), run(spec, tmp_path / "b")
+    assert resumed["status"] == "completed"
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"] and resumed["source_curve"] == full["source_curve"]
