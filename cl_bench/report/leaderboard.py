@@ -95,6 +95,8 @@ class Row:
             return "—"
         if key == "n_params":
             return f"{int(c.mean):,}"
+        if key.endswith("_bytes"):  # KB, with thousands separators (a 200-image MNIST memory is ~600 KB)
+            return f"{c.mean:,.1f}"
         return f"{c.mean:.1f}" if key.endswith("_seconds") else f"{c.mean:.3g}"
 
 
