@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from cl_bench.components import HerdingMemory, embed, kd_loss, require_per_class_room
 from cl_bench.components.prototypes import rank_unseen_last
-from cl_bench.core.method import Caps, held_bytes
+from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, Experience, PredictContext, StreamInfo, TensorData
 from cl_bench.families.supervised import SupervisedMethod, TrainConfig
@@ -144,8 +144,7 @@ class WA(SupervisedMethod):
         return self.config.buffer_size
 
     def memory_bytes(self) -> int | None:
-        # labels are the keys of the per-class store: inputs and task ids are what it holds
-        return sum(held_bytes(len(x), x, t) for x, t in self.memory.per_class.values())
+        return self.memory.nbytes()
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "memory": self.memory.state_dict(),

@@ -18,7 +18,6 @@ References:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Scenario, SourceDomain, Standardize
+from cl_bench.data.download import data_home
 from cl_bench.data.filedata import FileData
 from cl_bench.data.streams import with_data
 from cl_bench.data.tta_streams import tta_experiences, tta_spec
@@ -37,9 +37,6 @@ N_CLASSES = 126
 _TRANSFORM = Standardize(255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _BATCH = 128  # the RMT repo's cfgs/domainnet126/*.yaml: TEST.BATCH_SIZE 128
 
-
-def _default_root() -> Path:
-    return Path(os.environ.get("CL_BENCH_DATA", Path.home() / ".cache" / "cl_bench")) / "domainnet"
 
 
 def read_list(path: Path, root: Path) -> tuple[list[str], list[int]]:
@@ -126,7 +123,7 @@ def domainnet126(
         raise ConfigError("domainnet126 needs a source model: pass --set scenario.source_weights=FILE, a local "
                           "state dict of a ResNet-50 with a 126-class head trained on the source domain; nothing is "
                           "downloaded at run time")  # fmt: skip
-    base = Path(root).expanduser() if root else _default_root()
+    base = Path(root).expanduser() if root else data_home() / "domainnet"
     if not base.is_dir():
         raise DataError(f"DomainNet root {base} does not exist; expected ROOT/<domain>/<class>/<file>.jpg. Pass the "
                         f"folder with --set scenario.root=DIR")  # fmt: skip

@@ -26,7 +26,6 @@ References:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Scenario, SourceDomain, Standardize
 from cl_bench.data import corruptions as C
+from cl_bench.data.download import data_home
 from cl_bench.data.filedata import FileData, scan_image_folder
 from cl_bench.data.streams import with_data
 from cl_bench.data.tta_streams import GRADUAL_SEVERITIES, tta_experiences, tta_spec
@@ -47,9 +47,6 @@ _TRANSFORM = Standardize(255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _BATCH, _SUBSET = 64, 5000
 _EXAMPLE = "ROOT/gaussian_noise/5/n01440764/ILSVRC2012_val_00000293.JPEG"
 
-
-def _default_root() -> Path:
-    return Path(os.environ.get("CL_BENCH_DATA", Path.home() / ".cache" / "cl_bench")) / "ImageNet-C"
 
 
 @SCENARIOS.register(
@@ -105,7 +102,7 @@ def imagenet_c(
         raise ConfigError("imagenet_c needs a source model: pass --set scenario.source_weights=FILE, a local state "
                           "dict of torchvision's ResNet-50 (e.g. resnet50-0676ba61.pth, the IMAGENET1K_V1 weights "
                           "torchvision publishes); nothing is downloaded at run time")  # fmt: skip
-    base = Path(root).expanduser() if root else _default_root()
+    base = Path(root).expanduser() if root else data_home() / "ImageNet-C"
     if not base.is_dir():
         raise DataError(f"ImageNet-C root {base} does not exist; expected the released layout "
                         f"ROOT/<corruption>/<severity>/<wnid>/<image> such as {_EXAMPLE}. Pass the folder with "

@@ -16,7 +16,6 @@ The spec records which split was used (and the split files' SHA-256).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Scenario, Standardize
 from cl_bench.data.augment import ResizedCropFlip
+from cl_bench.data.download import data_home
 from cl_bench.data.filedata import FileData, scan_image_folder
 from cl_bench.data.streams import split_by_class, stratified_split
 
@@ -38,9 +38,6 @@ _TRANSFORM = Standardize(255.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 _PROTOCOL = {"batch_size": 128, "epochs": 50}
 _EXAMPLE = "ROOT/n01443537/art_0.jpg"
 
-
-def _default_root() -> Path:
-    return Path(os.environ.get("CL_BENCH_DATA", Path.home() / ".cache" / "cl_bench")) / "imagenet-r"
 
 
 def _scan(root: Path) -> dict[str, list[Path]]:
@@ -174,7 +171,7 @@ def split_imagenet_r(
                           f"got {split!r}")  # fmt: skip
     if image_size < 8 or workers < 0:
         raise ConfigError(f"image_size must be >= 8 and workers >= 0, got {image_size} and {workers}")
-    base = Path(root).expanduser() if root else _default_root()
+    base = Path(root).expanduser() if root else data_home() / "imagenet-r"
     if not base.is_dir():
         raise DataError(f"ImageNet-R root {base} does not exist; expected the ImageFolder tree that imagenet-r.tar "
                         f"(github.com/hendrycks/imagenet-r) unpacks to, ROOT/<wnid>/<image> such as {_EXAMPLE}. "

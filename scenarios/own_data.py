@@ -32,7 +32,7 @@ from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Experience, Scenario, Shift, Standardize, TensorData
 from cl_bench.data.augment import CropFlip, ResizedCropFlip
-from cl_bench.data.filedata import FileData, scan_train_test
+from cl_bench.data.filedata import FileData, paths_and_labels, scan_train_test
 from cl_bench.data.streams import split_by_class, stratified_split, with_data
 
 _IMAGENET = Standardize(255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -82,11 +82,10 @@ def _digest(files: list[tuple[Path, int]], base: Path, content: bool) -> str:
     return h.hexdigest()
 
 
-def _paths_labels(classes: dict[str, list[Path]], names: list[str]) -> tuple[list[Path], torch.Tensor]:
-    index = {c: i for i, c in enumerate(names)}
-    paths = [p for c in names for p in classes.get(c, [])]
-    y = torch.tensor([index[c] for c in names for _ in classes.get(c, [])], dtype=torch.int64)
-    return paths, y
+def _seeded_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Train and test indices of a per-class split holding out ``test_fraction``, and how the spec names it."""
+    tr, te = stratified_split(y, test_fraction, seed)
+    return tr, te, f"seeded {round((1 - test_fraction) * 100)}/{round(test_fraction * 100)} per class (seed {seed})"
 
 
 def _split_tree(
@@ -99,12 +98,11 @@ def _split_tree(
     if missing:
         raise DataError(f"{root} has class folder(s) {', '.join(missing[:5])} that the other domains lack; every "
                         f"domain must use the same class folders (missing ones may be empty)")  # fmt: skip
-    paths, y = _paths_labels(train_cls, names)
+    paths, y = paths_and_labels(train_cls, names)
     if test_cls is not None:
-        te_paths, te_y = _paths_labels(test_cls, names)
+        te_paths, te_y = paths_and_labels(test_cls, names)
         return paths, y, te_paths, te_y, names, "given train/ and test/ folders"
-    tr, te = stratified_split(y, test_fraction, split_seed)
-    split = f"seeded {round((1 - test_fraction) * 100)}/{round(test_fraction * 100)} per class (seed {split_seed})"
+    tr, te, split = _seeded_split(y, test_fraction, split_seed)
     return ([paths[i] for i in tr.tolist()], y[tr], [paths[i] for i in te.tolist()], y[te], names, split)
 
 
@@ -271,9 +269,8 @@ def tensor_split(
         tr_x, tr_y, te_x, te_y, split = x, relabel(y), x_test, relabel(y_test), "given x_test / y_test"
     else:
         labels = relabel(y)
-        tr, te = stratified_split(labels, test_fraction, split_seed)
+        tr, te, split = _seeded_split(labels, test_fraction, split_seed)
         tr_x, tr_y, te_x, te_y = x[tr], labels[tr], x[te], labels[te]
-        split = f"seeded {round((1 - test_fraction) * 100)}/{round(test_fraction * 100)} per class (seed {split_seed})"
     images = x.dim() == 4
     if augment == "crop_flip" and not images:
         raise ConfigError(f"augment=crop_flip needs image inputs; {file} holds vectors of shape {tuple(x.shape[1:])}")

@@ -22,18 +22,16 @@ References:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Scenario, Standardize
 from cl_bench.data.augment import ResizedCropFlip
-from cl_bench.data.filedata import FileData, scan_train_test
+from cl_bench.data.download import data_home
+from cl_bench.data.filedata import FileData, paths_and_labels, scan_train_test
 from cl_bench.data.streams import split_by_class, with_data
 
 # PILOT utils/data.py build_transform: ToTensor() only, so the ViT sees x/255.
@@ -72,16 +70,13 @@ DATASETS: dict[str, PilotDataset] = {
 """Registered name -> dataset. Default experiences: 10 equal class groups (5 for VTAB, one per domain)."""
 
 
-def _default_root(folder: str) -> Path:
-    return Path(os.environ.get("CL_BENCH_DATA", Path.home() / ".cache" / "cl_bench")) / folder
-
 
 def _build(name: str, ds: PilotDataset, root: str | None, n_experiences: int, seed: int,
            class_order: str | tuple[int, ...], setting: str, image_size: int, augment: bool, workers: int,
            cache_dir: str | None) -> Scenario:  # fmt: skip
     if image_size < 8 or workers < 0:
         raise ConfigError(f"image_size must be >= 8 and workers >= 0, got {image_size} and {workers}")
-    base = Path(root).expanduser() if root else _default_root(ds.folder)
+    base = Path(root).expanduser() if root else data_home() / ds.folder
     layout = f"ROOT/train/<class>/<image> and ROOT/test/<class>/<image> ({ds.n_classes} class folders each)"
     if not base.is_dir():
         raise DataError(f"{ds.title} root {base} does not exist; expected the released layout PILOT reads, "
@@ -94,13 +89,8 @@ def _build(name: str, ds: PilotDataset, root: str | None, n_experiences: int, se
         raise DataError(f"{base / 'train'} has {len(train_cls)} class folders, {ds.title} has {ds.n_classes}; the "
                         f"copy is incomplete or another dataset")  # fmt: skip
     names = sorted(train_cls)
-    index = {c: i for i, c in enumerate(names)}
-
-    def flat(classes: dict[str, list[Path]]) -> tuple[list[str], torch.Tensor]:
-        paths = [str(p) for c in names for p in classes.get(c, [])]
-        return paths, torch.tensor([index[c] for c in names for _ in classes.get(c, [])], dtype=torch.int64)
-
-    (tr_paths, tr_y), (te_paths, te_y) = flat(train_cls), flat(test_cls)
+    (tr_files, tr_y), (te_files, te_y) = paths_and_labels(train_cls, names), paths_and_labels(test_cls, names)
+    tr_paths, te_paths = [str(p) for p in tr_files], [str(p) for p in te_files]
     aug = ResizedCropFlip(size=image_size, scale=(0.05, 1.0)) if augment else None
     spec: dict[str, Any] = {"dataset": ds.folder, "image_size": image_size, "n_train": len(tr_paths),
                             "n_test": len(te_paths), "split": "released train/test folders",

@@ -14,7 +14,6 @@ decoded-image cache — and held as uint8 tensors like CIFAR.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from cl_bench.core.errors import DataError
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Scenario, Standardize, TensorData
 from cl_bench.data.augment import CropFlip
+from cl_bench.data.download import data_home
 from cl_bench.data.filedata import FileData, find_images
 from cl_bench.data.streams import split_by_class
 
@@ -34,9 +34,6 @@ _PROTOCOL = {"batch_size": 32, "epochs": 100}
 _LAYOUT = ("ROOT/wnids.txt, ROOT/train/<wnid>/images/*.JPEG, ROOT/val/images/*.JPEG and "
            "ROOT/val/val_annotations.txt (the layout of tiny-imagenet-200.zip)")  # fmt: skip
 
-
-def _default_root() -> Path:
-    return Path(os.environ.get("CL_BENCH_DATA", Path.home() / ".cache" / "cl_bench")) / "tiny-imagenet-200"
 
 
 def _locate(root: Path) -> Path:
@@ -126,7 +123,7 @@ def split_tinyimagenet(
         Buzzega, Boschini, Porrello, Abati, Calderara, "Dark Experience for General Continual Learning: a
             Strong, Simple Baseline" (NeurIPS 2020).
     """
-    base = Path(root).expanduser() if root else _default_root()
+    base = Path(root).expanduser() if root else data_home() / "tiny-imagenet-200"
     tr_paths, tr_y, te_paths, te_y, wnids = tinyimagenet_files(base)
 
     def load(paths: list[str], y: list[int]) -> torch.Tensor:

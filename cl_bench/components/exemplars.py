@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from cl_bench.core.errors import ConfigError
+from cl_bench.core.method import held_bytes
 from cl_bench.core.types import TensorData
 
 
@@ -159,6 +160,10 @@ class HerdingMemory:
 
     def __len__(self) -> int:
         return sum(len(x) for x, _ in self.per_class.values())
+
+    def nbytes(self) -> int:
+        """Bytes held (the record's ``cost.buffer_bytes``): inputs and task ids; labels are the store's keys."""
+        return sum(held_bytes(len(x), x, t) for x, t in self.per_class.values())
 
     def classes(self) -> list[int]:
         """Classes with exemplars, in label order."""

@@ -348,11 +348,6 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
 )}  # fmt: skip
 
 
-def default_root() -> Path:
-    """``$CL_BENCH_DATA``, else ``~/.cache/cl_bench``: where the scenarios look by default."""
-    return Path(os.environ.get("CL_BENCH_DATA", Path.home() / ".cache" / "cl_bench"))
-
-
 def archive_owner(filename: str) -> tuple[Dataset, Archive] | None:
     """The dataset and published archive a file name belongs to, if any."""
     for dataset in DATASETS.values():
@@ -363,4 +358,4 @@ def archive_owner(filename: str) -> tuple[Dataset, Archive] | None:
 
 
 __all__ = ["Archive", "CORRUPTIONS_15", "CORRUPTIONS_EXTRA", "DATASETS", "Dataset", "Finding", "archive_owner",
-           "default_root", "md5_of"]  # fmt: skip
+           "md5_of"]  # fmt: skip

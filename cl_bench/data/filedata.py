@@ -330,4 +330,13 @@ def scan_train_test(
     return train, test
 
 
-__all__ = ["FileData", "IMAGE_EXTENSIONS", "decode_image", "find_images", "scan_image_folder", "scan_train_test"]
+def paths_and_labels(classes: dict[str, list[Path]], names: list[str]) -> tuple[list[Path], torch.Tensor]:
+    """The image files of ``classes`` in the order of ``names`` and their labels (position in ``names``);
+    a name without images contributes none."""
+    index = {c: i for i, c in enumerate(names)}
+    paths = [p for c in names for p in classes.get(c, [])]
+    return paths, torch.tensor([index[c] for c in names for _ in classes.get(c, [])], dtype=torch.int64)
+
+
+__all__ = ["FileData", "IMAGE_EXTENSIONS", "decode_image", "find_images", "paths_and_labels", "scan_image_folder",
+           "scan_train_test"]

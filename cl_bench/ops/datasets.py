@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cl_bench.core.errors import UserError
-from cl_bench.data.catalog import DATASETS, Archive, Dataset, Finding, archive_owner, default_root, md5_of
+from cl_bench.data.catalog import DATASETS, Archive, Dataset, Finding, archive_owner, md5_of
+from cl_bench.data.download import data_home
 
 
 def _pick(names: Sequence[str] | None) -> list[Dataset]:
@@ -30,7 +31,7 @@ def _pick(names: Sequence[str] | None) -> list[Dataset]:
 
 def list_datasets(root: str | None = None) -> int:
     """Print every dataset: scenarios, layout, published files and, under ``root``, whether it is present."""
-    base = Path(root).expanduser() if root else default_root()
+    base = Path(root).expanduser() if root else data_home()
     print(f"datasets under {base} ({'given' if root else '$CL_BENCH_DATA or ~/.cache/cl_bench'}):\n")
     for d in DATASETS.values():
         found = d.locate(base)
@@ -105,7 +106,7 @@ def prepare(source: str, root: str | None = None, *, download: bool = False, url
         url: A mirror to download from instead of the publisher (one file datasets only).
         skip_checksum: Unpack even when no published MD5 matches (for files the user made or mirrored).
     """
-    base = Path(root).expanduser() if root else default_root()
+    base = Path(root).expanduser() if root else data_home()
     if download:
         (dataset,) = _pick([source])
         files = [_download(a, base, url if len(dataset.archives) == 1 else None, skip_checksum)
