@@ -29,12 +29,12 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 
 from cl_bench.components import PrototypeHead
-from cl_bench.components.petl import FirstSessionTuner, attach_petl, check_petl_backbone
+from cl_bench.components.petl import FirstSessionConfig
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, Experience, PredictContext, StreamInfo
@@ -42,38 +42,13 @@ from cl_bench.families.pretrained import TINY_RANDOM_BACKBONE, Encoder, Pretrain
 
 
 @dataclass(frozen=True)
-class APERConfig(PretrainedConfig):
-    """APER hyper-parameters (defaults: official ``exps/aper_*/cifar224_5_5_vit-b_*.json``).
-
-    Attributes:
-        petl: "adapter", "ssf" or "vpt" (ViT backbones only).
-        lr: First-session learning rate (official ``init_lr``).
-        weight_decay: SGD weight decay.
-        tuned_epochs: ``T_max`` of the per-epoch cosine annealing (official ``tuned_epoch``).
-        min_lr: Floor of the annealing (official ``min_lr``).
-        ffn_num: Adapter bottleneck width.
-        adapter_scale: Adapter output scale (AdaptFormer's 0.1).
-        prompt_tokens: VPT prompt length (official ``prompt_token_num`` for shallow VPT).
-        vpt_deep: Deep VPT instead of the official default shallow one.
-    """
-
-    petl: Literal["adapter", "ssf", "vpt"] = "adapter"
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    tuned_epochs: int = 20
-    min_lr: float = 0.0
-    ffn_num: int = 64
-    adapter_scale: float = 0.1
-    prompt_tokens: int = 5
-    vpt_deep: bool = False
+class APERConfig(FirstSessionConfig, PretrainedConfig):
+    """APER hyper-parameters: the first-session PETL fields of :class:`FirstSessionConfig` (defaults: official
+    ``exps/aper_*/cifar224_5_5_vit-b_*.json``) on a pretrained backbone."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_petl_backbone(self.petl, self.backbone)
-        if self.lr <= 0 or self.min_lr < 0 or self.tuned_epochs < 1:
-            raise ValueError("lr must be positive, min_lr >= 0 and tuned_epochs >= 1")
-        if self.ffn_num < 1 or self.prompt_tokens < 1:
-            raise ValueError("ffn_num and prompt_tokens must be >= 1")
+        self.check_first_session(self.backbone)
 
 
 @METHODS.register(
@@ -94,12 +69,7 @@ class APER(Method):
         cfg = self.config
         self.frozen = Encoder(cfg, info, frozen=True, method=self.name or type(self).__name__)
         self.adapted = Encoder(cfg, info, frozen=False, method=self.name or type(self).__name__)
-        params = attach_petl(self.adapted.backbone, cfg.petl, seed=seed, ffn_num=cfg.ffn_num,
-                             adapter_scale=cfg.adapter_scale, prompt_tokens=cfg.prompt_tokens,
-                             vpt_deep=cfg.vpt_deep)  # fmt: skip
-        self.tuner = FirstSessionTuner(self.adapted.backbone, params, self.adapted.dim, info.n_classes, lr=cfg.lr,
-                                       weight_decay=cfg.weight_decay, tuned_epochs=cfg.tuned_epochs,
-                                       min_lr=cfg.min_lr, seed=seed)  # fmt: skip
+        self.tuner = cfg.tuner(self.adapted.backbone, self.adapted.dim, info.n_classes, seed)
         dev = self.frozen.device
         self.head = PrototypeHead(info.n_classes, self.frozen.dim + self.adapted.dim, dev)
         self.current = torch.zeros(info.n_classes, dtype=torch.bool, device=dev)

@@ -32,13 +32,13 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from cl_bench.components import PrototypeHead
-from cl_bench.components.petl import FirstSessionTuner, attach_petl, check_petl_backbone
+from cl_bench.components.petl import FirstSessionConfig, FirstSessionTuner
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, Experience, PredictContext, StreamInfo
@@ -78,7 +78,7 @@ def select_ridge(h: torch.Tensor, y: torch.Tensor, ridges: tuple[float, ...], ge
 
 
 @dataclass(frozen=True)
-class RanPACConfig(PretrainedConfig):
+class RanPACConfig(FirstSessionConfig, PretrainedConfig):
     """RanPAC hyper-parameters.
 
     Attributes:
@@ -86,38 +86,20 @@ class RanPACConfig(PretrainedConfig):
             for the float64 Gram matrix, 800 MB at 10000).
         first_session: Phase 1, first-session PETL adaptation before the projection (paper default);
             False = Phase 2 only, on the frozen pretrained backbone.
-        petl: Phase 1's PETL modules: "adapter", "ssf" or "vpt" (ViT backbones only).
-        lr: Phase 1 learning rate (reference ``body_lr`` = ``head_lr``).
-        weight_decay: Phase 1 SGD weight decay.
-        tuned_epochs: ``T_max`` of Phase 1's per-epoch cosine annealing (reference ``tuned_epoch``).
-        min_lr: Floor of that annealing.
-        ffn_num: Adapter bottleneck width.
-        adapter_scale: Adapter output scale.
-        prompt_tokens: VPT prompt length.
-        vpt_deep: Deep instead of shallow VPT.
+
+    Phase 1's fields (``petl``, ``lr`` = the reference's ``body_lr`` = ``head_lr``, ``weight_decay``,
+    ``tuned_epochs``, ``min_lr``, ``ffn_num``, ``adapter_scale``, ``prompt_tokens``, ``vpt_deep``) are those of
+    :class:`FirstSessionConfig`, with its defaults.
     """
 
     projection_dim: int = 10000
     first_session: bool = True
-    petl: Literal["adapter", "ssf", "vpt"] = "adapter"
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    tuned_epochs: int = 20
-    min_lr: float = 0.0
-    ffn_num: int = 64
-    adapter_scale: float = 0.1
-    prompt_tokens: int = 5
-    vpt_deep: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.projection_dim < 1:
             raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
-        check_petl_backbone(self.petl if self.first_session else "adapter", self.backbone)  # only Phase 1 uses it
-        if self.petl not in ("adapter", "ssf", "vpt"):
-            raise ValueError(f"petl must be one of adapter, ssf, vpt, got {self.petl!r}")
-        if self.lr <= 0 or self.min_lr < 0 or self.tuned_epochs < 1 or self.ffn_num < 1 or self.prompt_tokens < 1:
-            raise ValueError("lr must be positive, min_lr >= 0, tuned_epochs, ffn_num and prompt_tokens >= 1")
+        self.check_first_session(self.backbone, active=self.first_session)  # only Phase 1 uses the PETL kind
 
 
 @METHODS.register(
@@ -140,12 +122,7 @@ class RanPAC(Method):
         self.tuner: FirstSessionTuner | None = None
         self.tuned = not cfg.first_session  # Phase 1 is over (or there is none)
         if cfg.first_session:
-            params = attach_petl(self.encoder.backbone, cfg.petl, seed=seed, ffn_num=cfg.ffn_num,
-                                 adapter_scale=cfg.adapter_scale, prompt_tokens=cfg.prompt_tokens,
-                                 vpt_deep=cfg.vpt_deep)  # fmt: skip
-            self.tuner = FirstSessionTuner(self.encoder.backbone, params, self.encoder.dim, info.n_classes,
-                                           lr=cfg.lr, weight_decay=cfg.weight_decay, tuned_epochs=cfg.tuned_epochs,
-                                           min_lr=cfg.min_lr, seed=seed)  # fmt: skip
+            self.tuner = cfg.tuner(self.encoder.backbone, self.encoder.dim, info.n_classes, seed)
         self.current = torch.zeros(info.n_classes, dtype=torch.bool, device=self.encoder.device)
         self.n_train = 0
         dev, m = self.encoder.device, cfg.projection_dim

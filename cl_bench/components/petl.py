@@ -32,6 +32,7 @@ References:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -283,5 +284,55 @@ class FirstSessionTuner:
         self.seen = state["seen"]
 
 
-__all__ = ["PETL_KINDS", "Bottleneck", "CosineHead", "FirstSessionTuner", "ScaleShift", "attach_petl",
-           "check_petl_backbone"]
+@dataclass(frozen=True)
+class FirstSessionConfig:
+    """The first-session PETL fields that APER and RanPAC's Phase 1 share (mixed into their configs).
+
+    Defaults: RevisitingCIL / LAMDA-PILOT ``exps/aper_*`` (lr 0.01, weight decay 5e-4, 20 epochs of cosine
+    annealing to 0, adapter width 64, scale 0.1, 5 shallow VPT tokens).
+
+    Attributes:
+        petl: "adapter", "ssf" or "vpt" (ViT backbones only).
+        lr: First-session learning rate (official ``init_lr``).
+        weight_decay: SGD weight decay.
+        tuned_epochs: ``T_max`` of the per-epoch cosine annealing (official ``tuned_epoch``).
+        min_lr: Floor of the annealing (official ``min_lr``).
+        ffn_num: Adapter bottleneck width.
+        adapter_scale: Adapter output scale (AdaptFormer's 0.1).
+        prompt_tokens: VPT prompt length (official ``prompt_token_num`` for shallow VPT).
+        vpt_deep: Deep VPT instead of the official default shallow one.
+    """
+
+    petl: Literal["adapter", "ssf", "vpt"] = "adapter"
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    tuned_epochs: int = 20
+    min_lr: float = 0.0
+    ffn_num: int = 64
+    adapter_scale: float = 0.1
+    prompt_tokens: int = 5
+    vpt_deep: bool = False
+
+    def check_first_session(self, backbone: str, active: bool = True) -> None:
+        """Validate the fields (called by the config's ``__post_init__``); ``active``: whether the first
+        session runs, so that ``petl`` must also fit ``backbone``.
+
+        Raises:
+            ValueError: An unknown ``petl``, one that cannot work on ``backbone``, or a bad value.
+        """
+        check_petl_backbone(self.petl if active else "adapter", backbone)
+        if self.petl not in PETL_KINDS:
+            raise ValueError(f"petl must be one of {', '.join(PETL_KINDS)}, got {self.petl!r}")
+        if self.lr <= 0 or self.min_lr < 0 or self.tuned_epochs < 1 or self.ffn_num < 1 or self.prompt_tokens < 1:
+            raise ValueError("lr must be positive, min_lr >= 0, tuned_epochs, ffn_num and prompt_tokens >= 1")
+
+    def tuner(self, backbone: nn.Module, dim: int, n_classes: int, seed: int) -> FirstSessionTuner:
+        """Attach this config's PETL modules to ``backbone`` and the tuner that trains them with a head."""
+        params = attach_petl(backbone, self.petl, seed=seed, ffn_num=self.ffn_num, adapter_scale=self.adapter_scale,
+                             prompt_tokens=self.prompt_tokens, vpt_deep=self.vpt_deep)  # fmt: skip
+        return FirstSessionTuner(backbone, params, dim, n_classes, lr=self.lr, weight_decay=self.weight_decay,
+                                 tuned_epochs=self.tuned_epochs, min_lr=self.min_lr, seed=seed)  # fmt: skip
+
+
+__all__ = ["PETL_KINDS", "Bottleneck", "CosineHead", "FirstSessionConfig", "FirstSessionTuner", "ScaleShift",
+           "attach_petl", "check_petl_backbone"]
