@@ -89,15 +89,13 @@ def _seeded_split(y: torch.Tensor, test_fraction: float, seed: int) -> tuple[tor
 
 
 def _split_tree(
-    root: Path, what: str, test_fraction: float, split_seed: int, names: list[str] | None = None
+    tree: tuple[dict[str, list[Path]], dict[str, list[Path]] | None], test_fraction: float, split_seed: int,
+    names: list[str] | None = None,
 ) -> tuple[list[Path], torch.Tensor, list[Path], torch.Tensor, list[str], str]:
-    """Train and test paths/labels of one class-folder tree, the class names and how it was split."""
-    train_cls, test_cls = scan_train_test(root, what, _EXAMPLE)
+    """Train and test paths/labels of one scanned class-folder tree (:func:`scan_train_test`), the class names
+    (``names``, else the tree's own) and how it was split."""
+    train_cls, test_cls = tree
     names = names if names is not None else sorted(train_cls)
-    missing = sorted(set(train_cls) - set(names))
-    if missing:
-        raise DataError(f"{root} has class folder(s) {', '.join(missing[:5])} that the other domains lack; every "
-                        f"domain must use the same class folders (missing ones may be empty)")  # fmt: skip
     paths, y = paths_and_labels(train_cls, names)
     if test_cls is not None:
         te_paths, te_y = paths_and_labels(test_cls, names)
@@ -155,7 +153,8 @@ def folder_split(
     """
     _check(image_size, test_fraction, augment, normalize, workers)
     base = _root(root, "folder_split", "ROOT/<class>/<image> (or ROOT/train/... and ROOT/test/...)")
-    tr_paths, tr_y, te_paths, te_y, names, split = _split_tree(base, "folder_split", test_fraction, split_seed)
+    tr_paths, tr_y, te_paths, te_y, names, split = _split_tree(
+        scan_train_test(base, "folder_split", _EXAMPLE), test_fraction, split_seed)
     if len(names) < 2:
         raise DataError(f"{base} has one class folder ({names[0]}); a class-incremental stream needs at least two")
     aug = _augmenter(augment, image_size)
@@ -337,8 +336,8 @@ def folder_domains(
     kw: dict[str, Any] = {"image_size": image_size, "transform": _transform(normalize, 3), "workers": workers,
                           "cache_dir": cache_dir}  # fmt: skip
     experiences, listing, splits = [], [], {}
-    for i, d in enumerate(order):
-        tr_p, tr_y, te_p, te_y, _, split = _split_tree(base / d, f"domain {d}", test_fraction, split_seed, names)
+    for i, (d, tree) in enumerate(zip(order, trees, strict=True)):
+        tr_p, tr_y, te_p, te_y, _, split = _split_tree(tree, test_fraction, split_seed, names)
         listing += [*zip(tr_p, tr_y.tolist(), strict=True), *zip(te_p, te_y.tolist(), strict=True)]
         splits[d] = {"split": split, "n_train": len(tr_p), "n_test": len(te_p)}
         train = FileData([str(p) for p in tr_p], tr_y, augment=aug, **kw)
