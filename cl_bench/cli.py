@@ -371,10 +371,13 @@ def _add_report_commands(sub: Any) -> None:
     rr.add_argument("--seeds", help="comma-separated seeds instead of the recipe's")
     rr.add_argument("--out", default="runs/reproduce", help="directory for run directories (default runs/reproduce)")
     rr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    rr.add_argument("--executor", choices=["local", "ray"], default="local", help="local (default)")
+    rr.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="local: one run after another here (default); ray: a local Ray cluster, or --address")
+    rr.add_argument("--workers", type=int, help="runs in parallel on Ray (default: CPU cores)")
+    rr.add_argument("--address", help="address of an existing Ray cluster (with --executor ray)")
     rr.set_defaults(func=lambda a: commands.reproduce_run(
         a.names, smoke=a.smoke, sets=parse_sets(a.set), out=a.out, device=a.device, executor=a.executor,
-        seeds=None if a.seeds is None else _seeds(a.seeds)))
+        seeds=None if a.seeds is None else _seeds(a.seeds), workers=a.workers, address=a.address))
     rb = rsub.add_parser("board", help="reported vs measured (mean ± std) vs delta, verdict per recipe")
     rb.add_argument("dirs", nargs="+", metavar="DIR")
     rb.set_defaults(func=lambda a: commands.reproduce_board(a.dirs))

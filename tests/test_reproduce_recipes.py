@@ -12,6 +12,7 @@ import copy
 import gzip
 import importlib.util
 import json
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -259,3 +260,35 @@ def test_recipe_smoke_run(name: str, fake_data: dict[str, Path], tmp_path: Path,
     assert record["metrics"][RECIPES[name].metric] is not None
     rows = {r["name"]: r for r in board_rows([tmp_path], RECIPES)}
     assert rows[name]["verdict"] == "smoke only"
+
+
+def _smoke_args(name: str, data: dict[str, Path], out: Path) -> list[str]:
+    args = ["reproduce", "run", name, "--smoke", "--out", str(out)]
+    for section, values in smoke_sets(name, data).items():
+        args += [a for k, v in values.items() for a in ("--set", f"{section}.{k}={v}")]
+    return args
+
+
+@pytest.mark.slow
+def test_reproduce_on_ray_runs_every_seed_and_skips_completed(fake_data: dict[str, Path], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    if not os.environ.get("CI"):
+        pytest.importorskip("ray")
+    name = "clb_gdumb_splitmnist"
+    args = [*_smoke_args(name, fake_data, tmp_path), "--seeds", "0,1", "--executor", "ray", "--workers", "2"]
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert out.count(f"{name}: seed") == 2 and "2 run(s)" in out
+    records = sorted((json.loads(p.read_text()) for p in tmp_path.rglob(RECORD_FILE)), key=lambda r: r["seed"])
+    assert [r["seed"] for r in records] == [0, 1] and {r["status"] for r in records} == {"completed"}
+    assert {r["protocol"]["recipe"] for r in records} == {name}
+    mtimes = sorted(p.stat().st_mtime_ns for p in tmp_path.rglob(RECORD_FILE))
+    assert main(args) == 0  # a second call finds both completed: skipped, records untouched
+    assert sorted(p.stat().st_mtime_ns for p in tmp_path.rglob(RECORD_FILE)) == mtimes
+
+
+def test_reproduce_workers_without_ray_is_one_paragraph(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reproduce", "run", "clb_gdumb_splitmnist", "--smoke", "--workers", "2", "--out",
+                 str(tmp_path / "o")]) != 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--executor ray" in err and "Traceback" not in err and not (tmp_path / "o").exists()

@@ -173,11 +173,15 @@ def reproduce_list(*, as_json: bool = False) -> int:
 
 def reproduce_run(names: Sequence[str], *, smoke: bool = False, sets: dict[str, dict[str, Any]] | None = None,
                   out: str = "runs/reproduce", seeds: Sequence[int] | None = None, device: str = "cpu",
-                  executor: str = "local") -> int:  # fmt: skip
+                  executor: str = "local", workers: int | None = None, address: str | None = None) -> int:  # fmt: skip
     """Run recipes (``--smoke``: 2 iterations per experience) and print where the records went."""
     from cl_bench.ops.reproduce import run_recipes
 
-    records = run_recipes(names, smoke=smoke, sets=sets, out=out, seeds=seeds, device=device, executor=executor)
+    if executor != "ray" and (workers is not None or address is not None):
+        raise UserError("--workers and --address go with --executor ray; the local executor runs one recipe run "
+                        "after another. Add --executor ray, or drop them.")  # fmt: skip
+    records = run_recipes(names, smoke=smoke, sets=sets, out=out, seeds=seeds, device=device, executor=executor,
+                          workers=workers, address=address)  # fmt: skip
     for rec in records:
         print(f"{rec['protocol']['recipe']}: seed {rec['seed']} {rec['status']} -> {Path(out) / rec['run_id']}")
     print(f"{len(records)} run(s); compare with `cl-bench reproduce board {out}`")

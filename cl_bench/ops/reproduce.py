@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cl_bench.core.config import build_config, read_yaml_file
-from cl_bench.core.errors import ConfigError, DataError
+from cl_bench.core.errors import ConfigError, DataError, UserError
 from cl_bench.core.registry import METHODS, METRICS, SCENARIOS
 from cl_bench.engine.spec import Protocol, RunSpec
 
@@ -252,7 +252,8 @@ def check_data(recipe: Recipe, spec: RunSpec, *, smoke: bool = False) -> None:
 def run_recipes(
     names: Sequence[str], *, smoke: bool = False, sets: Mapping[str, Mapping[str, Any]] | None = None,
     out: str | Path = "runs/reproduce", seeds: Sequence[int] | None = None, device: str = "cpu",
-    executor: str = "local", recipes: Mapping[str, Recipe] | None = None,
+    executor: str = "local", recipes: Mapping[str, Recipe] | None = None, workers: int | None = None,
+    address: str | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Run the named recipes (every seed); returns the records. Data is checked for all before any run starts.
 
@@ -263,21 +264,50 @@ def run_recipes(
         out: Directory receiving the run directories.
         seeds: Seeds to run instead of the recipe's.
         device: Device of every run.
-        executor: "local" runs here one after another ("ray" is the sweep executor's, not wired here yet).
+        executor: "local" runs here one after another; "ray" hands every run to the sweep's Ray executor
+            (a local cluster of ``workers`` CPUs, or the cluster at ``address``), with its checkpoints, retries
+            and skipping of completed runs.
         recipes: Recipes to choose from (default: the shipped ones).
+        workers: Runs in parallel on Ray (default: the CPU cores).
+        address: Address of an existing Ray cluster.
+
+    Raises:
+        ConfigError: For an unknown executor. A run that fails on Ray is reported by its ``failed`` record and
+            raised as a :class:`~cl_bench.core.errors.UserError` naming it, after the other runs finished.
     """
     from cl_bench.engine.runner import run
 
-    if executor != "local":
-        raise ConfigError(f"reproduce run --executor {executor!r} is not supported yet; use --executor local (or "
-                          f"`cl-bench sweep` with the recipe's settings on ray)")  # fmt: skip
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"unknown executor {executor!r} for reproduce run; use local or ray")
     chosen = select(recipes if recipes is not None else load_recipes(), names)
     planned = []
     for recipe in chosen:
         for spec in specs_for(recipe, sets, smoke=smoke, seeds=seeds, device=device):
             check_data(recipe, spec, smoke=smoke)
             planned.append(spec)
-    return [run(spec, out) for spec in planned]
+    if executor == "local":
+        return [run(spec, out) for spec in planned]
+    return _run_on_ray(planned, Path(out), workers, address)
+
+
+def _run_on_ray(
+    planned: Sequence[RunSpec], out: Path, workers: int | None, address: str | None
+) -> list[dict[str, Any]]:
+    """Every planned run as a sweep job on Ray (checkpointed, retried, completed runs skipped); their records."""
+    from cl_bench.core.record import load_record
+    from cl_bench.engine.spec import run_id_for
+    from cl_bench.ops.sweep import run_specs
+
+    result = run_specs(planned, out, executor="ray", workers=workers, address=address)
+    failed = dict(result.errors)
+    if failed:
+        raise UserError(
+            f"{len(failed)} of {len(planned)} reproduction run(s) failed on Ray: "
+            + "; ".join(f"{rid}: {err}" for rid, err in sorted(failed.items()))
+            + f". Each failed run's record in {out} holds its traceback; fix the cause and rerun the same command "
+            "(completed runs are skipped, interrupted ones resume)."
+        )
+    return [load_record(out.resolve() / run_id_for(spec) / "run.json") for spec in planned]
 
 
 def recipe_command(recipe: Recipe) -> str:
