@@ -292,3 +292,37 @@ def test_reproduce_workers_without_ray_is_one_paragraph(tmp_path: Path, capsys: 
                  str(tmp_path / "o")]) != 0  # fmt: skip
     err = capsys.readouterr().err
     assert "--executor ray" in err and "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_leaderboard_marks_reported_measured_reproduced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cl_bench.report.leaderboard import Reported, build_board
+    from cl_bench.report.writers import to_csv, to_markdown
+
+    proto = Protocol(eval_every=0, recipe="toy_recipe")
+    for seed in (0, 1):
+        run(RunSpec("finetune", scenario="toy", protocol=proto, seed=seed), tmp_path / "rec")
+    run(RunSpec("finetune", scenario="toy", protocol=Protocol(eval_every=0)), tmp_path / "plain")
+    measured = build_board([tmp_path / "rec"]).groups[0].rows[0].cell("final_acc").mean
+
+    def board(value: float) -> Any:
+        rep = Reported("toy_recipe", "Someone et al. (2020), Table 1", "final_acc", value, 0.01, 0.02)
+        return build_board([tmp_path], reported={"toy_recipe": rep})
+
+    near, far = board(measured + 0.015), board(measured - 0.2)
+    marks = {g.protocol.get("recipe", ""): [r.mark for r in g.rows] for g in near.groups}
+    assert marks == {"toy_recipe": ["reproduced", "reported"], "": ["measured"]}
+    (far_group,) = [g for g in far.groups if g.protocol.get("recipe")]
+    assert [r.mark for r in far_group.rows] == ["not reproduced", "reported"]
+    reported_row = far_group.rows[1]
+    assert reported_row.rank is None and reported_row.records == []
+    assert reported_row.cell("final_acc").text() == f"{measured - 0.2:.4f} ± 0.0100"
+    assert reported_row.cell("forgetting").text() == "n/a"
+    md = to_markdown(near)
+    assert "| rank | method | mark | n |" in md and "| reproduced | 2 |" in md and "| reported | 0 |" in md
+    assert to_csv(near).splitlines()[0].split(",")[6] == "mark"
+    # Without recipes among the records the board has no mark column, as before.
+    plain = build_board([tmp_path / "plain"], reported={"toy_recipe": board(0.5).groups[0].rows[-1].reported})
+    assert not plain.marked and "mark" not in to_markdown(plain)
+    # The CLI board knows the shipped recipes: a record naming one is compared with its published value.
+    assert main(["leaderboard", str(tmp_path / "rec"), "--quiet", "--out", str(tmp_path / "b")]) == 0
+    assert "mark" not in (tmp_path / "b" / "leaderboard.md").read_text()  # toy_recipe is not a shipped recipe

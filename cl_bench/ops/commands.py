@@ -40,10 +40,11 @@ def sweep(spec_path: str, *, executor: str = "local", workers: int | None = None
 def leaderboard(dirs: Sequence[str], *, out: str | None = None, metrics: str | None = None,
                 rank_by: str | None = None, quiet: bool = False) -> int:  # fmt: skip
     """Build the board of the records under ``dirs`` and write Markdown, CSV and HTML."""
+    from cl_bench.ops.reproduce import reported_values
     from cl_bench.report.leaderboard import build_board, parse_metrics
     from cl_bench.report.writers import to_markdown, write_board
 
-    board = build_board(dirs, parse_metrics(metrics), rank_by)
+    board = build_board(dirs, parse_metrics(metrics), rank_by, reported=reported_values())
     target = Path(out) if out else Path(dirs[0]) / "leaderboard"
     files = write_board(board, target)
     if not quiet:

@@ -30,6 +30,7 @@ from cl_bench.core.config import build_config, read_yaml_file
 from cl_bench.core.errors import ConfigError, DataError, UserError
 from cl_bench.core.registry import METHODS, METRICS, SCENARIOS
 from cl_bench.engine.spec import Protocol, RunSpec
+from cl_bench.report.leaderboard import Reported
 
 SMOKE_ITERATIONS = 2
 _SECTIONS = ("method", "scenario", "protocol")
@@ -310,6 +311,13 @@ def _run_on_ray(
     return [load_record(out.resolve() / run_id_for(spec) / "run.json") for spec in planned]
 
 
+def reported_values(recipes: Mapping[str, Recipe] | None = None) -> dict[str, Reported]:
+    """The published value of every recipe (default: the shipped ones), by recipe name, for the leaderboard."""
+    chosen = recipes if recipes is not None else load_recipes()
+    return {name: Reported(name, r.reported_in, r.metric, r.reported, r.reported_std, r.tolerance)
+            for name, r in chosen.items()}  # fmt: skip
+
+
 def recipe_command(recipe: Recipe) -> str:
     """The one command that runs ``recipe`` for a user who has the data and the weights."""
     sets = " ".join(f"--set {d.param}={'DIR' if d.files else 'FILE'}" for d in recipe.data if d.when != "smoke")
@@ -317,4 +325,4 @@ def recipe_command(recipe: Recipe) -> str:
 
 
 __all__ = ["SMOKE_ITERATIONS", "DataFile", "Recipe", "check_data", "load_recipes", "recipe_command",
-           "recipe_dir", "run_recipes", "select", "specs_for"]  # fmt: skip
+           "recipe_dir", "reported_values", "run_recipes", "select", "specs_for"]  # fmt: skip

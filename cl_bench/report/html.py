@@ -18,7 +18,16 @@ from typing import Any
 from cl_bench.core.record import record_kind
 from cl_bench.metrics import AccuracyMatrix, TTAMatrix, matrix_from_dict
 from cl_bench.report import curves as C
-from cl_bench.report.leaderboard import COST_COLUMNS, Board, Cell, Group, higher_is_better, pareto_front, tune_table
+from cl_bench.report.leaderboard import (
+    COST_COLUMNS,
+    MARK_NOTE,
+    Board,
+    Cell,
+    Group,
+    higher_is_better,
+    pareto_front,
+    tune_table,
+)
 from cl_bench.report.svg import PALETTE, Point, Series, line_chart, scatter_chart
 
 MAX_CURVES = 10
@@ -63,6 +72,7 @@ def _num(v: float) -> str:
 def _table(board: Board, g: Group) -> str:
     esc = html.escape
     head = ['<th class="l" title="rank by ' + esc(board.rank_by) + '">rank</th>', '<th class="l">method</th>',
+            *(['<th class="l" title="' + esc(MARK_NOTE.replace("**", "")) + '">mark</th>'] if board.marked else []),
             '<th title="seeds in this row">n</th>']  # fmt: skip
     for m in board.metrics:
         arrow = "↑" if higher_is_better(m) else "↓"
@@ -73,6 +83,7 @@ def _table(board: Board, g: Group) -> str:
     for r in g.rows:
         cells = [f'<td class="l" data-v="{_num(r.rank if r.rank else math.nan)}">{r.rank or "-"}</td>',
                  f'<td class="l" title="{esc(str(r.config))}">{esc(r.label)}</td>',
+                 *([f'<td class="l mark" title="{esc(_mark_title(r))}">{esc(r.mark)}</td>'] if board.marked else []),
                  f'<td data-v="{len(r.records)}">{len(r.records)}</td>']  # fmt: skip
         for m in board.metrics:
             c = r.cell(m)
@@ -81,6 +92,15 @@ def _table(board: Board, g: Group) -> str:
         body.append(f'<tr class="{"best" if r.rank == 1 else ""}">' + "".join(cells) + "</tr>")
     return (f'<table class="board" id="t-{esc(g.anchor)}"><thead><tr>{"".join(head)}</tr></thead><tbody>'
             + "\n".join(body) + "</tbody></table>")  # fmt: skip
+
+
+def _mark_title(r: Any) -> str:
+    rep = r.reported
+    if rep is None:
+        return "our runs"
+    std = "" if rep.std is None else f" ± {rep.std:.4f}"
+    return (f"{rep.metric} {rep.value:.4f}{std} reported in {rep.source}; tolerance {rep.tolerance:.4f} "
+            f"(recipe {rep.recipe})")
 
 
 def _matrices(records: list[dict[str, Any]]) -> list[AccuracyMatrix | TTAMatrix]:
@@ -134,8 +154,9 @@ def _charts(g: Group) -> str:
 def _compute_view(board: Board, g: Group) -> str:
     """Accuracy (the ranking metric) against compute, one point per row, with the Pareto front ringed:
     the rows no other row beats with less compute (NEVIS'22 ranks methods by this trade-off)."""
-    key = next((k for k in ("train_flops", "train_seconds") if all(r.cost(k).n for r in g.rows)), None)
-    rows = [r for r in g.rows if r.cell(board.rank_by).n]
+    measured = [r for r in g.rows if not r.is_reported]
+    key = next((k for k in ("train_flops", "train_seconds") if all(r.cost(k).n for r in measured)), None)
+    rows = [r for r in measured if r.cell(board.rank_by).n]
     if key is None or len(rows) < 2:
         return ""
     points = [Point(r.label, r.cost(key).mean, r.cell(board.rank_by).mean, PALETTE[k % len(PALETTE)])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,21 +58,71 @@ class Cell:
         return cls(nan if d.get("mean") is None else d["mean"], nan if d.get("std") is None else d["std"], d["n"])
 
     def text(self, digits: int = 4) -> str:
-        """``mean ± std`` (or ``mean`` for one seed, ``n/a`` for none)."""
-        if self.n == 0:
+        """``mean ± std`` (or ``mean`` without a std, e.g. one seed; ``n/a`` for no value)."""
+        if math.isnan(self.mean):
             return "n/a"
-        return f"{self.mean:.{digits}f}" + (f" ± {self.std:.{digits}f}" if self.n > 1 else "")
+        return f"{self.mean:.{digits}f}" + ("" if math.isnan(self.std) else f" ± {self.std:.{digits}f}")
+
+
+@dataclass(frozen=True)
+class Reported:
+    """A published value that runs of a reproduction recipe are compared with.
+
+    Attributes:
+        recipe: The recipe's name (what a record's ``protocol.recipe`` names).
+        source: Paper and table the value is from.
+        metric: The metric it is a value of.
+        value: The reported value (a fraction, as the record's metrics).
+        std: The reported standard deviation, if the paper gives one.
+        tolerance: Largest ``|measured mean - value|`` that counts as reproduced.
+    """
+
+    recipe: str
+    source: str
+    metric: str
+    value: float
+    std: float | None
+    tolerance: float
+
+
+#: Marks of a row: a published value, our own runs, or our runs compared with the published value.
+MARKS = ("reported", "measured", "reproduced", "not reproduced", "smoke only")
+MARK_NOTE = ("mark: **reported** = the published value of a reproduction recipe (not run by us); **measured** = "
+             "our runs; **reproduced** / **not reproduced** = our runs of that recipe, within / outside its "
+             "tolerance of the reported value; **smoke only** = smoke runs, never compared.")
 
 
 @dataclass
 class Row:
-    """One method configuration in a group, with its records (one per seed)."""
+    """One method configuration in a group, with its records (one per seed).
+
+    A row is ``measured`` (our records); when its records come from a reproduction recipe whose published value
+    the board knows, it is ``reproduced`` or ``not reproduced`` (``smoke only`` for smoke runs, never compared);
+    a ``reported`` row holds the published value itself and no records.
+    """
 
     method: str
     config: dict[str, Any]
     records: list[dict[str, Any]] = field(default_factory=list)
     label: str = ""
     rank: int | None = None
+    reported: Reported | None = None
+    is_reported: bool = False
+
+    @property
+    def mark(self) -> str:
+        """One of :data:`MARKS`."""
+        if self.is_reported:
+            return "reported"
+        if self.reported is None:
+            return "measured"
+        if all(r["protocol"].get("max_iterations") for r in self.records):
+            return "smoke only"
+        c = self.cell(self.reported.metric)
+        if c.n == 0:
+            return "measured"
+        close = abs(c.mean - self.reported.value) <= self.reported.tolerance + 1e-12
+        return "reproduced" if close else "not reproduced"
 
     @property
     def seeds(self) -> list[int]:
@@ -80,7 +130,12 @@ class Row:
         return sorted(r["seed"] for r in self.records)
 
     def cell(self, metric: str) -> Cell:
-        """The row's aggregate of ``metric``."""
+        """The row's aggregate of ``metric`` (for a reported row: the published value, ``n`` = 0 seeds of ours)."""
+        if self.is_reported:
+            rep = self.reported
+            if rep is None or rep.metric != metric:
+                return Cell(math.nan, math.nan, 0)
+            return Cell(rep.value, math.nan if rep.std is None else rep.std, 0)
         return Cell.of([r["metrics"].get(metric) for r in self.records])
 
     def cost(self, key: str) -> Cell:
@@ -131,6 +186,11 @@ class Board:
     skipped: list[tuple[str, str]]
     tunes: list[dict[str, Any]]
     costs: tuple[str, ...] = ()  # keys of COST_COLUMNS some record has
+
+    @property
+    def marked(self) -> bool:
+        """Whether some row is other than plainly measured (the writers then show a ``mark`` column)."""
+        return any(r.mark != "measured" for g in self.groups for r in g.rows)
 
 
 def _hash(obj: Any) -> str:
@@ -227,6 +287,7 @@ def build_board(
     paths: Iterable[str | Path],
     metrics: Sequence[str] = DEFAULT_METRICS,
     rank_by: str | None = None,
+    reported: Mapping[str, Reported] | None = None,
 ) -> Board:
     """Read records under ``paths`` and build a ranked :class:`Board`.
 
@@ -234,6 +295,9 @@ def build_board(
         paths: Directories (searched recursively) or run.json files.
         metrics: Metrics to show.
         rank_by: Metric that ranks methods (default: the first of ``metrics``).
+        reported: Published values by recipe name: rows whose records name a recipe (``protocol.recipe``) are
+            marked reproduced / not reproduced against it, and the published value joins their table as a
+            ``reported`` row (unranked).
 
     Raises:
         UserError: For unknown metric names or paths that do not exist.
@@ -272,9 +336,24 @@ def build_board(
     for group in sorted(groups.values(), key=lambda g: (g.scenario, g.title)):
         _labels(group.rows)
         group.rows = _rank(group.rows, rank_by)
+        group.rows += _reported_rows(group.rows, reported or {})
         ordered.append(group)
     costs = tuple(k for k in COST_COLUMNS if any(rec["cost"].get(k) is not None for _, rec in good))
     return Board(ordered, tuple(metrics), rank_by, skipped, find_tunes(paths), costs)
+
+
+def _reported_rows(rows: list[Row], reported: Mapping[str, Reported]) -> list[Row]:
+    """Attach each row's published value (all its records name one known recipe); one reported row per value."""
+    extra: list[Row] = []
+    for row in rows:
+        names = {r["protocol"].get("recipe") for r in row.records}
+        if len(names) != 1 or (name := names.pop()) not in reported:
+            continue
+        row.reported = reported[name]
+        if all(r.reported is not row.reported for r in extra):
+            extra.append(Row(row.method, row.config, label=f"{row.method}: reported ({name})",
+                             reported=row.reported, is_reported=True))  # fmt: skip
+    return extra
 
 
 def pareto_front(points: Sequence[tuple[float, float]], higher: bool = True) -> list[int]:

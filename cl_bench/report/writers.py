@@ -11,7 +11,7 @@ from typing import Any
 
 from cl_bench.core import atomic
 from cl_bench.report.html import to_html
-from cl_bench.report.leaderboard import COST_COLUMNS, Board, higher_is_better, tune_table
+from cl_bench.report.leaderboard import COST_COLUMNS, MARK_NOTE, Board, higher_is_better, tune_table
 
 
 def _arrow(metric: str) -> str:
@@ -24,14 +24,17 @@ def to_markdown(board: Board) -> str:
              f"Mean ± std over seeds (sample std); n = seeds per row; ranked by {board.rank_by} "
              f"({'higher' if higher_is_better(board.rank_by) else 'lower'} is better). ↑/↓: direction of each metric.",
              ""]  # fmt: skip
+    if board.marked:
+        lines += [MARK_NOTE, ""]
     for g in board.groups:
         lines += [f"## {g.title}", ""]
-        head = ["rank", "method", "n", *[f"{m} {_arrow(m)}" for m in board.metrics],
+        mark = ["mark"] if board.marked else []
+        head = ["rank", "method", *mark, "n", *[f"{m} {_arrow(m)}" for m in board.metrics],
                 *[COST_COLUMNS[k] for k in board.costs]]  # fmt: skip
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in g.rows:
-            cells = [str(r.rank or "-"), r.label, str(len(r.records)), *[r.cell(m).text() for m in board.metrics],
-                     *[r.cost_text(k) for k in board.costs]]  # fmt: skip
+            cells = [str(r.rank or "-"), r.label, *([r.mark] if mark else []), str(len(r.records)),
+                     *[r.cell(m).text() for m in board.metrics], *[r.cost_text(k) for k in board.costs]]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     for t in board.tunes:
@@ -54,7 +57,8 @@ def to_csv(board: Board) -> str:
     """The board as CSV: one line per row, with mean, std and n of every metric."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["scenario", "spec_hash", "protocol", "rank", "method", "label", "config", "n_seeds", "seeds",
+    mark = ["mark"] if board.marked else []
+    w.writerow(["scenario", "spec_hash", "protocol", "rank", "method", "label", *mark, "config", "n_seeds", "seeds",
                 *[f"{m}_{s}" for m in board.metrics for s in ("mean", "std", "n")],
                 *[f"cost_{k}_mean" for k in board.costs]])  # fmt: skip
     for g in board.groups:
@@ -67,7 +71,7 @@ def to_csv(board: Board) -> str:
                 raw = [rec["cost"][k] for rec in r.records if rec["cost"].get(k) is not None]
                 vals.append(repr(sum(raw) / len(raw)) if raw else "")
             w.writerow([g.scenario, g.spec_hash, json.dumps(g.protocol, sort_keys=True), r.rank or "", r.method,
-                        r.label, json.dumps(r.config, sort_keys=True), len(r.records),
+                        r.label, *([r.mark] if mark else []), json.dumps(r.config, sort_keys=True), len(r.records),
                         " ".join(map(str, r.seeds)), *vals])  # fmt: skip
     return buf.getvalue()
 
