@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -60,7 +62,7 @@ def test_resnet32_shortcuts_are_parameter_free_and_resnet18_stem_keeps_resolutio
 
 def test_registry_lists_names_and_rejects_unknown_ones() -> None:
     assert {"mlp", "cnn", "lenet_bn", "wrn28_10", "resnet18", "reduced_resnet18", "resnet32"} <= set(list_models())
-    assert list_models("resnet*") == ["resnet18", "resnet32"]
+    assert list_models("resnet*") == ["resnet18", "resnet32", "resnet50"]
     assert cl_bench.create_model is create_model
     with pytest.raises(ConfigError, match="unknown model 'resnet19'"):
         create_model("resnet19", 10)
@@ -99,3 +101,54 @@ def test_cli_lists_models_with_counts_and_references(capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert "resnet18" in out and "11,173,962" in out and "3x32x32" in out and "mammoth" in out
     assert "464,154" in out and "1,094,750" in out
+    assert "23,528,522" in out and "85,806,346" in out and "3x224x224" in out  # resnet50, vit_b_16
+
+
+# torchvision documents resnet50's IMAGENET1K_V1 weights with 25,557,032 parameters (1000 classes) and timm's
+# vit_base_patch16_224 has 86,567,656; with a 10-class head: minus 990 * (2048 + 1) and 990 * (768 + 1).
+IMAGENET_COUNTS = {"resnet50": 25_557_032 - 990 * 2049, "vit_b_16": 86_567_656 - 990 * 769}
+
+
+@pytest.mark.parametrize("name, count", [pytest.param(n, c, marks=pytest.mark.slow) if n == "vit_b_16" else (n, c)
+                                         for n, c in IMAGENET_COUNTS.items()])
+def test_imagenet_networks_count_as_the_reference_and_split_features_from_head(name: str, count: int) -> None:
+    net = create_model(name, n_classes=10)
+    assert parameter_count(net) == count and net.weights_sha256 is None
+    assert parameter_count(create_model(name, n_classes=1000)) == count + 990 * (net.head.in_features + 1)
+    x = torch.randn(1, 3, 224, 224)
+    net.eval()
+    torch.testing.assert_close(net.head(net.features(x)), net(x))
+
+
+def test_resnet50_loads_a_torchvision_state_dict_key_for_key(tmp_path: Path) -> None:
+    from torchvision.models import resnet50
+
+    torch.manual_seed(0)
+    ref = resnet50(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "r50.pth")
+    net = create_model("resnet50", n_classes=5, weights=str(tmp_path / "r50.pth")).eval()
+    assert len(net.weights_sha256) == 64
+    x = torch.randn(2, 3, 64, 64)
+    ref.fc = nn.Identity()
+    torch.testing.assert_close(net.features(x), ref.eval()(x))  # the published fc is dropped, the body is exact
+    bad = {k: v for k, v in ref.state_dict().items() if not k.startswith("layer4")}
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(ConfigError, match="missing .*layer4"):
+        create_model("resnet50", n_classes=5, weights=str(tmp_path / "bad.pth"))
+
+
+def test_model_weights_reach_the_record_and_are_refused_where_no_network_takes_them(tmp_path: Path) -> None:
+    from torchvision.models import resnet50
+
+    from cl_bench.nets.backbones import weights_sha256
+
+    torch.save(resnet50(weights=None).state_dict(), tmp_path / "r50.pth")
+    method = METHODS.create("er", model="resnet50", model_weights=str(tmp_path / "r50.pth"), buffer_size=4)
+    assert method.record_extras() == {"model_weights": {"model": "resnet50",
+                                                        "weights_sha256": weights_sha256(tmp_path / "r50.pth")}}
+    method.setup(StreamInfo((3, 32, 32), 4, 2, "class_il"), seed=0)
+    method.observe(Batch(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), None, 0))
+    assert METHODS.create("er").record_extras() == {}  # no weights: records stay as they were
+    with pytest.raises(ConfigError, match="loads no weight file"):
+        METHODS.create("er", model="mlp", model_weights=str(tmp_path / "r50.pth")).setup(
+            StreamInfo((1, 28, 28), 4, 2, "class_il"), seed=0)

@@ -18,16 +18,18 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Method
 from cl_bench.core.types import Batch, Experience, PredictContext, StreamInfo
 from cl_bench.families.schedules import LRSchedule, Schedule
-from cl_bench.nets.registry import create_model, model_entry
+from cl_bench.nets.registry import create_model, list_models, model_entry
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class TrainConfig:
     lr_min: float = 0.0
     lr_warmup_steps: int = 0
     lr_reset: Literal["experience", "global"] = "experience"
+    # A local weight file for networks that take one (resnet50: torchvision's; vit_b_16: timm's); None = random
+    # initialisation. Never downloaded; its SHA-256 goes into the record (method.model_weights).
+    model_weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -74,8 +79,13 @@ def build_network(cfg: TrainConfig, info: StreamInfo) -> tuple[nn.Module, torch.
     ``cfg.model`` names a network of the model registry; ``hidden_size`` / ``hidden_layers`` reach only the
     networks that take them (mlp, cnn), so ``--set model=resnet18`` needs no other change.
     """
-    sizes = {"hidden_size": cfg.hidden_size, "hidden_layers": cfg.hidden_layers}
-    options = {k: v for k, v in sizes.items() if k in model_entry(cfg.model).options}
+    entry = model_entry(cfg.model)
+    if cfg.model_weights is not None and "weights" not in entry.options:
+        takes = ", ".join(n for n in list_models() if "weights" in model_entry(n).options)
+        raise ConfigError(f"model {cfg.model!r} loads no weight file, so model_weights={cfg.model_weights!r} "
+                          f"cannot be used; drop it, or pick a network that takes one ({takes})")  # fmt: skip
+    sizes = {"hidden_size": cfg.hidden_size, "hidden_layers": cfg.hidden_layers, "weights": cfg.model_weights}
+    options = {k: v for k, v in sizes.items() if k in entry.options}
     net = create_model(cfg.model, info.n_classes, info.input_shape, **options).to(info.device)
     params = [p for p in net.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
@@ -96,6 +106,18 @@ class SupervisedMethod(Method):
     """
 
     Config: ClassVar[type] = TrainConfig
+
+    def record_extras(self) -> dict[str, Any]:
+        """``model_weights``: the network's weight file hash, when it was given one."""
+        path = getattr(self.config, "model_weights", None)
+        if path is None:
+            return {}
+        from cl_bench.nets.backbones import weights_sha256
+
+        if not Path(path).is_file():
+            raise ConfigError(f"model_weights {path} is not a file; pass a local weight file of {self.config.model} "
+                              f"with --set model_weights=PATH (runs never download weights)")  # fmt: skip
+        return {"model_weights": {"model": self.config.model, "weights_sha256": weights_sha256(path)}}
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)

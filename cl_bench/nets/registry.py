@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from cl_bench.core.errors import ConfigError
@@ -181,3 +182,70 @@ def _reduced_resnet18(n_classes: int, input_shape: tuple[int, ...]) -> nn.Module
 def _resnet32(n_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """CIFAR ResNet-32, 16-32-64 channels, option-A shortcuts (iCaRL, PODNet, PyCIL)."""
     return resnet.resnet32(n_classes, _image("resnet32", input_shape))
+
+
+# -- ImageNet-scale networks: the reference architectures, weights only from local files ----------------------------
+_IMAGENET = (3, 224, 224)
+
+
+class PretrainedNet(nn.Module):
+    """A reference ImageNet network split into ``features`` (its pooled embedding) and a new linear ``head``.
+
+    The body keeps the reference implementation's module names, so the published state dict loads key for key
+    (its classifier is dropped: the stream has its own classes). ``weights_sha256`` names the file loaded (None
+    for random initialisation).
+    """
+
+    def __init__(self, body: nn.Module, dim: int, n_classes: int, weights_sha256: str | None) -> None:
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(dim, n_classes)
+        self.weights_sha256 = weights_sha256
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _load_body(name: str, body: nn.Module, weights: str | None, fmt: str) -> str | None:
+    """Load a local weight file into ``body`` (checked key for key); its SHA-256, or None without weights."""
+    from cl_bench.nets.backbones import load_weights, read_state_dict, weights_sha256
+
+    if weights is None:
+        return None
+    load_weights(body, read_state_dict(weights), source=f"{name} weight file {weights}",
+                 hint=f"pass {fmt} with --set model_weights=PATH (runs never download weights)")  # fmt: skip
+    return weights_sha256(weights)
+
+
+@register_model("resnet50", input_shape=_IMAGENET,
+                reference="He et al., 'Deep Residual Learning for Image Recognition' (CVPR 2016); torchvision "
+                          "models/resnet.py resnet50 (IMAGENET1K_V1 weights load key for key)")  # fmt: skip
+def _resnet50(n_classes: int, input_shape: tuple[int, ...], weights: str | None = None) -> nn.Module:
+    """torchvision's ResNet-50 (bottleneck [3,4,6,3]) with a new head; weights from a local torchvision file."""
+    from torchvision.models import resnet50
+
+    if _image("resnet50", input_shape) != 3:
+        raise ConfigError(f"model 'resnet50' takes RGB inputs, got {input_shape}; use model=cnn")
+    body = resnet50(weights=None)
+    body.fc = nn.Identity()  # the embedding is the pooled 2048-d output; the published 1000-class fc is dropped
+    return PretrainedNet(body, 2048, n_classes,
+                         _load_body("resnet50", body, weights, "a torchvision ResNet-50 state dict"))  # fmt: skip
+
+
+@register_model("vit_b_16", input_shape=_IMAGENET,
+                reference="Dosovitskiy et al., 'An Image is Worth 16x16 Words' (ICLR 2021); timm "
+                          "vit_base_patch16_224 (token pooling, 768-d), the backbone of L2P / DualPrompt / "
+                          "CODA-Prompt / RanPAC")  # fmt: skip
+def _vit_b_16(n_classes: int, input_shape: tuple[int, ...], weights: str | None = None) -> nn.Module:
+    """timm's ViT-B/16 at 224 px with a new head; weights from a local timm file (.pth/.safetensors)."""
+    from cl_bench.nets.backbones import create_backbone
+
+    if tuple(input_shape) != _IMAGENET:
+        raise ConfigError(f"model 'vit_b_16' takes 3x224x224 inputs, got {input_shape}; resize the stream "
+                          f"(e.g. --set scenario.image_size=224) or use model=resnet18")  # fmt: skip
+    body = create_backbone("vit_base_patch16_224")  # architecture only; the file is checked and loaded below
+    return PretrainedNet(body, 768, n_classes,
+                         _load_body("vit_b_16", body, weights, "a timm vit_base_patch16_224 state dict"))  # fmt: skip

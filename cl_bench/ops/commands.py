@@ -133,9 +133,11 @@ def tune(spec_path: str, *, executor: str = "local", workers: int | None = None,
 def list_models(*, verbose: bool = False, n_classes: int = 10) -> int:
     """Print the registered networks; with ``verbose``, each one's parameter count, input size and reference.
 
-    Counts are for ``n_classes`` outputs at the entry's reference input size (built on the CPU, not trained).
+    Counts are for ``n_classes`` outputs at the entry's reference input size (built on the meta device).
     """
     import textwrap
+
+    import torch
 
     from cl_bench.nets.registry import create_model, list_models, model_entry, parameter_count
 
@@ -144,7 +146,8 @@ def list_models(*, verbose: bool = False, n_classes: int = 10) -> int:
         print(f"{name:<18} {entry.description}")
         if verbose:
             shape = "x".join(map(str, entry.input_shape)) if entry.input_shape else "any"
-            count = parameter_count(create_model(name, n_classes, entry.input_shape))
+            with torch.device("meta"):  # shapes only: counting ViT-B/16 allocates and initialises nothing
+                count = parameter_count(create_model(name, n_classes, entry.input_shape))
             print(f"{'':<19}params: {count:,} ({n_classes} classes)   input: {shape}")
             print(textwrap.fill(entry.reference, width=100, initial_indent=" " * 19 + "ref: ",
                                 subsequent_indent=" " * 24))  # fmt: skip
