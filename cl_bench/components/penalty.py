@@ -70,9 +70,13 @@ class FisherPenalty:
         if not self.anchors:
             return 0.0
         named = dict(net.named_parameters())
-        if len(self.anchors) == 1:
-            ref, imp = self.anchors[0]
-            return 0.5 * self.strength * sum((imp[k] * (named[k] - ref[k]).pow(2)).sum() for k in imp)
+        first = self.anchors[0][1]
+        same = all(imp.keys() == first.keys() and all(imp[k].shape == first[k].shape for k in imp)
+                   for _, imp in self.anchors[1:])  # fmt: skip
+        if len(self.anchors) == 1 or not same:  # anchors over other parameters or shapes: term by term
+            return 0.5 * self.strength * sum(
+                (imp[k] * (named[k] - ref[k]).pow(2)).sum() for ref, imp in self.anchors for k in imp
+            )
         mu, a, const = self._merge()
         return 0.5 * self.strength * (sum((a[k] * (named[k] - mu[k]).pow(2)).sum() for k in a) + const)
 
