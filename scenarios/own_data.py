@@ -211,7 +211,8 @@ def tensor_split(
                                     class_order=class_order, seed=seed, setting=setting, spec=spec), data)  # fmt: skip
 
 
-@SCENARIOS.register("folder_domains", reference="your own folders, one per domain (domain-incremental)")
+@SCENARIOS.register("folder_domains",
+                    reference="your own folders, one per domain (domain-incremental, or TTA with a source_domain)")
 def folder_domains(
     root: str | None = None,
     domains: tuple[str, ...] | None = None,
