@@ -10,6 +10,7 @@ from cl_bench.scenarios import (  # noqa: F401
     corrupted_streams,
     digits,
     domainnet126,
+    hf_split,
     imagenet_c,
     imagenet_r,
     mnist,

@@ -181,6 +181,31 @@ def test_separate_mode_sums_one_term_per_anchor() -> None:
     assert len(penalty.anchors) == 2
 
 
+def test_separate_penalty_of_many_anchors_matches_the_term_by_term_sum() -> None:
+    """Several anchors are evaluated as one quadratic: same value and gradient as summing every term."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 5))
+    penalty = FisherPenalty(100.0, mode="separate")
+    for i in range(4):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        imp = {k: torch.rand_like(p) * (i + 1) for k, p in net.named_parameters()}
+        imp["0.bias"][:3] = 0.0  # parameters no anchor cares about
+        penalty.consolidate(net, imp)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    named = dict(net.named_parameters())
+    naive = 50.0 * sum((imp[k] * (named[k] - ref[k]).pow(2)).sum() for ref, imp in penalty.anchors for k in imp)
+    want = torch.autograd.grad(naive, list(named.values()))
+    value = penalty(net)
+    got = torch.autograd.grad(value, list(named.values()))
+    assert value.item() == pytest.approx(naive.item(), rel=1e-6)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6 * w.abs().max().item())
+
+
 def test_online_mode_decays_importance_and_keeps_one_anchor() -> None:
     net = _linear([[0.0]], [0.0])
     penalty = FisherPenalty(2.0, mode="online", decay=0.5)

@@ -159,3 +159,42 @@ def test_the_same_data_at_another_path_is_the_same_stream(tree: Path, tmp_path: 
     a = SCENARIOS.create("folder_split", root=str(tree), n_experiences=2, image_size=16)
     b = SCENARIOS.create("folder_split", root=str(copy), n_experiences=2, image_size=16)
     assert a.spec_hash == b.spec_hash and a.data != b.data and str(copy) in b.data
+
+
+@pytest.mark.slow
+def test_folder_domains_as_a_tta_stream_trains_its_source_on_a_domain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CL_BENCH_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(2)
+    root = tmp_path / "dom"
+    for d, n in (("photo", 12), ("art", 6), ("sketch", 9)):
+        for c in range(3):
+            _images(root / d / f"c{c}", n, 50 + 70 * c, rng)
+    s = SCENARIOS.create("folder_domains", root=str(root), source_domain="photo", image_size=16)
+    assert s.source is not None and s.source.train is not None and s.source.weights is None
+    assert len(s.source.train) + len(s.source.test) == 36 and s.source.train.x.dtype == torch.uint8
+    assert [e.meta["corruption"] for e in s] == ["art", "sketch"] and all(e.train is None for e in s)
+    assert [len(e.test) for e in s] == [18, 27] and s.spec["source_domain"] == "photo"
+    small = SCENARIOS.create("folder_domains", root=str(root), source_domain="photo", image_size=16,
+                             n_per_domain=5, setting="correlated")  # fmt: skip
+    assert [len(e.test) for e in small] == [5, 5] and small.spec_hash != s.spec_hash
+    rec = _run(capsys, tmp_path / "runs", "--scenario", "folder_domains", "--set", f"scenario.root={root}",
+               "--set", "scenario.source_domain=photo", "--set", "scenario.image_size=16",
+               "--set", "scenario.source_epochs=1", "--method", "tent")  # fmt: skip
+    assert rec["kind"] == "tta" and rec["status"] == "completed"
+    assert 0.0 <= rec["metrics"]["online_error"] <= 1.0 and rec["metrics"]["clean_acc_after"] is not None
+    # A saved source model replaces the source domain: the same architecture, loaded instead of trained.
+    from cl_bench.engine.source import source_model
+
+    weights = tmp_path / "source.pt"
+    torch.save(source_model(SCENARIOS.create("folder_domains", root=str(root), source_domain="photo",
+                                             image_size=16, source_epochs=1), 0).state_dict(), weights)  # fmt: skip
+    loaded = SCENARIOS.create("folder_domains", root=str(root), source_weights=str(weights),
+                              domains=("art", "sketch"), image_size=16)  # fmt: skip
+    assert loaded.source.train is None and loaded.source.free and loaded.spec["source_weights_sha256"]
+    for bad, needle in (({"source_domain": "paint"}, "not a folder"), ({"source_domain": "photo",
+                        "domains": ("photo",)}, "cannot also be a test domain"), ({"setting": "correlated"},
+                        "source_domain"), ({"source_domain": "photo", "setting": "gradual"}, "no severities")):
+        with pytest.raises((ConfigError, DataError), match=needle):
+            SCENARIOS.create("folder_domains", root=str(root), image_size=16, **bad)

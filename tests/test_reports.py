@@ -185,3 +185,30 @@ def test_count_flops_records_training_and_evaluation_flops(tmp_path: Path) -> No
     assert plain.parent.name == record_file.parent.name
     assert json.loads(plain.read_text())["metrics"] == rec["metrics"]
     assert "train_flops" not in json.loads(plain.read_text())["cost"]
+
+
+@pytest.mark.slow
+def test_plot_of_runs_under_different_protocols_draws_each_runs_boundaries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cl_bench.metrics import matrix_from_dict
+    from cl_bench.report.curves import overlay_boundaries
+    from cl_bench.report.leaderboard import run_labels
+
+    for epochs in ("1", "2"):
+        assert main(["run", "--scenario", "toy", "--method", "finetune", "--epochs", epochs, "--out",
+                     str(tmp_path / "runs"), "-q"]) == 0  # fmt: skip
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("*/run.json"))]
+    matrices = [matrix_from_dict(r["accuracy_matrix"], kind=r["kind"]) for r in records]
+    own = overlay_boundaries(matrices)
+    assert own is not None and len(own) == 2 and own[0] != own[1]
+    assert sorted(len(b) for b in own) == [len(own[0])] * 2  # the same experiences, ending elsewhere
+    assert overlay_boundaries([matrices[0], matrices[0]]) is None  # one protocol: one set of lines
+    labels = run_labels(records)
+    assert sorted(lab.split()[1] for lab in labels) == ["epochs=1", "epochs=2"], labels
+    capsys.readouterr()
+    out = tmp_path / "overlay.png"
+    assert main(["plot", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "different iterations" in err and all(", ".join(map(str, b)) in err for b in own), err
+    assert out.read_bytes()[:4] == b"\x89PNG"

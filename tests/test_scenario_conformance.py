@@ -12,6 +12,7 @@ from cl_bench.testing import SCENARIO_CHECKS, ConformanceError, check_scenario
 
 MNIST = "mnist"  # marker for configs that need the bundled MNIST test set (the mnist_root fixture)
 NPZ = "npz"  # marker for configs that need a small .npz file in the real format (the npz_file fixture)
+HF = "hf"  # marker for configs that need a small save_to_disk dataset (the hf_dir fixture; needs `datasets`)
 #: Small configs of the scenarios whose data is available here; ``None``: needs files this checkout lacks.
 CONFIGS: dict[str, dict[str, Any] | None] = {
     "toy": {},
@@ -27,6 +28,7 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "split_cifar10": None, "split_cifar100": None, "cifar10_c": None, "cifar100_c": None, "corrupted": None,
     "split_imagenet_r": None, "split_tinyimagenet": None,
     "tensor_split": {"path": NPZ, "n_experiences": 2},
+    "hf_split": {"path": HF, "n_experiences": 2, "image_size": 8},
 }  # fmt: skip
 #: File-backed builders (FileData, decoded per batch): check_scenario reads stored tensors, so they are covered
 #: by their own tests on trees written in the real layouts instead.
@@ -60,6 +62,8 @@ def test_registered_scenario_conforms(name: str, request: pytest.FixtureRequest)
         config["root"] = str(request.getfixturevalue("mnist_root"))
     if config.get("path") == NPZ:
         config["path"] = str(request.getfixturevalue("npz_file"))
+    if config.get("path") == HF:
+        config["path"] = str(request.getfixturevalue("hf_dir"))
     report = check_scenario(name, config)
     assert report.ok and [r.name for r in report.results] == list(SCENARIO_CHECKS)
 
@@ -72,6 +76,26 @@ def npz_file(tmp_path: Any) -> Any:
     path = tmp_path / "data.npz"
     np.savez(path, x=rng.integers(0, 256, (40, 6, 6), dtype=np.uint8), y=np.arange(40) % 4)
     return path
+
+
+@pytest.fixture
+def hf_dir(tmp_path: Any) -> Any:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    datasets = pytest.importorskip("datasets", reason="hf_split needs the hf extra: pip install 'cl_bench[hf]'")
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(24):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(buf, "PNG")
+        images.append({"bytes": buf.getvalue(), "path": None})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=4)})
+    data = datasets.Dataset.from_dict({"image": images, "label": [i % 4 for i in range(24)]}, features=features)
+    data.save_to_disk(str(tmp_path / "hf"))
+    return tmp_path / "hf"
 
 
 def test_every_listed_scenario_is_registered() -> None:

@@ -18,21 +18,23 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
-import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-#: The 15 benchmark corruptions of Hendrycks & Dietterich (the TTA benchmarks' streams) and the 4 extra ones.
-CORRUPTIONS_15 = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-                  "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-                  "jpeg_compression")  # fmt: skip
-CORRUPTIONS_EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-_WNID = re.compile(r"^n\d{8}$")
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".JPEG", ".JPG", ".PNG"}
+from cl_bench.data.layout_checks import (
+    CORRUPTIONS_15,
+    CORRUPTIONS_EXTRA,
+    PILOT_CLASSES,
+    Finding,
+    check_domainnet126,
+    check_imagenet_c,
+    check_imagenet_r,
+    check_tiny_imagenet,
+    pilot_check,
+)
 
 
 @dataclass(frozen=True)
@@ -51,19 +53,6 @@ class Archive:
     url: str
     md5: str | None
     into: str | None = None
-
-
-@dataclass
-class Finding:
-    """What a check found under a root: the dataset's folder, what is wrong, what was verified."""
-
-    folder: Path | None
-    problems: list[str] = field(default_factory=list)
-    verified: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.folder is not None and not self.problems
 
 
 @dataclass(frozen=True)
@@ -225,79 +214,6 @@ def _check_cifar_c(folder: Path, n_classes: int) -> Finding:
     return finding
 
 
-# ---------------------------------------------------------------- ImageFolder-style trees
-def _images(folder: Path) -> Iterator[str]:
-    with os.scandir(folder) as it:
-        for entry in it:
-            if entry.is_file() and Path(entry.name).suffix in _IMAGE_SUFFIXES:
-                yield entry.name
-
-
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and _WNID.match(p.name))
-
-
-def _check_imagenet_r(folder: Path) -> Finding:
-    classes = _class_dirs(folder)
-    if not classes:
-        return Finding(None)
-    finding = Finding(folder)
-    n = sum(sum(1 for _ in _images(c)) for c in classes)
-    if len(classes) != 200:
-        finding.problems.append(f"{folder}: {len(classes)} class folders, the release has 200")
-    if n != 30000:
-        finding.problems.append(f"{folder}: {n:,} images, the release has 30,000")
-    if not finding.problems:
-        finding.verified.append("200 class folders, 30,000 images, as released (no checksum is published)")
-    return finding
-
-
-def _check_tiny_imagenet(folder: Path) -> Finding:
-    if not (folder / "wnids.txt").is_file():
-        return Finding(None)
-    finding = Finding(folder)
-    wnids = (folder / "wnids.txt").read_text().split()
-    if len(wnids) != 200:
-        finding.problems.append(f"{folder / 'wnids.txt'}: {len(wnids)} class ids, expected 200")
-    short = [w for w in wnids if not (folder / "train" / w / "images").is_dir()
-             or sum(1 for _ in _images(folder / "train" / w / "images")) != 500]  # fmt: skip
-    if short:
-        finding.problems.append(f"{len(short)} class(es) without 500 training images under train/<wnid>/images "
-                                f"(first: {short[0]})")  # fmt: skip
-    ann = folder / "val" / "val_annotations.txt"
-    if not ann.is_file():
-        finding.problems.append(f"{ann} is missing")
-    elif (k := len(ann.read_text().splitlines())) != 10000:
-        finding.problems.append(f"{ann}: {k} lines, expected 10,000")
-    if not (folder / "val" / "images").is_dir():
-        finding.problems.append(f"{folder / 'val' / 'images'} is missing")
-    if not finding.problems:
-        finding.verified.append("200 classes x 500 training images and 10,000 annotated validation images")
-    return finding
-
-
-def _check_imagenet_c(folder: Path) -> Finding:
-    present = [c for c in (*CORRUPTIONS_15, *CORRUPTIONS_EXTRA) if (folder / c).is_dir()]
-    if not present:
-        return Finding(None)
-    finding = Finding(folder)
-    for c in CORRUPTIONS_15:
-        if c not in present:
-            finding.problems.append(f"{folder / c} is missing (one of the 15 benchmark corruptions)")
-    for c in present:
-        for s in range(1, 6):
-            sev = folder / c / str(s)
-            if not sev.is_dir():
-                finding.problems.append(f"{sev} is missing (severities 1-5)")
-                continue
-            classes = _class_dirs(sev)
-            if len(classes) != 1000:
-                finding.problems.append(f"{sev}: {len(classes)} class folders, the release has 1,000")
-    if not finding.problems:
-        finding.verified.append(f"{len(present)} corruptions x 5 severities x 1,000 class folders")
-    return finding
-
-
 _CS = "https://www.cs.toronto.edu/~kriz/"
 _ZENODO_C = "https://zenodo.org/records/2235448/files/"
 
@@ -331,20 +247,27 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("imagenet_r", ("split_imagenet_r",), "https://github.com/hendrycks/imagenet-r",
             "imagenet-r/<wnid>/<image>.jpg (200 classes, 30,000 images)", "imagenet-r",
             (Archive("imagenet-r.tar", "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar", None, ""),),
-            _check_imagenet_r, ("imagenet-r",)),
+            check_imagenet_r, ("imagenet-r",)),
     Dataset("tiny_imagenet", ("split_tinyimagenet",), "http://cs231n.stanford.edu/",
             "tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, val/images, val/val_annotations.txt}",
             "tiny-imagenet-200", (Archive("tiny-imagenet-200.zip", "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
                                           "90528d7ca1a48142e341f4ef8d21d0de", ""),),
-            _check_tiny_imagenet, ("tiny-imagenet-200",)),
-    Dataset("imagenet_c", (), "https://zenodo.org/records/2235448",
+            check_tiny_imagenet, ("tiny-imagenet-200",)),
+    *(Dataset(n.replace("-", "_"), (f"split_{'cub200' if n == 'cub' else n.replace('-', '_')}",),
+              "https://github.com/zhoudw-zdw/RevisitingCIL",
+              f"{n}/train/<class>/<image> and {n}/test/<class>/<image> ({k} class folders each; the folder is "
+              f"recognised by its name)", n, (), pilot_check(n)) for n, k in PILOT_CLASSES.items()),
+    Dataset("domainnet126", ("domainnet126",), "https://ai.bu.edu/M3SDA/",
+            "domainnet/{clipart,painting,real,sketch}_list.txt (lines '<domain>/<class>/<file>.jpg <label>') beside "
+            "domainnet/<domain>/<class>/<file>.jpg", "domainnet", (), check_domainnet126, ("domainnet",)),
+    Dataset("imagenet_c", ("imagenet_c",), "https://zenodo.org/records/2235448",
             "imagenet-c/<corruption>/<severity 1-5>/<wnid>/*.JPEG (15 corruptions x 5 severities x 1,000 classes)",
             "imagenet-c", tuple(Archive(n, _ZENODO_C + n, m, "imagenet-c") for n, m in [
                 ("noise.tar", "e80562d7f6c3f8834afb1ecf27252745"), ("blur.tar", "2d8e81fdd8e07fef67b9334fa635e45c"),
                 ("weather.tar", "33ffea4db4d93fe4a428c40a6ce0c25d"),
                 ("digital.tar", "89157860d7b10d5797849337ca2e5c03"),
                 ("extra.tar", "d492dfba5fc162d8ec2c3cd8ee672984")]),
-            _check_imagenet_c, ("imagenet-c",)),
+            check_imagenet_c, ("imagenet-c", "ImageNet-C")),
 )}  # fmt: skip
 
 

@@ -83,7 +83,16 @@ def plot(records: Sequence[str], *, out: str = "overlay.png", experience: int | 
         n = min(len(r["accuracy_matrix"]["boundary"]) for r in loaded)
         if not 0 <= experience < n:
             raise UserError(f"--experience must be between 0 and {n - 1} for these records, got {experience}")
-    print(plot_overlay(loaded, out, experience, run_labels(loaded)))
+    from cl_bench.metrics import matrix_from_dict
+    from cl_bench.report.curves import overlay_boundaries
+
+    labels = run_labels(loaded)
+    own = overlay_boundaries([matrix_from_dict(r["accuracy_matrix"], kind=r.get("kind")) for r in loaded])
+    if own is not None:  # the x axis is the training iteration: say why the boundary lines do not line up
+        ends = "; ".join(f"{lab}: {', '.join(map(str, b))}" for lab, b in zip(labels, own, strict=True))
+        print(f"note: these runs end their experiences at different iterations (different protocols), so each "
+              f"run's boundaries are drawn in its own colour ({ends})", file=sys.stderr)  # fmt: skip
+    print(plot_overlay(loaded, out, experience, labels))
     return 0
 
 

@@ -76,6 +76,16 @@ def boundary_iterations(m: AccuracyMatrix) -> list[int]:
     return [m.iteration[b] for b in m.boundary]
 
 
+def overlay_boundaries(matrices: Sequence[AccuracyMatrix]) -> list[list[int]] | None:
+    """Each run's boundary iterations when the runs' boundaries differ (different protocols), else None.
+
+    Runs under one protocol end their experiences at the same iterations, so one set of boundary lines
+    serves them all; runs whose epochs, batch size or stream differ do not, and each needs its own.
+    """
+    sets = [boundary_iterations(m) for m in matrices]
+    return sets if any(s != sets[0] for s in sets[1:]) else None
+
+
 def online_error_curve(m: TTAMatrix) -> tuple[list[int], list[float]]:
     """Test-time adaptation: online error of each experience (domain), x = its index in the stream."""
     return list(range(m.n_experiences)), online_errors(m)

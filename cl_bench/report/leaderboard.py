@@ -409,9 +409,13 @@ def parse_metrics(text: str | None) -> tuple[str, ...]:
 
 
 def run_labels(records: Sequence[dict[str, Any]]) -> list[str]:
-    """Legend labels telling records apart: method, differing parameters, scenario if mixed, seed."""
+    """Legend labels telling records apart: method, differing parameters, scenario if mixed, the protocol fields
+    that differ between the records (e.g. ``epochs=2``), seed."""
     rows = [Row(r["method"]["name"], r["method"]["config"]) for r in records]
     _labels(rows)
     mixed = len({r["scenario"]["spec_hash"] for r in records}) > 1
-    return [f"{row.label}{' on ' + r['scenario']['name'] if mixed else ''} s{r['seed']}"
-            for row, r in zip(rows, records, strict=True)]  # fmt: skip
+    protocols = [r.get("protocol") or {} for r in records]
+    keys = sorted({k for p in protocols for k in p if len({repr(q.get(k)) for q in protocols}) > 1})
+    return [f"{row.label}{' on ' + r['scenario']['name'] if mixed else ''}"
+            f"{''.join(f' {k}={p.get(k)}' for k in keys)} s{r['seed']}"
+            for row, r, p in zip(rows, records, protocols, strict=True)]  # fmt: skip

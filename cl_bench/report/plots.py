@@ -68,7 +68,9 @@ def plot_overlay(
     Each run contributes one line: its mean accuracy over the experiences seen
     so far (default), or its accuracy on one ``experience`` from the end of that
     experience's training on, where the stability gap of De Lange et al. (ICLR
-    2023) shows. Dotted lines mark the experience boundaries of the first run.
+    2023) shows. Dotted lines mark the experience boundaries: grey when every run shares them, else each
+    run's own in its line's colour (runs of different protocols end their experiences at different
+    iterations; the title says so).
 
     Args:
         records: Run records (see DESIGN.md).
@@ -79,29 +81,36 @@ def plot_overlay(
     Returns:
         The path written.
     """
-    from cl_bench.report.curves import boundary_iterations, experience_accuracy, seen_accuracy
+    from cl_bench.report.curves import boundary_iterations, experience_accuracy, overlay_boundaries, seen_accuracy
 
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     cmap = plt.get_cmap("tab10" if len(records) <= 10 else "tab20")
-    for k, record in enumerate(records):
-        m = matrix_from_dict(record["accuracy_matrix"], kind=record.get("kind"))
+    matrices = [matrix_from_dict(r["accuracy_matrix"], kind=r.get("kind")) for r in records]
+    for record, m in zip(records, matrices, strict=True):
         if not isinstance(m, AccuracyMatrix):
             raise ValueError(f"record {record.get('run_id')} is a test-time adaptation run: it has no per-iteration "
                              f"curves to overlay (its plot shows the online error per domain)")  # fmt: skip
+    own = overlay_boundaries(matrices)  # type: ignore[arg-type]
+    for k, (record, m) in enumerate(zip(records, matrices, strict=True)):
         if experience is None:
             xs, ys = seen_accuracy(m)
         else:
             xs, ys = experience_accuracy(m, experience, from_boundary=True, gaps=True)
         label = labels[k] if labels else f"{record['method']['name']} s{record['seed']} ({record['scenario']['name']})"
         ax.plot(xs, ys, lw=1.3, color=cmap(k % cmap.N), label=label)
-        if k == 0:
+        if own is not None:
+            for it in own[k]:
+                ax.axvline(it, color=cmap(k % cmap.N), ls=":", lw=1, alpha=0.8)
+        elif k == 0:
             for it in boundary_iterations(m):
                 ax.axvline(it, color="0.5", ls=":", lw=1)
     ax.set_xlabel("training iteration")
     ax.set_ylabel("test accuracy" + ("" if experience is None else f" on experience {experience}"))
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("accuracy on the experiences seen so far" if experience is None
-                 else f"experience {experience} after it was learnt (stability gap)")  # fmt: skip
+    title = ("accuracy on the experiences seen so far" if experience is None
+             else f"experience {experience} after it was learnt (stability gap)")  # fmt: skip
+    ax.set_title(title + ("\n(runs end their experiences at different iterations: each run's boundaries in its "
+                          "colour)" if own is not None else ""), fontsize=10 if own is not None else None)  # fmt: skip
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
