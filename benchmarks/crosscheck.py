@@ -8,7 +8,8 @@ agree under the rule
 
     |mean_native - mean_avalanche| <= max(0.02, 2 * pooled seed std),   pooled = sqrt((s_n^2 + s_a^2) / 2)
 
-Pairs whose implementations differ by design carry a note; ``er`` vs ``avalanche:Replay`` is run
+Pairs whose implementations differ by design carry a note; ``der`` and ``mir`` are run twice, the
+second time with ``memory=balanced_at_end`` (Avalanche's memory policy); ``er`` vs ``avalanche:Replay`` is run
 twice, once as is (reservoir memory updated every step, replay from the first batch) and once
 against ``er_cb`` with the memory and replay policy switched to Avalanche's (class-balanced memory
 rebuilt at experience ends, so replay starts with the second experience).
@@ -63,7 +64,12 @@ def pairs(batch_size: int, epochs: int, lr: float) -> list[Pair]:
     return [
         Pair("der", "der", "avalanche:DER", {**mem, "alpha": 0.2},
              {"mem_size": BUDGET, "alpha": 0.2, "beta": 0.0, "batch_size_mem": batch_size},
-             "DER = Avalanche DER with beta 0"),
+             "by design: native (mammoth) memory is a reservoir written every step with the logits of the moment; "
+             "Avalanche fills a class-balanced memory at experience ends with the trained network's logits"),
+        Pair("der_cb", "der", "avalanche:DER", {**mem, "alpha": 0.2, "memory": "balanced_at_end"},
+             {"mem_size": BUDGET, "alpha": 0.2, "beta": 0.0, "batch_size_mem": batch_size},
+             "native switched to Avalanche's memory (class-balanced, filled at experience ends with the trained "
+             "network's logits; replay from the second experience)"),
         Pair("derpp", "derpp", "avalanche:DER", {**mem, "alpha": 0.2, "beta": 1.0},
              {"mem_size": BUDGET, "alpha": 0.2, "beta": 1.0, "batch_size_mem": batch_size},
              "Avalanche's DER draws one memory batch for both terms; DER++ (mammoth) draws two"),
