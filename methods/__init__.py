@@ -52,4 +52,5 @@ from cl_bench.methods import (  # noqa: F401
     t3a,
     tent,
     wa,
+    xder,
 )

@@ -73,3 +73,77 @@ def test_der_balanced_memory_refuses_budget_below_classes(tmp_path: Path) -> Non
 def test_der_rejects_unknown_memory() -> None:
     with pytest.raises(ValueError, match="memory"):
         METHODS.create("der", memory="fifo")
+
+
+# -- X-DER (mammoth models/xder.py) --------------------------------------------------------------------------------
+
+
+def test_xder_update_logits_on_a_hand_example() -> None:
+    from cl_bench.methods.xder import update_logits
+
+    old = torch.tensor([[2.0, 0.5, 0.1, 0.0],   # label 0, stored logit 2
+                        [1.0, 3.0, 0.2, 0.1]])  # label 1, stored logit 3  # fmt: skip
+    new = torch.tensor([[9.0, 9.0, 4.0, 1.0],   # future max 4 > 2: scaled by 0.85 * 2 / 4 = 0.425
+                        [9.0, 9.0, 2.0, -1.0]])  # future max 2 < 3: copied as is  # fmt: skip
+    cols = torch.tensor([False, False, True, True])
+    out = update_logits(old, new, torch.tensor([0, 1]), cols, gamma=0.85)
+    expected = torch.tensor([[2.0, 0.5, 1.7, 0.425],
+                             [1.0, 3.0, 2.0, -1.0]])  # fmt: skip
+    assert torch.allclose(out, expected)
+    assert torch.equal(old[0], torch.tensor([2.0, 0.5, 0.1, 0.0]))  # the input is left alone
+    # the past update of mammoth's end_task: old = new, the past columns capped at gamma x the own logit
+    past = update_logits(new[:1], new[:1], torch.tensor([2]), torch.tensor([True, True, False, False]), 0.85)
+    assert torch.allclose(past, torch.tensor([[0.85 * 4.0, 0.85 * 4.0, 4.0, 1.0]]))
+
+
+def test_xder_supcon_matches_the_definition() -> None:
+    from cl_bench.methods.xder import supcon_sum
+
+    torch.manual_seed(0)
+    feats = torch.nn.functional.normalize(torch.randn(3, 2, 4), dim=2)
+    labels = torch.tensor([0, 1, 0])
+    t = 5.0
+    rows = [(i, j) for j in range(2) for i in range(3)]  # view-major, as the code
+    total = 0.0
+    for a, (ia, ja) in enumerate(rows):
+        others = [b for b in range(len(rows)) if b != a]
+        denom = sum(torch.exp(feats[ia, ja] @ feats[rows[b][0], rows[b][1]] / t) for b in others)
+        pos = [b for b in others if labels[rows[b][0]] == labels[ia]]
+        total += -sum(feats[ia, ja] @ feats[rows[b][0], rows[b][1]] / t - torch.log(denom) for b in pos) / len(pos)
+    expected = total / 2  # mean over the 2 views, summed over the 3 examples
+    assert torch.isclose(supcon_sum(feats, labels, t), torch.as_tensor(expected), atol=1e-5)
+
+
+def test_xder_memory_is_balanced_and_future_logits_are_updated_at_experience_end() -> None:
+    scenario = toy_scenario()
+    method = METHODS.create("xder", buffer_size=30, lr=0.1)
+    method.setup(_info(scenario), 0)
+    _train(method, list(scenario), 1)
+    first = set(scenario[0].classes)
+    assert len(method.buffer) == 30 and set(method.buffer.y.tolist()) == first
+    stored = method.buffer.logits.clone()
+    _train(method, [scenario[1]], 1)
+    counts = torch.unique(method.buffer.y, return_counts=True)[1]
+    assert len(method.buffer) <= 30 and sorted(counts.tolist()) == [7, 7, 8, 8]
+    old_rows = torch.tensor([int(c) in first for c in method.buffer.y])
+    second = torch.tensor([c in scenario[1].classes for c in range(6)])
+    # the old examples' past-head (first experience) columns are never rewritten ...
+    past_cols = torch.tensor([c in first for c in range(6)])
+    assert all(any(torch.equal(r[past_cols], s[past_cols]) for s in stored) for r in method.buffer.logits[old_rows])
+    # ... while their present-head columns were rewritten and, where the ground-truth logit is positive (the
+    # rule's scale is negative otherwise, as in mammoth), stay at or below it
+    lg, yy = method.buffer.logits[old_rows], method.buffer.y[old_rows]
+    gt = lg[torch.arange(len(yy)), yy]
+    assert not any(torch.equal(r[second], s[second]) for r in lg for s in stored)
+    assert (gt > 0).sum() >= 3 and (lg[gt > 0][:, second].max(1).values <= gt[gt > 0] + 1e-5).all()
+    # the new examples' past-head logits were capped by the past update
+    lg, yy = method.buffer.logits[~old_rows], method.buffer.y[~old_rows]
+    gt = lg[torch.arange(len(yy)), yy]
+    assert (gt > 0).sum() >= 3 and (lg[gt > 0][:, past_cols].max(1).values <= gt[gt > 0] + 1e-5).all()
+
+
+def test_xder_refuses_domain_incremental_streams() -> None:
+    scenario = toy_scenario()
+    info = StreamInfo(input_shape=tuple(scenario.input_shape), n_classes=6, n_experiences=3, setting="domain_il")
+    with pytest.raises(ConfigError, match="domain-incremental"):
+        METHODS.create("xder").setup(info, 0)

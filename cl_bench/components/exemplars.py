@@ -114,10 +114,15 @@ class ClassBalancedBuffer:
             keep.append(idx[order[:q]])
         return torch.cat(keep)
 
+    def sample_indices(self, n: int) -> torch.Tensor:
+        """Rows of up to ``n`` stored examples drawn without replacement."""
+        assert self.y is not None, "sample() on an empty buffer"
+        return torch.randperm(len(self.y), generator=self.gen)[: min(n, len(self.y))].to(self.y.device)
+
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Up to ``n`` stored examples drawn without replacement: inputs, labels, task ids (-1 = none)."""
         assert self.x is not None and self.y is not None and self.t is not None, "sample() on an empty buffer"
-        idx = torch.randperm(len(self.y), generator=self.gen)[: min(n, len(self.y))].to(self.y.device)
+        idx = self.sample_indices(n)
         return self.x[idx], self.y[idx], self.t[idx]
 
     def state_dict(self) -> dict[str, Any]:
@@ -159,7 +164,7 @@ class LogitClassBalancedBuffer(ClassBalancedBuffer):
     def sample_with_logits(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Up to ``n`` stored examples without replacement: inputs, labels, task ids, logits."""
         assert self.x is not None and self.y is not None and self.t is not None and self.logits is not None
-        idx = torch.randperm(len(self.y), generator=self.gen)[: min(n, len(self.y))].to(self.y.device)
+        idx = self.sample_indices(n)
         return self.x[idx], self.y[idx], self.t[idx], self.logits[idx]
 
     def state_dict(self) -> dict[str, Any]:
