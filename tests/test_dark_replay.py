@@ -147,3 +147,52 @@ def test_xder_refuses_domain_incremental_streams() -> None:
     info = StreamInfo(input_shape=tuple(scenario.input_shape), n_classes=6, n_experiences=3, setting="domain_il")
     with pytest.raises(ConfigError, match="domain-incremental"):
         METHODS.create("xder").setup(info, 0)
+
+
+# -- ER-AML (github.com/pclucas14/AML methods/er_aml.py) -----------------------------------------------------------
+
+
+def test_aml_loss_on_a_hand_example() -> None:
+    from cl_bench.methods.er_aml import aml_loss
+
+    anchor = torch.tensor([[1.0, 0.0]])
+    contrast = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # its positive, then a negative
+    t, base = 0.2, 0.07
+    # log softmax of the positive over (1/t, 0/t), scaled by t / base
+    expected = -(t / base) * (5.0 - torch.log(torch.exp(torch.tensor(5.0)) + 1.0))
+    got = aml_loss(anchor, torch.tensor([3]), contrast, torch.tensor([3, 4]), t, base)
+    assert torch.isclose(got, expected)
+    # a closer positive lowers the loss; a closer negative raises it
+    assert aml_loss(anchor, torch.tensor([3]), torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([3, 4]),
+                    t, base) > got  # fmt: skip
+
+
+def test_er_aml_draws_valid_positives_and_negatives() -> None:
+    scenario = toy_scenario()
+    method = METHODS.create("er_aml", buffer_size=30)
+    method.setup(_info(scenario), 0)
+    method.begin_experience(scenario[0])
+    x, y = scenario[0].train.batch(slice(0, 20))
+    method.observe(Batch(x, y, None, 0))
+    assert len(method.buffer) == 20
+    x2, y2 = scenario[0].train.batch(slice(20, 30))
+    y2 = y2.clone()
+    y2[:] = y2[0]  # one label only: no negative exists among the batch's labels
+    *_, invalid = method.positives_negatives(x2, y2)
+    assert invalid.all()
+    x3, y3 = scenario[0].train.batch(20 + torch.randperm(60, generator=torch.Generator().manual_seed(0))[:20])
+    assert len(y3.unique()) == 2
+    pos_x, neg_x, pos_y, neg_y, invalid = method.positives_negatives(x3, y3)
+    assert not invalid.any() and torch.equal(pos_y, y3) and (neg_y != y3).all()
+    assert set(neg_y.tolist()) <= set(y3.tolist())  # negatives from the incoming batch's labels
+    assert not any(torch.equal(p, a) for p, a in zip(pos_x, x3, strict=True))  # never itself
+    method.observe(Batch(x3, y3, None, 0))  # the metric-loss step runs
+
+
+def test_er_aml_needs_network_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cl_bench.families.supervised as sup
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 6))  # no `features`
+    monkeypatch.setattr(sup, "build_network", lambda cfg, info: (net, torch.optim.SGD(net.parameters(), lr=0.1)))
+    with pytest.raises(ConfigError, match="features"):
+        METHODS.create("er_aml").setup(_info(toy_scenario()), 0)
