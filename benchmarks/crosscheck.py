@@ -178,18 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     network = {"model": "mlp", "hidden_size": args.hidden_size, "lr": args.lr}
     todo = [p for p in pairs(args.batch_size, args.epochs, args.lr) if args.pairs is None or p.key in args.pairs]
     results = []
+    title = (f"### {args.scenario}: {len(args.seeds)} seeds, {args.epochs} epoch(s), batch {args.batch_size}, "
+             f"MLP 2x{args.hidden_size}, SGD lr {args.lr}, memory {BUDGET}")  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         for pair in todo:
             r = run_pair(pair, args.scenario, sc, protocol, args.seeds, network, out)
             results.append(r)
             print(" | ".join(r.cells()[:7]) + f"  ({r.seconds:.0f} s)", flush=True)
-    title = (f"### {args.scenario}: {len(args.seeds)} seeds, {args.epochs} epoch(s), batch {args.batch_size}, "
-             f"MLP 2x{args.hidden_size}, SGD lr {args.lr}, memory {BUDGET}")  # fmt: skip
-    table = markdown(results, title)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(table)
+            if args.markdown:  # rewritten after every pair, so an interrupted run keeps what finished
+                with open(args.markdown, "w") as fh:
+                    fh.write(markdown(results, title))
+    print(markdown(results, title))
     return 0
 
 

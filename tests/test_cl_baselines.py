@@ -110,7 +110,7 @@ def _batch(x: torch.Tensor, y: torch.Tensor, e: int) -> Batch:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", ["derpp"])
+@pytest.mark.parametrize("key", ["derpp", "der_cb"])
 def test_native_agrees_with_avalanche_within_seed_spread(tmp_path: Path, key: str) -> None:
     # The rule and settings of benchmarks/crosscheck.py (docs/methods.md): |mean diff| <= max(0.02, 2 x pooled
     # seed std) over 3 seeds; 5 epochs, batch 10, MLP 2x100, SGD lr 0.01, memory 200. About 2 min on one core.
