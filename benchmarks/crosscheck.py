@@ -91,6 +91,12 @@ def pairs(batch_size: int, epochs: int, lr: float) -> list[Pair]:
              {**mem, "subsample": 50, "replay_batch_size": batch_size, "memory": "balanced_at_end"},
              {"mem_size": BUDGET, "subsample": 50, "batch_size_mem": batch_size},
              "native switched to Avalanche's memory (class-balanced, rebuilt at experience ends)"),
+        Pair("mir_avl", "mir", "avalanche:MIR",
+             {**mem, "subsample": 50, "replay_batch_size": batch_size, "memory": "balanced_at_end",
+              "exclude_last_classes": True},
+             {"mem_size": BUDGET, "subsample": 50, "batch_size_mem": batch_size},
+             "native switched to Avalanche's memory and candidates (the previous experience's last batch's "
+             "classes excluded)"),
         Pair("er", "er", "avalanche:Replay", mem, {"mem_size": BUDGET},
              "by design: native reservoir updated every step, replay from the first batch; Avalanche "
              "rebuilds a class-balanced memory at experience ends"),

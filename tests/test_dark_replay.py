@@ -196,3 +196,25 @@ def test_er_aml_needs_network_features(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sup, "build_network", lambda cfg, info: (net, torch.optim.SGD(net.parameters(), lr=0.1)))
     with pytest.raises(ConfigError, match="features"):
         METHODS.create("er_aml").setup(_info(toy_scenario()), 0)
+
+
+# -- MIR with Avalanche's candidate exclusion (benchmarks/crosscheck.py pair mir_avl) ------------------------------
+
+
+def test_mir_exclude_last_classes_leaves_the_last_batch_classes_out_of_the_candidates() -> None:
+    scenario = toy_scenario()
+    method = METHODS.create("mir", buffer_size=30, memory="balanced_at_end", exclude_last_classes=True,
+                            subsample=20, replay_batch_size=5)  # fmt: skip
+    method.setup(_info(scenario), 0)
+    _train(method, list(scenario), 1)
+    last = scenario[0].train.batch(slice(60, 80))[1].unique()  # _train's last batch of the first experience
+    assert torch.equal(method.excluded, last) and len(last) == 1
+    exp = scenario[1]
+    method.begin_experience(exp)
+    x, y = exp.train.batch(slice(0, 20))
+    picked = method.retrieve(torch.nn.functional.cross_entropy(method.net(x), y), task_il=False)
+    assert picked is not None and len(picked[1]) == 5 and not torch.isin(picked[1], last).any()
+    method.excluded = method.buffer.y.unique()  # every memory class excluded: no replay, as Avalanche
+    assert method.retrieve(torch.nn.functional.cross_entropy(method.net(x), y), task_il=False) is None
+    with pytest.raises(ValueError, match="balanced_at_end"):
+        METHODS.create("mir", exclude_last_classes=True)
