@@ -179,7 +179,8 @@ class XDER(SupervisedMethod):
 
     Config: ClassVar[type] = XDERConfig
     caps: ClassVar[Caps] = Caps(memory="bounded")
-    # The toy stream gives 3 steps per experience: too few at lr 0.01 on the present head alone.
+    # The toy stream gives 3 steps per experience: too few at lr 0.01 on the present head alone; a budget
+    # below its 240 examples makes the suite see the memory shrink old classes at each rebuild.
     conformance_config: ClassVar[dict[str, Any]] = {"lr": 0.1, "buffer_size": 60}
 
     def setup(self, info: StreamInfo, seed: int) -> None:
