@@ -8,8 +8,9 @@ agree under the rule
 
     |mean_native - mean_avalanche| <= max(0.02, 2 * pooled seed std),   pooled = sqrt((s_n^2 + s_a^2) / 2)
 
-Pairs whose implementations differ by design carry a note; ``der`` and ``mir`` are run twice, the
-second time with ``memory=balanced_at_end`` (Avalanche's memory policy); ``er`` vs ``avalanche:Replay`` is run
+Pairs whose implementations differ by design carry a note; ``der`` and ``mir`` are run again with
+Avalanche's memory policy (``der_cb``, ``mir_cb``: ``memory=balanced_at_end``; ``mir_avl`` also excludes
+the last batch's classes from the candidates, as Avalanche's plugin); ``er`` vs ``avalanche:Replay`` is run
 twice, once as is (reservoir memory updated every step, replay from the first batch) and once
 against ``er_cb`` with the memory and replay policy switched to Avalanche's (class-balanced memory
 rebuilt at experience ends, so replay starts with the second experience).
