@@ -8,7 +8,9 @@ agree under the rule
 
     |mean_native - mean_avalanche| <= max(0.02, 2 * pooled seed std),   pooled = sqrt((s_n^2 + s_a^2) / 2)
 
-Pairs whose implementations differ by design carry a note; ``er`` vs ``avalanche:Replay`` is run
+Pairs whose implementations differ by design carry a note; ``der`` and ``mir`` are run again with
+Avalanche's memory policy (``der_cb``, ``mir_cb``: ``memory=balanced_at_end``; ``mir_avl`` also excludes
+the last batch's classes from the candidates, as Avalanche's plugin); ``er`` vs ``avalanche:Replay`` is run
 twice, once as is (reservoir memory updated every step, replay from the first batch) and once
 against ``er_cb`` with the memory and replay policy switched to Avalanche's (class-balanced memory
 rebuilt at experience ends, so replay starts with the second experience).
@@ -63,7 +65,12 @@ def pairs(batch_size: int, epochs: int, lr: float) -> list[Pair]:
     return [
         Pair("der", "der", "avalanche:DER", {**mem, "alpha": 0.2},
              {"mem_size": BUDGET, "alpha": 0.2, "beta": 0.0, "batch_size_mem": batch_size},
-             "DER = Avalanche DER with beta 0"),
+             "by design: native (mammoth) memory is a reservoir written every step with the logits of the moment; "
+             "Avalanche fills a class-balanced memory at experience ends with the trained network's logits"),
+        Pair("der_cb", "der", "avalanche:DER", {**mem, "alpha": 0.2, "memory": "balanced_at_end"},
+             {"mem_size": BUDGET, "alpha": 0.2, "beta": 0.0, "batch_size_mem": batch_size},
+             "native switched to Avalanche's memory (class-balanced, filled at experience ends with the trained "
+             "network's logits; replay from the second experience)"),
         Pair("derpp", "derpp", "avalanche:DER", {**mem, "alpha": 0.2, "beta": 1.0},
              {"mem_size": BUDGET, "alpha": 0.2, "beta": 1.0, "batch_size_mem": batch_size},
              "Avalanche's DER draws one memory batch for both terms; DER++ (mammoth) draws two"),
@@ -85,6 +92,12 @@ def pairs(batch_size: int, epochs: int, lr: float) -> list[Pair]:
              {**mem, "subsample": 50, "replay_batch_size": batch_size, "memory": "balanced_at_end"},
              {"mem_size": BUDGET, "subsample": 50, "batch_size_mem": batch_size},
              "native switched to Avalanche's memory (class-balanced, rebuilt at experience ends)"),
+        Pair("mir_avl", "mir", "avalanche:MIR",
+             {**mem, "subsample": 50, "replay_batch_size": batch_size, "memory": "balanced_at_end",
+              "exclude_last_classes": True},
+             {"mem_size": BUDGET, "subsample": 50, "batch_size_mem": batch_size},
+             "native switched to Avalanche's memory and candidates (the previous experience's last batch's "
+             "classes excluded)"),
         Pair("er", "er", "avalanche:Replay", mem, {"mem_size": BUDGET},
              "by design: native reservoir updated every step, replay from the first batch; Avalanche "
              "rebuilds a class-balanced memory at experience ends"),
@@ -172,18 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     network = {"model": "mlp", "hidden_size": args.hidden_size, "lr": args.lr}
     todo = [p for p in pairs(args.batch_size, args.epochs, args.lr) if args.pairs is None or p.key in args.pairs]
     results = []
+    title = (f"### {args.scenario}: {len(args.seeds)} seeds, {args.epochs} epoch(s), batch {args.batch_size}, "
+             f"MLP 2x{args.hidden_size}, SGD lr {args.lr}, memory {BUDGET}")  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         for pair in todo:
             r = run_pair(pair, args.scenario, sc, protocol, args.seeds, network, out)
             results.append(r)
             print(" | ".join(r.cells()[:7]) + f"  ({r.seconds:.0f} s)", flush=True)
-    title = (f"### {args.scenario}: {len(args.seeds)} seeds, {args.epochs} epoch(s), batch {args.batch_size}, "
-             f"MLP 2x{args.hidden_size}, SGD lr {args.lr}, memory {BUDGET}")  # fmt: skip
-    table = markdown(results, title)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(table)
+            if args.markdown:  # rewritten after every pair, so an interrupted run keeps what finished
+                with open(args.markdown, "w") as fh:
+                    fh.write(markdown(results, title))
+    print(markdown(results, title))
     return 0
 
 

@@ -20,6 +20,7 @@ from cl_bench.methods import (  # noqa: F401
     eata,
     er,
     er_ace,
+    er_aml,
     er_cb,
     ewc,
     fecam,
@@ -52,4 +53,5 @@ from cl_bench.methods import (  # noqa: F401
     t3a,
     tent,
     wa,
+    xder,
 )

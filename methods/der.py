@@ -5,24 +5,32 @@ them when they were seen, and re-augments them at each replay (mammoth's ``not_a
 step adds ``alpha * MSE(net(x_mem), logits_mem)`` to the cross-entropy of the incoming batch; DER++
 adds ``beta * CE`` on the stored labels of a second, independent memory sample. One paper, one file.
 
+``memory=balanced_at_end`` switches to Avalanche 0.6's memory policy instead (as ``mir`` has it): a
+class-balanced memory rebuilt at each experience's end, the new examples stored with the logits of the
+network trained on the whole experience (eval mode, un-augmented inputs), so replay starts with the
+second experience. It exists for the cross-check in ``benchmarks/crosscheck.py``.
+
 References:
     Buzzega et al. "Dark experience for general continual learning: a strong, simple baseline". NeurIPS 2020.
     Official code: github.com/aimagelab/mammoth, ``models/der.py`` (loss) and ``utils/best_args.py``
         (defaults, seq-mnist, buffer 200).
+    Avalanche 0.6 ``avalanche/training/supervised/der.py`` (``ClassBalancedBufferWithLogits``, the
+        ``balanced_at_end`` memory).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
-from cl_bench.components import LogitReservoirBuffer
+from cl_bench.components import LogitClassBalancedBuffer, LogitReservoirBuffer, require_per_class_room
+from cl_bench.components.buffer import replay_inputs, stored_examples
 from cl_bench.core.method import Caps, held_bytes
 from cl_bench.core.registry import METHODS
-from cl_bench.core.types import Batch, StreamInfo
+from cl_bench.core.types import Batch, Experience, StreamInfo
 from cl_bench.families.supervised import SupervisedMethod, TrainConfig
 
 
@@ -35,16 +43,22 @@ class DERConfig(TrainConfig):
         alpha: Weight of the logit-replay MSE (0.2: mammoth ``utils/best_args.py``, seq-mnist, buffer 200).
         replay_batch_size: Memory examples per step (0 = as many as the incoming batch; mammoth's
             ``minibatch_size``).
+        memory: "reservoir" (the paper's and mammoth's: written at every step with the logits the
+            example got when seen) or "balanced_at_end" (Avalanche 0.6's ``DER``: class-balanced, rebuilt
+            at experience ends with the trained network's logits; replay from the second experience).
     """
 
     buffer_size: int = 200
     alpha: float = 0.2
     replay_batch_size: int = 0
+    memory: Literal["reservoir", "balanced_at_end"] = "reservoir"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.buffer_size < 0 or self.replay_batch_size < 0 or self.alpha < 0:
             raise ValueError("buffer_size, replay_batch_size and alpha must be >= 0")
+        if self.memory not in ("reservoir", "balanced_at_end"):
+            raise ValueError(f"memory must be 'reservoir' or 'balanced_at_end', got {self.memory!r}")
 
 
 @METHODS.register(
@@ -59,9 +73,23 @@ class DER(SupervisedMethod):
     caps: ClassVar[Caps] = Caps(memory="bounded")
 
     def setup(self, info: StreamInfo, seed: int) -> None:
+        self.balanced = self.config.memory == "balanced_at_end"
+        if self.balanced:
+            require_per_class_room(type(self).__name__.lower(), self.config.buffer_size, info.n_classes)
         super().setup(info, seed)
-        self.buffer = LogitReservoirBuffer(self.config.buffer_size, seed)
+        self.buffer: LogitReservoirBuffer | LogitClassBalancedBuffer
+        if self.balanced:
+            self.buffer = LogitClassBalancedBuffer(self.config.buffer_size, seed)
+        else:
+            self.buffer = LogitReservoirBuffer(self.config.buffer_size, seed)
+        self.view: Any = None  # balanced memory: raw examples -> training inputs (filled at experience ends)
         self._incoming_logits: torch.Tensor | None = None
+
+    def replay_view(self, stored: torch.Tensor) -> torch.Tensor:
+        """Training inputs for stored memory examples, freshly augmented."""
+        if self.balanced:
+            return replay_inputs(self.view, stored, self.buffer.gen)
+        return self._batch.replay(stored, self.buffer.gen)
 
     def replay_n(self, batch: Batch) -> int:
         """How many memory examples each replay term draws."""
@@ -72,7 +100,7 @@ class DER(SupervisedMethod):
         if not len(self.buffer) or self.config.alpha == 0:
             return 0.0
         mx, _, _, ml = self.buffer.sample_with_logits(self._n)
-        mx = self._batch.replay(mx, self.buffer.gen)  # fresh augmentation; the stored logits stay as stored
+        mx = self.replay_view(mx)  # fresh augmentation; the stored logits stay as stored
         return self.config.alpha * F.mse_loss(self.net(mx), ml)
 
     def regularizer(self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor | float:
@@ -84,8 +112,24 @@ class DER(SupervisedMethod):
         self._n, self._batch = self.replay_n(batch), batch
         loss = self.step(batch.x, batch.y, batch.task_ids)
         assert self._incoming_logits is not None
-        self.buffer.add_with_logits(batch.stored, batch.y, self._incoming_logits, batch.task_ids)
+        if isinstance(self.buffer, LogitReservoirBuffer):
+            self.buffer.add_with_logits(batch.stored, batch.y, self._incoming_logits, batch.task_ids)
         return {"loss": loss}
+
+    def end_experience(self, exp: Experience) -> None:
+        super().end_experience(exp)
+        if not isinstance(self.buffer, LogitClassBalancedBuffer) or exp.train is None or not len(exp.train):
+            return
+        x, y, self.view = stored_examples(exp.train, slice(None), self.device)
+        t = exp.train.t if exp.train.t is not None else torch.full_like(y, -1 if exp.task_id is None else exp.task_id)
+        # Avalanche's compute_dataset_logits: the trained network in eval mode on un-augmented inputs.
+        was_training = self.net.training
+        self.net.eval()
+        with torch.no_grad():
+            logits = torch.cat([self.net(replay_inputs(self.view, x[i : i + 256], None))
+                                for i in range(0, len(x), 256)])  # fmt: skip
+        self.net.train(was_training)
+        self.buffer.rebuild_with_logits(x, y, logits, t.to(self.device))
 
     def memory_size(self) -> int:
         return len(self.buffer)
@@ -97,11 +141,12 @@ class DER(SupervisedMethod):
         return held_bytes(len(self.buffer), self.buffer.x, self.buffer.y, self.buffer.t, self.buffer.logits)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "buffer": self.buffer.state_dict()}
+        return {**super().state_dict(), "buffer": self.buffer.state_dict(), "view": self.view}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.buffer.load_state_dict(state["buffer"])
+        self.view = state.get("view")
 
 @dataclass(frozen=True)
 class DERPPConfig(DERConfig):
@@ -137,7 +182,7 @@ class DERPP(DER):
             return loss
         # A second draw, independent of the logit term's, as mammoth's derpp.py does.
         mx, my, mt = self.buffer.sample(self._n)
-        out = self.net(self._batch.replay(mx, self.buffer.gen))
+        out = self.net(self.replay_view(mx))
         if (mt >= 0).all():
             out = self.mask_logits(out, mt)
         return loss + self.config.beta * F.cross_entropy(out, my)

@@ -41,6 +41,10 @@ class MIRConfig(TrainConfig):
         memory: "reservoir" (the paper's: updated at every step) or "balanced_at_end" (Avalanche 0.6's
             ``MIRPlugin``: a class-balanced memory rebuilt at each experience's end, so replay starts with the
             second experience), for the cross-check in ``benchmarks/crosscheck.py``.
+        exclude_last_classes: With ``balanced_at_end``, leave out of the candidates, during each
+            experience, the classes of the previous experience's last mini-batch (Avalanche 0.6's
+            ``MIRPlugin.after_training_exp``: ``int(key) not in torch.unique(strategy.mb_y)``); no replay
+            while fewer than ``replay_batch_size`` + 1 candidates remain, as Avalanche.
     """
 
     buffer_size: int = 200
@@ -48,6 +52,7 @@ class MIRConfig(TrainConfig):
     replay_batch_size: int = 10
     virtual_lr: float = 0.0
     memory: Literal["reservoir", "balanced_at_end"] = "reservoir"
+    exclude_last_classes: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,6 +62,8 @@ class MIRConfig(TrainConfig):
             raise ValueError("need 1 <= replay_batch_size <= subsample")
         if self.memory not in ("reservoir", "balanced_at_end"):
             raise ValueError(f"memory must be 'reservoir' or 'balanced_at_end', got {self.memory!r}")
+        if self.exclude_last_classes and self.memory != "balanced_at_end":
+            raise ValueError("exclude_last_classes needs memory=balanced_at_end (it is Avalanche's MIR policy)")
 
 
 @METHODS.register(
@@ -76,6 +83,8 @@ class MIR(SupervisedMethod):
             self.buffer = ReservoirBuffer(self.config.buffer_size, seed)
         else:
             self.buffer = ClassBalancedBuffer(self.config.buffer_size, seed)
+        self.last_classes = torch.zeros(0, dtype=torch.long, device=self.device)  # of the latest batch
+        self.excluded = torch.zeros(0, dtype=torch.long, device=self.device)  # not candidates this experience
 
     def retrieve(self, loss: torch.Tensor, task_il: bool) -> tuple[torch.Tensor, ...] | None:
         """The ``replay_batch_size`` memory examples ``(x, y, t)`` a step on ``loss`` would hurt most.
@@ -85,7 +94,16 @@ class MIR(SupervisedMethod):
         """
         if not len(self.buffer):
             return None
-        cx, cy, ct = self.buffer.sample(self.config.subsample)
+        if len(self.excluded):
+            assert isinstance(self.buffer, ClassBalancedBuffer) and self.buffer.y is not None
+            assert self.buffer.x is not None and self.buffer.t is not None
+            rows = torch.nonzero(~torch.isin(self.buffer.y, self.excluded)).flatten()
+            if len(rows) <= self.config.replay_batch_size:
+                return None
+            rows = rows[torch.randperm(len(rows), generator=self.buffer.gen)[: self.config.subsample].to(rows.device)]
+            cx, cy, ct = self.buffer.x[rows], self.buffer.y[rows], self.buffer.t[rows]
+        else:
+            cx, cy, ct = self.buffer.sample(self.config.subsample)
         k = min(self.config.replay_batch_size, len(cy))
         named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(loss, [p for _, p in named], retain_graph=True, allow_unused=True)
@@ -117,6 +135,7 @@ class MIR(SupervisedMethod):
         self.opt.step()
         if isinstance(self.buffer, ReservoirBuffer):
             self.buffer.add(batch.x, batch.y, batch.task_ids)
+        self.last_classes = batch.y.unique()
         return {"loss": loss.detach()}
 
     def end_experience(self, exp: Experience) -> None:
@@ -126,6 +145,8 @@ class MIR(SupervisedMethod):
             task = -1 if exp.task_id is None else exp.task_id
             t = exp.train.t if exp.train.t is not None else torch.full_like(y, task)
             self.buffer.rebuild(x, y, t.to(self.device))
+            if self.config.exclude_last_classes:
+                self.excluded = self.last_classes.clone()
 
     def memory_size(self) -> int:
         return len(self.buffer)
@@ -137,8 +158,11 @@ class MIR(SupervisedMethod):
         return held_bytes(len(self.buffer), self.buffer.x, self.buffer.y, self.buffer.t)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "buffer": self.buffer.state_dict()}
+        return {**super().state_dict(), "buffer": self.buffer.state_dict(), "last_classes": self.last_classes,
+                "excluded": self.excluded}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.buffer.load_state_dict(state["buffer"])
+        self.last_classes = state.get("last_classes", self.last_classes)
+        self.excluded = state.get("excluded", self.excluded)

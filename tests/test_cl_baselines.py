@@ -34,7 +34,8 @@ def test_held_bytes_counts_only_filled_rows() -> None:
     assert held_bytes(0, x, y) == 0
 
 
-@pytest.mark.parametrize(("method", "budget"), [("er", 30), ("der", 30), ("gdumb", 30), ("icarl", 30), ("wa", 30)])
+@pytest.mark.parametrize(("method", "budget"), [("er", 30), ("der", 30), ("gdumb", 30), ("icarl", 30), ("wa", 30),
+                                                ("xder", 30), ("er_aml", 30)])  # fmt: skip
 def test_record_cost_reports_exemplars_and_bytes(tmp_path: Path, method: str, budget: int) -> None:
     config: dict = {"buffer_size": budget}
     if method == "gdumb":
@@ -45,7 +46,8 @@ def test_record_cost_reports_exemplars_and_bytes(tmp_path: Path, method: str, bu
     row = scenario[0].train.x[0].numel() * scenario[0].train.x.element_size()  # float32 toy inputs
     assert 0 < cost["exemplars"] <= budget
     # inputs plus labels / task ids (8 bytes each; the herding memories keep labels as dict keys)
-    per_example = {"icarl": row + 8, "wa": row + 8, "der": row + 16 + 6 * 4}.get(method, row + 16)
+    per_example = {"icarl": row + 8, "wa": row + 8, "der": row + 16 + 6 * 4, "xder": row + 16 + 6 * 4}.get(
+        method, row + 16)  # DER / X-DER also keep 6 float32 logits per example
     assert cost["buffer_bytes"] == cost["exemplars"] * per_example
 
 
@@ -110,7 +112,7 @@ def _batch(x: torch.Tensor, y: torch.Tensor, e: int) -> Batch:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", ["derpp"])
+@pytest.mark.parametrize("key", ["derpp", "der_cb"])
 def test_native_agrees_with_avalanche_within_seed_spread(tmp_path: Path, key: str) -> None:
     # The rule and settings of benchmarks/crosscheck.py (docs/methods.md): |mean diff| <= max(0.02, 2 x pooled
     # seed std) over 3 seeds; 5 epochs, batch 10, MLP 2x100, SGD lr 0.01, memory 200. About 2 min on one core.

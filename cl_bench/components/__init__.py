@@ -19,6 +19,7 @@ from cl_bench.components.ema import EMATeacher, blend_parameters_
 from cl_bench.components.exemplars import (
     ClassBalancedBuffer,
     HerdingMemory,
+    LogitClassBalancedBuffer,
     embed,
     herding,
     kd_loss,
@@ -52,8 +53,8 @@ from cl_bench.components.tta_weighting import (
 
 __all__ = ["BackboneInput", "CSTUMemory", "ClassBalancedBuffer", "HerdingMemory", "embed", "herding", "kd_loss",
            "require_per_class_room", "CertaintyDiversityWeights", "CodaPrompt", "EMABatchNorm", "EMATeacher",
-           "FeatureCache", "FisherPenalty", "InstanceAwareBatchNorm", "LogitReservoirBuffer", "PBRSMemory",
-           "PriorBatchNorm", "PromptPool",
+           "LogitClassBalancedBuffer", "FeatureCache", "FisherPenalty", "InstanceAwareBatchNorm",
+           "LogitReservoirBuffer", "PBRSMemory", "PriorBatchNorm", "PromptPool",
            "PromptedViT", "PrototypeHead", "ReliableEntropy", "ReservoirBuffer", "TTAugment", "adapt_only",
            "batch_norm_layers", "blend_parameters_", "bn_affine_params", "cross_entropy_to", "diagonal_fisher",
            "iabn_layers", "make_augment", "marginal_entropy", "prior_correction", "pseudo_label_fisher",

@@ -97,22 +97,32 @@ class ClassBalancedBuffer:
         first classes in label order (Avalanche 0.6 ``ClassBalancedBuffer(adaptive_size=True)``).
         """
         xs, ys, ts = self._cat(x, y, t)
+        sel = self.balanced_selection(ys)
+        if sel is not None:
+            self.x, self.y, self.t = xs[sel], ys[sel], ts[sel]
+
+    def balanced_selection(self, ys: torch.Tensor) -> torch.Tensor | None:
+        """Rows of ``ys`` (memory + new labels) that :meth:`rebuild` keeps; None when nothing is kept."""
         classes = torch.unique(ys)
         if self.capacity == 0 or len(classes) == 0:
-            return
+            return None
         quota = [self.capacity // len(classes) + int(i < self.capacity % len(classes)) for i in range(len(classes))]
         keep = []
         for c, q in zip(classes.tolist(), quota, strict=True):
             idx = torch.nonzero(ys == c).flatten()
             order = torch.randperm(len(idx), generator=self.gen).to(idx.device)
             keep.append(idx[order[:q]])
-        sel = torch.cat(keep)
-        self.x, self.y, self.t = xs[sel], ys[sel], ts[sel]
+        return torch.cat(keep)
+
+    def sample_indices(self, n: int) -> torch.Tensor:
+        """Rows of up to ``n`` stored examples drawn without replacement."""
+        assert self.y is not None, "sample() on an empty buffer"
+        return torch.randperm(len(self.y), generator=self.gen)[: min(n, len(self.y))].to(self.y.device)
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Up to ``n`` stored examples drawn without replacement: inputs, labels, task ids (-1 = none)."""
         assert self.x is not None and self.y is not None and self.t is not None, "sample() on an empty buffer"
-        idx = torch.randperm(len(self.y), generator=self.gen)[: min(n, len(self.y))].to(self.y.device)
+        idx = self.sample_indices(n)
         return self.x[idx], self.y[idx], self.t[idx]
 
     def state_dict(self) -> dict[str, Any]:
@@ -123,6 +133,48 @@ class ClassBalancedBuffer:
         """Restore what :meth:`state_dict` returned."""
         self.x, self.y, self.t = state["x"], state["y"], state["t"]
         self.gen.set_state(state["gen"])
+
+
+class LogitClassBalancedBuffer(ClassBalancedBuffer):
+    """A :class:`ClassBalancedBuffer` that also keeps each stored example's logits.
+
+    Avalanche 0.6's DER memory (``ClassBalancedBufferWithLogits``): rebuilt at an experience's end
+    from memory + the experience, the new examples carrying the logits of the network trained on that
+    experience; examples already in memory keep the logits they were stored with.
+
+    References:
+        Buzzega et al. "Dark experience for general continual learning: a strong, simple baseline". NeurIPS 2020.
+        Avalanche 0.6 ``avalanche/training/supervised/der.py`` (``ClassBalancedBufferWithLogits.update``).
+    """
+
+    def __init__(self, capacity: int, seed: int = 0) -> None:
+        super().__init__(capacity, seed)
+        self.logits: torch.Tensor | None = None
+
+    def rebuild_with_logits(
+        self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, t: torch.Tensor | None = None
+    ) -> None:
+        """:meth:`rebuild` with the new examples' (detached) logits kept beside them."""
+        xs, ys, ts = self._cat(x, y, t)
+        ls = logits.detach() if self.logits is None else torch.cat([self.logits, logits.detach()])
+        sel = self.balanced_selection(ys)
+        if sel is not None:
+            self.x, self.y, self.t, self.logits = xs[sel], ys[sel], ts[sel], ls[sel]
+
+    def sample_with_logits(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Up to ``n`` stored examples without replacement: inputs, labels, task ids, logits."""
+        assert self.x is not None and self.y is not None and self.t is not None and self.logits is not None
+        idx = self.sample_indices(n)
+        return self.x[idx], self.y[idx], self.t[idx], self.logits[idx]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Contents (logits included) and generator state."""
+        return {**super().state_dict(), "logits": self.logits}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        super().load_state_dict(state)
+        self.logits = state["logits"]
 
 
 def herding(features: torch.Tensor, m: int) -> torch.Tensor:
