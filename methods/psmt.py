@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from cl_bench.components import EMATeacher, make_augment, symmetric_cross_entropy
+from cl_bench.components import EMATeacher, symmetric_cross_entropy, tta_augment
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
@@ -60,7 +60,7 @@ class PSMTConfig(TTAOptimConfig):
         confidence_threshold: Augment-average the teacher when the source model's mean confidence is
             below this (CoTTA's 0.92 for CIFAR-10).
         n_augmentations: Augmented teacher passes averaged (32).
-        flip: Horizontal flips in the augmentation (reference: yes; wrong for digits).
+        flip: Horizontal flips in the augmentation (reference: p = 0.5); None = the stream's ``flip_invariant``.
     """
 
     teacher_momentum: float = 0.999
@@ -70,7 +70,7 @@ class PSMTConfig(TTAOptimConfig):
     source_batch_size: int = 200
     confidence_threshold: float = 0.92
     n_augmentations: int = 32
-    flip: bool = True
+    flip: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -96,7 +96,7 @@ class PSMT(Method):
         self.opt = make_optimizer(named.values(), cfg)
         self.teacher = EMATeacher(self.model, cfg.teacher_momentum)
         self.anchor = copy.deepcopy(self.model).requires_grad_(False)
-        self.augment = make_augment(cfg.flip)
+        self.augment = tta_augment(info, cfg.flip)
         self.gen = generator(seed)
         self.penalty = source_fisher_penalty(self.model, named, info, alpha=cfg.fisher_alpha, seed=seed + 1,
                                              n_samples=cfg.fisher_samples, batch_size=cfg.source_batch_size,

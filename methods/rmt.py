@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.components import EMATeacher, make_augment, source_batches, symmetric_cross_entropy
+from cl_bench.components import EMATeacher, source_batches, symmetric_cross_entropy, tta_augment
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
@@ -49,7 +49,7 @@ class RMTConfig(TTAOptimConfig):
         source_batch_size: Batch size of warm-up, replay and prototype extraction (200, the
             benchmark's CIFAR-10-C test batch size).
         prototype_samples: Source samples averaged into the class prototypes (all, capped at 100,000).
-        flip: Horizontal flips in the augmentation (reference: yes; wrong for digits).
+        flip: Horizontal flips in the augmentation (reference: p = 0.5); None = the stream's ``flip_invariant``.
         source_free: Run the source-free variant even when source data is available.
     """
 
@@ -62,7 +62,7 @@ class RMTConfig(TTAOptimConfig):
     warmup_samples: int = 50_000
     source_batch_size: int = 200
     prototype_samples: int = 100_000
-    flip: bool = True
+    flip: bool | None = None
     source_free: bool = False
 
     def __post_init__(self) -> None:
@@ -119,7 +119,7 @@ class RMT(Method):
                                                nn.Linear(cfg.projection_dim, cfg.projection_dim)).to(self.device)
         params = list(self.model.parameters()) + (list(self.projector.parameters()) if self.projector else [])
         self.opt = make_optimizer(params, cfg)
-        self.augment = make_augment(cfg.flip)
+        self.augment = tta_augment(info, cfg.flip)
         self.n_steps = 0
         self.last_losses: dict[str, float] = {}
         if not self.source_free and cfg.warmup_samples > 0:

@@ -32,7 +32,7 @@ from cl_bench.components.norm import adapt_only, bn_affine_params, require_bn
 from cl_bench.components.penalty import FisherPenalty
 from cl_bench.components.prompts import CodaPrompt, PromptedViT, PromptPool
 from cl_bench.components.prototypes import PrototypeHead
-from cl_bench.components.tta_augment import TTAugment, make_augment
+from cl_bench.components.tta_augment import ReferenceTTAugment, TTAugment, make_augment, pixel_space, tta_augment
 from cl_bench.components.tta_losses import (
     ReliableEntropy,
     cross_entropy_to,
@@ -54,7 +54,8 @@ __all__ = ["BackboneInput", "CSTUMemory", "ClassBalancedBuffer", "HerdingMemory"
            "require_per_class_room", "CertaintyDiversityWeights", "CodaPrompt", "EMABatchNorm", "EMATeacher",
            "FeatureCache", "FisherPenalty", "InstanceAwareBatchNorm", "LogitReservoirBuffer", "PBRSMemory",
            "PriorBatchNorm", "PromptPool",
-           "PromptedViT", "PrototypeHead", "ReliableEntropy", "ReservoirBuffer", "TTAugment", "adapt_only",
+           "PromptedViT", "PrototypeHead", "ReferenceTTAugment", "ReliableEntropy", "ReservoirBuffer", "TTAugment",
+           "adapt_only", "pixel_space", "tta_augment",
            "batch_norm_layers", "blend_parameters_", "bn_affine_params", "cross_entropy_to", "diagonal_fisher",
            "iabn_layers", "make_augment", "marginal_entropy", "prior_correction", "pseudo_label_fisher",
            "replace_batch_norms",
@@ -62,8 +63,9 @@ __all__ = ["BackboneInput", "CSTUMemory", "ClassBalancedBuffer", "HerdingMemory"
            "symmetric_cross_entropy", "use_test_batch_stats", "weighted_slr_consistency"]
 __all__ = ["BackboneInput", "CodaPrompt", "EMATeacher", "FeatureCache", "FisherPenalty", "LogitReservoirBuffer",
            "PathIntegral", "PriorBatchNorm",
-           "PromptPool", "PromptedViT", "PrototypeHead", "ReliableEntropy", "ReservoirBuffer", "TTAugment",
-           "adapt_only", "batch_norm_layers", "bn_affine_params", "cross_entropy_to", "diagonal_fisher",
+           "PromptPool", "PromptedViT", "PrototypeHead", "ReferenceTTAugment", "ReliableEntropy", "ReservoirBuffer",
+           "TTAugment", "adapt_only", "pixel_space", "tta_augment", "batch_norm_layers", "bn_affine_params",
+           "cross_entropy_to", "diagonal_fisher",
            "make_augment", "output_norm_importance",
            "parameters_outside_norm_layers", "pseudo_label_fisher", "require_bn", "softmax_entropy", "source_batches",
            "symmetric_cross_entropy", "use_test_batch_stats"]
