@@ -10,7 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from cl_bench.components import EMATeacher, ReliableEntropy, TTAugment, softmax_entropy
+from cl_bench.components import (
+    EMATeacher,
+    ReliableEntropy,
+    TTAugment,
+    bn_affine_params,
+    softmax_entropy,
+    use_test_batch_stats,
+)
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Standardize, StreamInfo, TensorData
@@ -337,3 +344,48 @@ def test_test_batch_norm_is_differentiable_like_training_mode_batch_norm() -> No
     torch.testing.assert_close(prior.weight.grad, bn.weight.grad)
     with torch.no_grad():
         torch.testing.assert_close(prior(x), bn(x))
+
+
+def _sar_names(model: nn.Module) -> set[str]:
+    info = StreamInfo((3, 32, 32), 10, 1, "domain_il", "cpu", source_model=model)
+    sar = METHODS.create("sar")
+    sar.setup(info, 0)
+    trainable = {n for n, p in sar.model.named_parameters() if p.requires_grad}
+    optimised = {id(p) for group in sar.opt.param_groups for p in group["params"]}
+    assert {id(p) for n, p in sar.model.named_parameters() if n in trainable} == optimised
+    assert trainable == set(sar.param_names)
+    return trainable
+
+
+def test_sar_adapts_the_reference_layers_of_a_resnet() -> None:
+    from torchvision.models import resnet18
+
+    names = _sar_names(resnet18(num_classes=10))
+    bn = {f"{m}.{p}" for m, mod in resnet18().named_modules() if isinstance(mod, nn.BatchNorm2d)
+          for p in ("weight", "bias")}  # fmt: skip
+    assert names == {n for n in bn if not n.startswith("layer4.")}  # every BN affine outside layer4, nothing else
+    assert "bn1.weight" in names and "layer3.1.bn2.bias" in names and "layer4.0.bn1.weight" not in names
+
+
+def test_sar_adapts_the_reference_layers_of_a_vit() -> None:
+    timm = pytest.importorskip("timm")
+    from cl_bench.components import norm_affine_params
+    from cl_bench.methods.sar import last_stage
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, patch_size=8)
+    names = {n for n, _ in norm_affine_params(vit, last_stage(vit))}
+    ln = {f"{m}.{p}" for m, mod in vit.named_modules() if isinstance(mod, nn.LayerNorm) for p in ("weight", "bias")}
+    kept = {n for n in ln if not n.startswith(("blocks.9.", "blocks.10.", "blocks.11.", "norm."))}
+    assert names == kept and "blocks.8.norm2.weight" in names and "norm.weight" not in names
+    assert len(names) == 9 * 2 * 2  # blocks 0-8, two LayerNorms each, weight and bias
+
+
+def test_sar_adapts_every_norm_layer_of_the_small_source_nets() -> None:
+    from cl_bench.nets.models import LeNetBN, SmallCNN, WideResNet
+
+    for net in (SmallCNN(3, 10), LeNetBN(1, 10), WideResNet(10, 1, 10)):
+        expected = {n for n, _ in bn_affine_params(use_test_batch_stats(copy.deepcopy(net)))}
+        info = StreamInfo((3, 32, 32), 10, 1, "domain_il", "cpu", source_model=net)
+        sar = METHODS.create("sar")
+        sar.setup(info, 0)
+        assert set(sar.param_names) == expected and expected

@@ -28,7 +28,7 @@ from cl_bench.components.feature_cache import FeatureCache
 from cl_bench.components.fisher import diagonal_fisher
 from cl_bench.components.iabn import InstanceAwareBatchNorm, iabn_layers
 from cl_bench.components.importance import PathIntegral, output_norm_importance, parameters_outside_norm_layers
-from cl_bench.components.norm import adapt_only, bn_affine_params, require_bn
+from cl_bench.components.norm import adapt_only, bn_affine_params, norm_affine_params, require_bn
 from cl_bench.components.penalty import FisherPenalty
 from cl_bench.components.prompts import CodaPrompt, PromptedViT, PromptPool
 from cl_bench.components.prototypes import PrototypeHead
@@ -55,7 +55,7 @@ __all__ = ["BackboneInput", "CSTUMemory", "ClassBalancedBuffer", "HerdingMemory"
            "FeatureCache", "FisherPenalty", "InstanceAwareBatchNorm", "LogitReservoirBuffer", "PBRSMemory",
            "PriorBatchNorm", "PromptPool",
            "PromptedViT", "PrototypeHead", "ReferenceTTAugment", "ReliableEntropy", "ReservoirBuffer", "TTAugment",
-           "adapt_only", "pixel_space", "tta_augment",
+           "adapt_only", "pixel_space", "tta_augment", "norm_affine_params",
            "batch_norm_layers", "blend_parameters_", "bn_affine_params", "cross_entropy_to", "diagonal_fisher",
            "iabn_layers", "make_augment", "marginal_entropy", "prior_correction", "pseudo_label_fisher",
            "replace_batch_norms",
@@ -65,6 +65,7 @@ __all__ = ["BackboneInput", "CodaPrompt", "EMATeacher", "FeatureCache", "FisherP
            "PathIntegral", "PriorBatchNorm",
            "PromptPool", "PromptedViT", "PrototypeHead", "ReferenceTTAugment", "ReliableEntropy", "ReservoirBuffer",
            "TTAugment", "adapt_only", "pixel_space", "tta_augment", "batch_norm_layers", "bn_affine_params",
+           "norm_affine_params",
            "cross_entropy_to", "diagonal_fisher",
            "make_augment", "output_norm_importance",
            "parameters_outside_norm_layers", "pseudo_label_fisher", "require_bn", "softmax_entropy", "source_batches",
