@@ -389,3 +389,86 @@ def test_sar_adapts_every_norm_layer_of_the_small_source_nets() -> None:
         sar = METHODS.create("sar")
         sar.setup(info, 0)
         assert set(sar.param_names) == expected and expected
+
+
+def test_psmt_code_update_restores_masked_weights_and_applies_the_ema_twice(digits, source_model) -> None:
+    src, test_x, _ = digits
+    m = 0.9  # a low momentum, so one step moves the teacher measurably
+    psmt = build("psmt", source_model, src, **{**TEACHER["psmt"], "update": "code", "teacher_momentum": m})
+    source = [p.detach().clone() for p in psmt.model.parameters()]
+    psmt.adapt(test_x[:64])
+    held = total = 0
+    for s, t, p0 in zip(psmt.model.parameters(), psmt.teacher.model.parameters(), source, strict=True):
+        restored = (s == p0) & (t == p0)  # masked: student back to source, teacher = student's value
+        double = torch.isclose(t, m * m * p0 + (1 - m * m) * s, atol=1e-6, rtol=1e-5)  # two EMA steps
+        assert bool((restored | double).all())
+        held += int(restored.sum())
+        total += s.numel()
+    assert 0.02 < held / total < 0.2  # about the 3 % quantile (plus weights with zero gradient)
+    assert abs(psmt.last_mask_fraction - 0.03) < 0.03
+
+
+def test_psmt_paper_update_holds_masked_teacher_weights(digits, source_model) -> None:
+    src, test_x, _ = digits
+    psmt = build("psmt", source_model, src, **{**TEACHER["psmt"], "teacher_momentum": 0.9})
+    source = [p.detach().clone() for p in psmt.model.parameters()]
+    psmt.adapt(test_x[:64])
+    for s, t, p0 in zip(psmt.model.parameters(), psmt.teacher.model.parameters(), source, strict=True):
+        held, once = t == p0, torch.isclose(t, 0.9 * p0 + 0.1 * s, atol=1e-6, rtol=1e-5)
+        assert bool((held | once).all())  # one EMA step or held; the student is never restored
+    assert 0 < psmt.last_mask_fraction < 0.1
+
+
+def test_psmt_code_views_feed_the_clean_batch(digits, source_model) -> None:
+    src, test_x, _ = digits
+    psmt = build("psmt", source_model, src, **{**TEACHER["psmt"], "augmented_views": False,
+                                                "confidence_threshold": 1.0})  # fmt: skip
+    x = test_x[:64]
+    state = psmt.gen.get_state()
+    expected = psmt.model(x) + psmt.teacher(x)
+    torch.testing.assert_close(psmt.adapt(x), expected.detach())
+    assert torch.equal(psmt.gen.get_state(), state)  # no augmentation drawn
+
+
+def test_rmt_reference_source_free_variant_replays_nothing_but_keeps_prototypes(digits, source_model) -> None:
+    src, test_x, _ = digits
+    rmt = build("rmt", source_model, src, **{**TEACHER["rmt"], "lambda_ce_src": 0.0})
+    assert rmt.prototypes is not None and not rmt.source_free  # warm-up and prototypes from the source data
+    warmed = any(not torch.equal(a, b) for a, b in zip(rmt.model.parameters(), source_model.parameters(), strict=True))
+    assert warmed
+
+    def no_replay() -> None:
+        raise AssertionError("lambda_ce_src=0 must not draw source batches while adapting")
+
+    rmt._source_batch = no_replay  # type: ignore[method-assign]
+    rmt.adapt(test_x[:64])
+    assert "ce_src" not in rmt.last_losses and "contrastive" in rmt.last_losses
+
+
+def test_rmt_strict_source_free_variant_needs_no_source_data(digits, source_model) -> None:
+    _, test_x, _ = digits
+    assert METHODS.get("rmt").obj.caps.source_data == "optional"
+    rmt = build("rmt", source_model, None, **TEACHER["rmt"])
+    assert rmt.source_free and rmt.prototypes is None
+    pairs = zip(rmt.model.parameters(), source_model.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)  # no warm-up
+    rmt.adapt(test_x[:64])
+    assert set(rmt.last_losses) == {"sce", "contrastive"}
+
+
+def test_the_tta_loop_gives_source_data_only_to_methods_that_declare_they_read_it(monkeypatch, tmp_path) -> None:
+    from cl_bench import Protocol, RunSpec, run
+
+    seen: dict[str, object] = {}
+    for name in ("tent", "eata"):
+        cls = METHODS.get(name).obj
+        original = cls.setup
+
+        def spy(self, info, seed, _name=name, _original=original):  # noqa: ANN001, ANN202
+            seen[_name] = info.source_data
+            return _original(self, info, seed)
+
+        monkeypatch.setattr(cls, "setup", spy)
+        run(RunSpec(method=name, scenario="toy_tta", protocol=Protocol(), seed=0), out=str(tmp_path))
+    assert METHODS.get("tent").obj.caps.source_data == "none" and seen["tent"] is None
+    assert seen["eata"] is not None
