@@ -65,11 +65,12 @@ def _reference(n: int, soft: bool = False, flip_p: float = 0.5) -> T.Compose:
 def _images(n: int, c: int, size: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     # smooth images with some saturated pixels, so every clamp in the chain matters
-    base = torch.rand(n, c, size // 4, size // 4, generator=g)
+    base = torch.rand(n, c, max(2, size // 4), max(2, size // 4), generator=g)
     return torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear").mul(1.2).sub(0.1).clamp(0, 1)
 
 
-@pytest.mark.parametrize("channels, size, soft", [(3, 32, False), (1, 28, False), (3, 16, True), (1, 8, False)])
+@pytest.mark.parametrize("channels, size, soft", [(3, 32, False), (1, 28, False), (3, 16, True), (1, 8, False),
+                                                  (3, 3, False)])
 def test_equals_the_hand_composed_reference_pipeline_under_a_seed(channels, size, soft) -> None:
     x = _images(6, channels, size)
     aug = ReferenceTTAugment.soft() if soft else ReferenceTTAugment()
