@@ -38,9 +38,9 @@ class Caps:
             as LAME or T3A; the conformance suite then checks that no ``nn.Parameter`` of the method's
             networks changes during ``adapt``).
         source_data: Test-time adaptation: whether the method reads the labelled source training data
-            (``StreamInfo.source_data``): "none" (never; the TTA loop does not pass it), "optional" (uses it
-            when the stream has it and runs a source-free form otherwise, or when configured to) or
-            "required" (refuses a source-free stream).
+            (``StreamInfo.source_data``): "none" (never), "optional" (uses it when the stream has it and
+            has a source-free form, run without it or when configured to) or "required" (refuses a
+            source-free stream). A declaration for tables and users; the loop passes the data regardless.
         exceptions: Conformance checks the method is exempt from, each with a reason.
     """
 

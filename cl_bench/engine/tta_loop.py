@@ -119,9 +119,7 @@ class TTALoop(Loop):
         t0 = time.perf_counter()
         model = source_model(self.scenario, self.spec.seed, self.spec.device)
         self.cost["source_seconds"] = round(time.perf_counter() - t0, 3)
-        # a method that declares it never reads source data does not get it (caps.source_data "none")
-        needs = self.method.caps.source_data != "none"
-        data = None if src.free or src.train is None or not needs else src.train.to(self.spec.device)
+        data = None if src.free or src.train is None else src.train.to(self.spec.device)
         return dataclasses.replace(super().stream_info(), source_model=model, source_data=data)
 
     @property
