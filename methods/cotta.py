@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from cl_bench.components import EMATeacher, cross_entropy_to, tta_augment
+from cl_bench.components import EMATeacher, cross_entropy_to, stream_augment
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
@@ -73,7 +73,7 @@ class CoTTA(Method):
         self.teacher = EMATeacher(self.model, cfg.teacher_momentum)
         self.anchor = copy.deepcopy(self.model).requires_grad_(False)
         self.source = {k: v.detach().clone() for k, v in self.model.named_parameters()}
-        self.augment = tta_augment(info, cfg.flip)
+        self.augment = stream_augment(info, cfg.flip)
         self.gen = generator(seed)
         self.n_averaged = 0
 

@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from cl_bench.components import EMATeacher, symmetric_cross_entropy, tta_augment
+from cl_bench.components import EMATeacher, stream_augment, symmetric_cross_entropy
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
@@ -112,7 +112,7 @@ class PSMT(Method):
         self.opt = make_optimizer(named.values(), cfg)
         self.teacher = EMATeacher(self.model, cfg.teacher_momentum)
         self.anchor = copy.deepcopy(self.model).requires_grad_(False)
-        self.augment = tta_augment(info, cfg.flip)
+        self.augment = stream_augment(info, cfg.flip)
         self.gen = generator(seed)
         self.penalty = source_fisher_penalty(self.model, named, info, alpha=cfg.fisher_alpha, seed=seed + 1,
                                              n_samples=cfg.fisher_samples, batch_size=cfg.source_batch_size,

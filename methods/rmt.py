@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.components import EMATeacher, source_batches, symmetric_cross_entropy, tta_augment
+from cl_bench.components import EMATeacher, source_batches, stream_augment, symmetric_cross_entropy
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
@@ -125,7 +125,7 @@ class RMT(Method):
                                                nn.Linear(cfg.projection_dim, cfg.projection_dim)).to(self.device)
         params = list(self.model.parameters()) + (list(self.projector.parameters()) if self.projector else [])
         self.opt = make_optimizer(params, cfg)
-        self.augment = tta_augment(info, cfg.flip)
+        self.augment = stream_augment(info, cfg.flip)
         self.n_steps = 0
         self.last_losses: dict[str, float] = {}
         if not self.source_free and cfg.warmup_samples > 0:

@@ -12,8 +12,9 @@ import pytest
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as F1
+from torchvision.transforms.v2 import functional as F2
 
-from cl_bench.components import ReferenceTTAugment, TTAugment, pixel_space, tta_augment
+from cl_bench.components import ReferenceTTAugment, TTAugment, pixel_space, stream_augment
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Standardize, StreamInfo
 
@@ -112,20 +113,32 @@ def test_shape_range_and_distribution() -> None:
     assert abs(float(resid.std()) - 0.005) < 2e-4 and abs(float(resid.mean())) < 2e-4
 
 
-def test_colour_operations_come_in_a_random_order_per_call() -> None:
-    aug = ReferenceTTAugment()
-    orders = set()
-    for seed in range(40):
-        g = torch.Generator().manual_seed(seed)
-        orders.add(tuple(torch.randperm(5, generator=g).tolist()))
-    assert len(orders) > 20  # the order is drawn afresh (from the generator) on every call
-    # the order matters: brightness-then-contrast differs from contrast-then-brightness
-    x = _images(2, 3, 16)
-    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
-    o1, o2 = torch.randperm(5, generator=g1).tolist(), torch.randperm(5, generator=g2).tolist()
-    assert o1 != o2
-    assert not torch.equal(aug.color_jitter(x, torch.Generator().manual_seed(0)),
-                           aug.color_jitter(x, torch.Generator().manual_seed(1)))  # fmt: skip
+def test_colour_operations_come_in_a_random_order_per_call(monkeypatch) -> None:
+    import cl_bench.components.tta_augment as mod
+
+    calls: list[str] = []
+    names = ("adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue", "adjust_gamma")
+
+    class Recording:
+        def __getattr__(self, name: str):  # noqa: ANN204
+            fn = getattr(F2, name)
+            if name not in names:
+                return fn
+            return lambda img, f: (calls.append(name), fn(img, f))[1]
+
+    monkeypatch.setattr(mod, "TF", Recording())
+    aug, x, g = ReferenceTTAugment(), _images(2, 3, 16), torch.Generator().manual_seed(0)
+    orders = []
+    for _ in range(12):  # one generator, consecutive calls: a fresh order each time
+        calls.clear()
+        aug(x, g)
+        assert sorted(calls) == sorted(names)  # each of the five once per call
+        orders.append(tuple(calls))
+    assert len(set(orders)) >= 8
+    # and the order changes the image: brightness-then-contrast is not contrast-then-brightness
+    a = F2.adjust_contrast(F2.adjust_brightness(x, 1.3), 0.7)
+    b = F2.adjust_brightness(F2.adjust_contrast(x, 0.7), 1.3)
+    assert not torch.allclose(a, b)
 
 
 def test_translation_is_whole_pixels_of_the_padded_image() -> None:
@@ -149,9 +162,9 @@ def test_flip_follows_the_streams_declared_property() -> None:
     mnist_like = StreamInfo((1, 28, 28), 10, 1, "domain_il", input_transform=Standardize(255.0, (0.1307,), (0.3081,)),
                             flip_invariant=False)  # fmt: skip
     cifar_like = StreamInfo((3, 32, 32), 10, 1, "domain_il", input_transform=Standardize(255.0))
-    assert tta_augment(mnist_like).hflip == 0.0
-    assert tta_augment(cifar_like).hflip == 0.5
-    assert tta_augment(mnist_like, flip=True).hflip == 0.5 and tta_augment(cifar_like, flip=False).hflip == 0.0
+    assert stream_augment(mnist_like).hflip == 0.0
+    assert stream_augment(cifar_like).hflip == 0.5
+    assert stream_augment(mnist_like, flip=True).hflip == 0.5 and stream_augment(cifar_like, flip=False).hflip == 0.0
     # the digits and MNIST streams declare that mirrored images change class
     assert SCENARIOS.create("digits_c", corruptions=("contrast",), train_domains=False).flip_invariant is False
     for name in ("split_digits", "toy_tta", "toy"):
@@ -167,8 +180,8 @@ def test_mnist_streams_declare_no_flip_invariance(mnist_root) -> None:
 
 def test_the_variant_is_chosen_from_the_declared_pixel_range() -> None:
     image = StreamInfo((1, 28, 28), 10, 1, "domain_il", input_transform=Standardize(255.0, (0.1307,), (0.3081,)))
-    aug = tta_augment(image)
+    aug = stream_augment(image)
     assert isinstance(aug, ReferenceTTAugment) and aug.mean == (0.1307,) and aug.std == (0.3081,)
     assert pixel_space(image) == ((0.1307,), (0.3081,))
     raw = StreamInfo((1, 4, 4), 4, 1, "domain_il")  # no declared pixel range (toy_tta's raw Gaussian values)
-    assert pixel_space(raw) is None and isinstance(tta_augment(raw), TTAugment)
+    assert pixel_space(raw) is None and isinstance(stream_augment(raw), TTAugment)

@@ -32,7 +32,7 @@ from cl_bench.components.norm import adapt_only, bn_affine_params, norm_affine_p
 from cl_bench.components.penalty import FisherPenalty
 from cl_bench.components.prompts import CodaPrompt, PromptedViT, PromptPool
 from cl_bench.components.prototypes import PrototypeHead
-from cl_bench.components.tta_augment import ReferenceTTAugment, TTAugment, make_augment, pixel_space, tta_augment
+from cl_bench.components.tta_augment import ReferenceTTAugment, TTAugment, make_augment, pixel_space, stream_augment
 from cl_bench.components.tta_losses import (
     ReliableEntropy,
     cross_entropy_to,
@@ -55,7 +55,7 @@ __all__ = ["BackboneInput", "CSTUMemory", "ClassBalancedBuffer", "HerdingMemory"
            "FeatureCache", "FisherPenalty", "InstanceAwareBatchNorm", "LogitReservoirBuffer", "PBRSMemory",
            "PriorBatchNorm", "PromptPool",
            "PromptedViT", "PrototypeHead", "ReferenceTTAugment", "ReliableEntropy", "ReservoirBuffer", "TTAugment",
-           "adapt_only", "pixel_space", "tta_augment", "norm_affine_params",
+           "adapt_only", "pixel_space", "stream_augment", "norm_affine_params",
            "batch_norm_layers", "blend_parameters_", "bn_affine_params", "cross_entropy_to", "diagonal_fisher",
            "iabn_layers", "make_augment", "marginal_entropy", "prior_correction", "pseudo_label_fisher",
            "replace_batch_norms",
@@ -64,7 +64,7 @@ __all__ = ["BackboneInput", "CSTUMemory", "ClassBalancedBuffer", "HerdingMemory"
 __all__ = ["BackboneInput", "CodaPrompt", "EMATeacher", "FeatureCache", "FisherPenalty", "LogitReservoirBuffer",
            "PathIntegral", "PriorBatchNorm",
            "PromptPool", "PromptedViT", "PrototypeHead", "ReferenceTTAugment", "ReliableEntropy", "ReservoirBuffer",
-           "TTAugment", "adapt_only", "pixel_space", "tta_augment", "batch_norm_layers", "bn_affine_params",
+           "TTAugment", "adapt_only", "pixel_space", "stream_augment", "batch_norm_layers", "bn_affine_params",
            "norm_affine_params",
            "cross_entropy_to", "diagonal_fisher",
            "make_augment", "output_norm_importance",

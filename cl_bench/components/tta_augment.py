@@ -1,6 +1,6 @@
 """The test-time augmentation of CoTTA/RMT/PSMT (the reference's ``get_tta_transforms``), on batches.
 
-Two variants, chosen from what the stream declares about its inputs (:func:`tta_augment`):
+Two variants, chosen from what the stream declares about its inputs (:func:`stream_augment`):
 
 * :class:`ReferenceTTAugment`, the reference transform exactly, on images in [0, 1]. It is used whenever
   the stream's batch transform is a :class:`~cl_bench.core.types.Standardize` (every image stream here:
@@ -272,7 +272,7 @@ def pixel_space(info: StreamInfo) -> tuple[tuple[float, ...], tuple[float, ...]]
     return None
 
 
-def tta_augment(
+def stream_augment(
     info: StreamInfo, flip: bool | None = None, *, soft: bool = False
 ) -> ReferenceTTAugment | TTAugment:
     """CoTTA/RMT/PSMT's augmentation for the stream ``info`` describes.
