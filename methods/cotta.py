@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from cl_bench.components import EMATeacher, cross_entropy_to, make_augment
+from cl_bench.components import EMATeacher, cross_entropy_to, stream_augment
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
@@ -38,15 +38,15 @@ class CoTTAConfig(TTAOptimConfig):
         confidence_threshold: Augment-average the teacher when the source model's mean
             confidence is below this (0.92 on CIFAR-10; 0.72 CIFAR-100, 0.1 ImageNet).
         n_augmentations: Augmented teacher passes averaged (32).
-        flip: Use horizontal flips in the augmentation (reference: yes). Turn off for digits and
-            text, where a flip changes the class.
+        flip: Horizontal flips in the augmentation (reference: p = 0.5); None = the stream's
+            ``flip_invariant`` (off on digits/MNIST streams, where a flip changes the class).
     """
 
     teacher_momentum: float = 0.999
     restore_prob: float = 0.01
     confidence_threshold: float = 0.92
     n_augmentations: int = 32
-    flip: bool = True
+    flip: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,7 +73,7 @@ class CoTTA(Method):
         self.teacher = EMATeacher(self.model, cfg.teacher_momentum)
         self.anchor = copy.deepcopy(self.model).requires_grad_(False)
         self.source = {k: v.detach().clone() for k, v in self.model.named_parameters()}
-        self.augment = make_augment(cfg.flip)
+        self.augment = stream_augment(info, cfg.flip)
         self.gen = generator(seed)
         self.n_averaged = 0
 

@@ -62,7 +62,7 @@ class EATA(Method):
     """EATA: reliable, non-redundant entropy minimisation plus a Fisher penalty towards the source."""
 
     Config: ClassVar[type] = EATAConfig
-    caps: ClassVar[Caps] = Caps(adapts_at_test=True)
+    caps: ClassVar[Caps] = Caps(adapts_at_test=True, source_data="optional")  # the Fisher; fisher_alpha=0: none
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)

@@ -7,9 +7,14 @@ prototype through a small projector; optionally a cross-entropy on replayed labe
 samples. Before the stream, a warm-up on source images (linearly rising learning rate) trains the
 student/teacher pair. The prediction is the sum of student and teacher logits.
 
-Source-free variant (``source_free=True``, or automatically when the stream has no source data):
-no replay, no warm-up, and the contrastive loss contrasts the two views of each test sample only
-(no source prototypes).
+Two source-free variants:
+
+* the reference's (``lambda_ce_src=0``; RMT benchmark ``conf.py`` l. 183, "Set to 0 for source-free
+  variant"): no source replay while adapting; the warm-up and the class prototypes still come from the
+  source data, before the stream (the reference caches both to files);
+* the strict one (``source_free=True``, or automatically when the stream has no source data): no source
+  data at all — no replay, no warm-up, and the contrastive loss contrasts the two views of each test
+  sample only (no prototypes). ``caps.source_data`` is "optional" because of it.
 
 References:
     Döbler, Marsden & Yang. "Robust Mean Teacher for Continual and Gradual Test-Time Adaptation".
@@ -26,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.components import EMATeacher, make_augment, source_batches, symmetric_cross_entropy
+from cl_bench.components import EMATeacher, source_batches, stream_augment, symmetric_cross_entropy
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
@@ -49,8 +54,9 @@ class RMTConfig(TTAOptimConfig):
         source_batch_size: Batch size of warm-up, replay and prototype extraction (200, the
             benchmark's CIFAR-10-C test batch size).
         prototype_samples: Source samples averaged into the class prototypes (all, capped at 100,000).
-        flip: Horizontal flips in the augmentation (reference: yes; wrong for digits).
-        source_free: Run the source-free variant even when source data is available.
+        flip: Horizontal flips in the augmentation (reference: p = 0.5); None = the stream's ``flip_invariant``.
+        source_free: Run the strict source-free variant (no source data at all) even when source data is
+            available; ``lambda_ce_src=0`` is the reference's source-free variant (no replay only).
     """
 
     teacher_momentum: float = 0.999
@@ -62,7 +68,7 @@ class RMTConfig(TTAOptimConfig):
     warmup_samples: int = 50_000
     source_batch_size: int = 200
     prototype_samples: int = 100_000
-    flip: bool = True
+    flip: bool | None = None
     source_free: bool = False
 
     def __post_init__(self) -> None:
@@ -93,7 +99,7 @@ class RMT(Method):
     """RMT: mean teacher with symmetric cross-entropy, contrastive source prototypes, source replay, warm-up."""
 
     Config: ClassVar[type] = RMTConfig
-    caps: ClassVar[Caps] = Caps(adapts_at_test=True)
+    caps: ClassVar[Caps] = Caps(adapts_at_test=True, source_data="optional")  # strict source-free variant: none
     # toy_tta's Gaussian-blob classes are not mirror-symmetric, so flips would change the class
     conformance_config: ClassVar[dict[str, Any]] = {"warmup_samples": 64, "source_batch_size": 32, "flip": False}
 
@@ -119,7 +125,7 @@ class RMT(Method):
                                                nn.Linear(cfg.projection_dim, cfg.projection_dim)).to(self.device)
         params = list(self.model.parameters()) + (list(self.projector.parameters()) if self.projector else [])
         self.opt = make_optimizer(params, cfg)
-        self.augment = make_augment(cfg.flip)
+        self.augment = stream_augment(info, cfg.flip)
         self.n_steps = 0
         self.last_losses: dict[str, float] = {}
         if not self.source_free and cfg.warmup_samples > 0:

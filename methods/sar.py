@@ -6,6 +6,18 @@ the again-filtered entropy there, and apply it at ``theta`` with SGD); a moving 
 that second loss below ``reset_constant`` signals collapse to a trivial solution, and the model and
 optimiser are reset to their initial state.
 
+Adapted parameters, as the reference's ``collect_params`` (mr-eggplant/SAR ``sar.py`` l. 109-138; the RMT
+benchmark's ``methods/sar.py`` l. 82-111): the scale and shift of the normalisation layers (batch norm on
+test-batch statistics, GroupNorm, LayerNorm) outside the network's last stage, which the reference leaves
+as trained ("skip top layers for adaptation: layer4 for ResNets and blocks9-11 for Vit-Base"):
+
+* ResNets (a ``layer4`` stage): everything under ``layer4``;
+* ViTs (a ``blocks`` sequence beside a final ``norm``): the last quarter of the blocks (9-11 of ViT-B's
+  12, the reference's names; for other depths the reference's names would still pick 9-11) and the final
+  ``norm``;
+* other networks (the WRN-28-10 of the CIFAR benchmarks, our ``lenet_bn`` and ``cnn_bn``): no stage is
+  skipped, as the reference's name rule skips none on its CIFAR WRN-28-10 either.
+
 References:
     Niu, Wu, Zhang, Wen, Chen, Zhao & Tan. "Towards Stable Test-Time Adaptation in Dynamic Wild
     World". ICLR 2023. Code: github.com/mr-eggplant/SAR.
@@ -17,12 +29,15 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
+from torch import nn
 
-from cl_bench.components import softmax_entropy
+from cl_bench.components import adapt_only, norm_affine_params, softmax_entropy
+from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
@@ -53,6 +68,21 @@ class SARConfig(TTAOptimConfig):
             raise ValueError("e_margin must be > 0, rho and reset_constant >= 0")
 
 
+def last_stage(model: nn.Module) -> Callable[[str], bool]:
+    """Whether a module (by name in ``model``) belongs to the last stage SAR leaves unadapted (module docstring)."""
+    skipped: list[str] = []
+    for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
+        children = dict(m.named_children())
+        if "layer4" in children:  # torchvision / timm ResNets
+            skipped.append(prefix + "layer4")
+        blocks = children.get("blocks")
+        if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and "norm" in children:  # timm ViTs
+            n = len(blocks)
+            skipped += [f"{prefix}blocks.{i}" for i in range(n - n // 4, n)] + [prefix + "norm"]
+    return lambda name: any(name == s or name.startswith(s + ".") for s in skipped)
+
+
 @METHODS.register(
     "sar", reference="Niu et al., 'Towards Stable Test-Time Adaptation in Dynamic Wild World' (ICLR 2023)"
 )
@@ -64,8 +94,16 @@ class SAR(Method):
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
-        self.model, named = adaptable_copy(info, self.name, "norm")
-        self.params = list(named.values())
+        self.model, _ = adaptable_copy(info, self.name, "norm")
+        named = dict(norm_affine_params(self.model, last_stage(self.model)))
+        if not named:
+            raise ConfigError(
+                f"Method {self.name!r} adapts the normalisation layers (BatchNorm, GroupNorm, LayerNorm) outside "
+                f"the network's last stage, but the source model ({type(self.model).__name__}) has none there. Use "
+                "a source model with normalisation layers before its last stage, or another method (e.g. 'tent')."
+            )
+        self.param_names = list(named)
+        self.params = adapt_only(self.model, list(named.values()))
         self.opt = make_optimizer(self.params, self.config)
         self.margin = self.config.e_margin * math.log(info.n_classes)
         self.initial = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()))

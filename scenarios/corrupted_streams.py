@@ -47,6 +47,7 @@ def corrupted_stream(
     spec: dict[str, object],
     protocol_defaults: dict[str, object] | None = None,
     tta: TTAOptions | None = None,
+    flip_invariant: bool = True,
 ) -> Scenario:
     """A domain-incremental stream of ``train``/``test`` (uint8 NCHW, 0-255) under each corruption in turn.
 
@@ -64,6 +65,8 @@ def corrupted_stream(
         frost_dir: Folder with the original frost textures, or None (procedural, non-canonical).
         spec: What the clean data is (dataset, split, transform).
         protocol_defaults: Training-protocol defaults of the stream.
+        tta: The test-time adaptation options (setting, source phase).
+        flip_invariant: The clean images' :attr:`~cl_bench.core.types.Scenario.flip_invariant`.
 
     Raises:
         ConfigError: Unknown corruption or severity outside 1-5.
@@ -103,7 +106,8 @@ def corrupted_stream(
                  **tta_spec(tta.setting, tta.n_per_domain, tta.concentration, tta.insert_clean, seed,
                             tta.source(train, test))}  # fmt: skip
     defaults = {**(protocol_defaults or {}), "tta_batch_size": TTA_BATCH_SIZE}
-    return Scenario(name, experiences, full_spec, n_classes, "domain_il", defaults, tta.source(train, test))
+    return Scenario(name, experiences, full_spec, n_classes, "domain_il", defaults, tta.source(train, test),
+                    flip_invariant=flip_invariant)
 
 
 @SCENARIOS.register(
@@ -169,7 +173,8 @@ def digits_c(
                             corruptions=tuple(corruptions), severity=severity, seed=seed, frost_dir=frost_dir,
                             spec=spec, protocol_defaults={"batch_size": 10, "epochs": 1},
                             tta=TTAOptions(setting, n_per_domain, concentration, insert_clean, source_model,
-                                           source_weights, source_epochs, source_free, train_domains))  # fmt: skip
+                                           source_weights, source_epochs, source_free, train_domains),
+                            flip_invariant=False)  # fmt: skip
 
 
 @SCENARIOS.register(
@@ -229,7 +234,8 @@ def mnist_c(
     sc = corrupted_stream("mnist_c", train, test, corruptions=tuple(corruptions), severity=severity, seed=seed,
                           frost_dir=frost_dir, spec=spec, protocol_defaults={"batch_size": 32, "epochs": 1},
                           tta=TTAOptions(setting, n_per_domain, concentration, insert_clean, source_model,
-                                         source_weights, source_epochs, source_free, train_domains))  # fmt: skip
+                                         source_weights, source_epochs, source_free, train_domains),
+                          flip_invariant=False)  # fmt: skip
     return with_data(sc, data)
 
 
@@ -313,4 +319,5 @@ def corrupted(
                             seed=seed, frost_dir=frost_dir, spec=spec,
                             protocol_defaults={"batch_size": 32, "epochs": 1},
                             tta=TTAOptions(setting, n_per_domain, concentration, insert_clean, source_model,
-                                           source_weights, source_epochs, source_free, train_domains))  # fmt: skip
+                                           source_weights, source_epochs, source_free, train_domains),
+                            flip_invariant=inner.flip_invariant)  # fmt: skip

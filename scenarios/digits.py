@@ -48,5 +48,5 @@ def split_digits(
     return split_by_class(
         "split_digits", TensorData(x[tr], y[tr], transform), TensorData(x[te], y[te], transform),
         n_experiences=n_experiences, class_order=class_order, seed=seed, setting=setting, spec=spec,
-        protocol_defaults={"batch_size": 10, "epochs": 10},
+        protocol_defaults={"batch_size": 10, "epochs": 10}, flip_invariant=False,
     )  # fmt: skip

@@ -44,7 +44,7 @@ def split_mnist(
     data = spec.pop("data")  # a path: recorded beside the spec (Scenario.data), not hashed into the stream's identity
     return with_data(split_by_class("split_mnist", train, test, n_experiences=n_experiences, class_order=class_order,
                                     seed=seed, setting=setting, spec=spec,
-                                    protocol_defaults=_PROTOCOL), data)  # fmt: skip
+                                    protocol_defaults=_PROTOCOL, flip_invariant=False), data)  # fmt: skip
 
 
 def _domain_stream(name: str, train: TensorData, test: TensorData, views: list[tuple[torch.Tensor, torch.Tensor,
@@ -54,7 +54,7 @@ def _domain_stream(name: str, train: TensorData, test: TensorData, views: list[t
                    None, meta, Shift("_".join(f"{k}{v}" for k, v in meta.items())))
         for i, (tx, sx, meta) in enumerate(views)
     ]  # fmt: skip
-    return with_data(Scenario(name, experiences, spec, 10, "domain_il", _PROTOCOL), data)
+    return with_data(Scenario(name, experiences, spec, 10, "domain_il", _PROTOCOL, flip_invariant=False), data)
 
 
 @SCENARIOS.register(

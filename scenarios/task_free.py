@@ -114,7 +114,7 @@ def blurry(
     spec = {**_base_spec(base, scenario, base_args), "window": window, "window_examples": round(width, 3),
             "seed": seed, "n_experiences": len(scenario), "composition": composition}  # fmt: skip
     return Scenario("blurry", experiences, spec, scenario.n_classes, scenario.setting, scenario.protocol_defaults,
-                    ordered=True)  # fmt: skip
+                    ordered=True, flip_invariant=scenario.flip_invariant)  # fmt: skip
 
 
 @SCENARIOS.register(
@@ -181,4 +181,4 @@ def power_law(
     spec = {**_base_spec(base, scenario, base_args), "exponent": exponent, "rehearsal_fraction": rehearsal_fraction,
             "seed": seed, "n_experiences": len(scenario), "schedule": schedule}  # fmt: skip
     return Scenario("power_law", experiences, spec, scenario.n_classes, scenario.setting,
-                    scenario.protocol_defaults)  # fmt: skip
+                    scenario.protocol_defaults, flip_invariant=scenario.flip_invariant)  # fmt: skip

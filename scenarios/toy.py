@@ -62,7 +62,7 @@ def toy(
             "n_test_per_class": n_test, "separation": separation, "data_seed": seed}  # fmt: skip
     return split_by_class(
         "toy", train, test, n_experiences=n_experiences, class_order="seeded", seed=seed, setting=setting,
-        spec=spec, protocol_defaults={"batch_size": 16, "epochs": 4},
+        spec=spec, protocol_defaults={"batch_size": 16, "epochs": 4}, flip_invariant=False,
     )  # fmt: skip
 
 
@@ -151,5 +151,6 @@ def toy_tta(
             "n_train_per_class": n_train, "n_test_per_class": n_test, "separation": separation, "shift": shift,
             "data_seed": seed, "corruptions": list(names), "severity": severity,
             **tta_spec(setting, n_per_domain, concentration, insert_clean, seed, source)}  # fmt: skip
+    # Gaussian-blob centres are not mirror-symmetric: a flipped input belongs to no class
     return Scenario("toy_tta", experiences, spec, n_classes, "domain_il",
-                    {"batch_size": 16, "tta_batch_size": 16}, source)  # fmt: skip
+                    {"batch_size": 16, "tta_batch_size": 16}, source, flip_invariant=False)  # fmt: skip

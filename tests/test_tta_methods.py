@@ -10,7 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from cl_bench.components import EMATeacher, ReliableEntropy, TTAugment, softmax_entropy
+from cl_bench.components import (
+    EMATeacher,
+    ReliableEntropy,
+    TTAugment,
+    bn_affine_params,
+    softmax_entropy,
+    use_test_batch_stats,
+)
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Standardize, StreamInfo, TensorData
@@ -337,3 +344,125 @@ def test_test_batch_norm_is_differentiable_like_training_mode_batch_norm() -> No
     torch.testing.assert_close(prior.weight.grad, bn.weight.grad)
     with torch.no_grad():
         torch.testing.assert_close(prior(x), bn(x))
+
+
+def _sar_names(model: nn.Module) -> set[str]:
+    info = StreamInfo((3, 32, 32), 10, 1, "domain_il", "cpu", source_model=model)
+    sar = METHODS.create("sar")
+    sar.setup(info, 0)
+    trainable = {n for n, p in sar.model.named_parameters() if p.requires_grad}
+    optimised = {id(p) for group in sar.opt.param_groups for p in group["params"]}
+    assert {id(p) for n, p in sar.model.named_parameters() if n in trainable} == optimised
+    assert trainable == set(sar.param_names)
+    return trainable
+
+
+def test_sar_adapts_the_reference_layers_of_a_resnet() -> None:
+    from torchvision.models import resnet18
+
+    names = _sar_names(resnet18(num_classes=10))
+    bn = {f"{m}.{p}" for m, mod in resnet18().named_modules() if isinstance(mod, nn.BatchNorm2d)
+          for p in ("weight", "bias")}  # fmt: skip
+    assert names == {n for n in bn if not n.startswith("layer4.")}  # every BN affine outside layer4, nothing else
+    assert "bn1.weight" in names and "layer3.1.bn2.bias" in names and "layer4.0.bn1.weight" not in names
+
+
+def test_sar_adapts_the_reference_layers_of_a_vit() -> None:
+    timm = pytest.importorskip("timm")
+    from cl_bench.components import norm_affine_params
+    from cl_bench.methods.sar import last_stage
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, patch_size=8)
+    names = {n for n, _ in norm_affine_params(vit, last_stage(vit))}
+    ln = {f"{m}.{p}" for m, mod in vit.named_modules() if isinstance(mod, nn.LayerNorm) for p in ("weight", "bias")}
+    kept = {n for n in ln if not n.startswith(("blocks.9.", "blocks.10.", "blocks.11.", "norm."))}
+    assert names == kept and "blocks.8.norm2.weight" in names and "norm.weight" not in names
+    assert len(names) == 9 * 2 * 2  # blocks 0-8, two LayerNorms each, weight and bias
+
+
+def test_sar_adapts_every_norm_layer_of_the_small_source_nets() -> None:
+    from cl_bench.nets.models import LeNetBN, SmallCNN, WideResNet
+
+    for net in (SmallCNN(3, 10), LeNetBN(1, 10), WideResNet(10, 1, 10)):
+        expected = {n for n, _ in bn_affine_params(use_test_batch_stats(copy.deepcopy(net)))}
+        info = StreamInfo((3, 32, 32), 10, 1, "domain_il", "cpu", source_model=net)
+        sar = METHODS.create("sar")
+        sar.setup(info, 0)
+        assert set(sar.param_names) == expected and expected
+
+
+def test_psmt_code_update_restores_masked_weights_and_applies_the_ema_twice(digits, source_model) -> None:
+    src, test_x, _ = digits
+    m = 0.9  # a low momentum, so one step moves the teacher measurably
+    psmt = build("psmt", source_model, src, **{**TEACHER["psmt"], "update": "code", "teacher_momentum": m})
+    source = [p.detach().clone() for p in psmt.model.parameters()]
+    psmt.adapt(test_x[:64])
+    held = total = 0
+    for s, t, p0 in zip(psmt.model.parameters(), psmt.teacher.model.parameters(), source, strict=True):
+        restored = (s == p0) & (t == p0)  # masked: student back to source, teacher = student's value
+        double = torch.isclose(t, m * m * p0 + (1 - m * m) * s, atol=1e-6, rtol=1e-5)  # two EMA steps
+        assert bool((restored | double).all())
+        held += int(restored.sum())
+        total += s.numel()
+    assert 0.02 < held / total < 0.2  # about the 3 % quantile (plus weights with zero gradient)
+    assert abs(psmt.last_mask_fraction - 0.03) < 0.03
+
+
+def test_psmt_paper_update_holds_masked_teacher_weights(digits, source_model) -> None:
+    src, test_x, _ = digits
+    psmt = build("psmt", source_model, src, **{**TEACHER["psmt"], "teacher_momentum": 0.9})
+    source = [p.detach().clone() for p in psmt.model.parameters()]
+    psmt.adapt(test_x[:64])
+    for s, t, p0 in zip(psmt.model.parameters(), psmt.teacher.model.parameters(), source, strict=True):
+        held, once = t == p0, torch.isclose(t, 0.9 * p0 + 0.1 * s, atol=1e-6, rtol=1e-5)
+        assert bool((held | once).all())  # one EMA step or held; the student is never restored
+    assert 0 < psmt.last_mask_fraction < 0.1
+
+
+def test_psmt_code_views_feed_the_clean_batch(digits, source_model) -> None:
+    src, test_x, _ = digits
+    psmt = build("psmt", source_model, src, **{**TEACHER["psmt"], "augmented_views": False,
+                                                "confidence_threshold": 1.0})  # fmt: skip
+    x = test_x[:64]
+    state = psmt.gen.get_state()
+    expected = psmt.model(x) + psmt.teacher(x)
+    torch.testing.assert_close(psmt.adapt(x), expected.detach())
+    assert torch.equal(psmt.gen.get_state(), state)  # no augmentation drawn
+
+
+def test_rmt_reference_source_free_variant_replays_nothing_but_keeps_prototypes(digits, source_model) -> None:
+    src, test_x, _ = digits
+    rmt = build("rmt", source_model, src, **{**TEACHER["rmt"], "lambda_ce_src": 0.0})
+    assert rmt.prototypes is not None and not rmt.source_free  # warm-up and prototypes from the source data
+    warmed = any(not torch.equal(a, b) for a, b in zip(rmt.model.parameters(), source_model.parameters(), strict=True))
+    assert warmed
+
+    def no_replay() -> None:
+        raise AssertionError("lambda_ce_src=0 must not draw source batches while adapting")
+
+    rmt._source_batch = no_replay  # type: ignore[method-assign]
+    rmt.adapt(test_x[:64])
+    assert "ce_src" not in rmt.last_losses and "contrastive" in rmt.last_losses
+
+
+def test_rmt_strict_source_free_variant_needs_no_source_data(digits, source_model) -> None:
+    _, test_x, _ = digits
+    assert METHODS.get("rmt").obj.caps.source_data == "optional"
+    rmt = build("rmt", source_model, None, **TEACHER["rmt"])
+    assert rmt.source_free and rmt.prototypes is None
+    pairs = zip(rmt.model.parameters(), source_model.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)  # no warm-up
+    rmt.adapt(test_x[:64])
+    assert set(rmt.last_losses) == {"sce", "contrastive"}
+
+
+def test_methods_that_read_source_data_declare_it() -> None:
+    import inspect
+
+    for name in METHODS.names():
+        cls = METHODS.get(name).obj
+        if not cls.caps.adapts_at_test:
+            continue
+        reads = "source_data" in inspect.getsource(inspect.getmodule(cls))
+        assert (cls.caps.source_data != "none") == reads, name
+    assert {n for n in METHODS.names() if METHODS.get(n).obj.caps.source_data != "none"} >= {"rmt", "eata", "psmt"}

@@ -29,11 +29,11 @@ from cl_bench.components.feature_cache import FeatureCache
 from cl_bench.components.fisher import diagonal_fisher
 from cl_bench.components.iabn import InstanceAwareBatchNorm, iabn_layers
 from cl_bench.components.importance import PathIntegral, output_norm_importance, parameters_outside_norm_layers
-from cl_bench.components.norm import adapt_only, bn_affine_params, require_bn
+from cl_bench.components.norm import adapt_only, bn_affine_params, norm_affine_params, require_bn
 from cl_bench.components.penalty import FisherPenalty
 from cl_bench.components.prompts import CodaPrompt, PromptedViT, PromptPool
 from cl_bench.components.prototypes import PrototypeHead
-from cl_bench.components.tta_augment import TTAugment, make_augment
+from cl_bench.components.tta_augment import ReferenceTTAugment, TTAugment, make_augment, pixel_space, stream_augment
 from cl_bench.components.tta_losses import (
     ReliableEntropy,
     cross_entropy_to,
@@ -51,20 +51,13 @@ from cl_bench.components.tta_weighting import (
     weighted_slr_consistency,
 )
 
-__all__ = ["BackboneInput", "CSTUMemory", "ClassBalancedBuffer", "HerdingMemory", "embed", "herding", "kd_loss",
-           "require_per_class_room", "CertaintyDiversityWeights", "CodaPrompt", "EMABatchNorm", "EMATeacher",
-           "LogitClassBalancedBuffer", "FeatureCache", "FisherPenalty", "InstanceAwareBatchNorm",
-           "LogitReservoirBuffer", "PBRSMemory", "PriorBatchNorm", "PromptPool",
-           "PromptedViT", "PrototypeHead", "ReliableEntropy", "ReservoirBuffer", "TTAugment", "adapt_only",
-           "batch_norm_layers", "blend_parameters_", "bn_affine_params", "cross_entropy_to", "diagonal_fisher",
-           "iabn_layers", "make_augment", "marginal_entropy", "prior_correction", "pseudo_label_fisher",
-           "replace_batch_norms",
-           "require_bn", "set_ema_mode", "soft_likelihood_ratio", "softmax_entropy", "source_batches",
+__all__ = ["BackboneInput", "CSTUMemory", "CertaintyDiversityWeights", "ClassBalancedBuffer", "CodaPrompt",
+           "EMABatchNorm", "EMATeacher", "FeatureCache", "FisherPenalty", "HerdingMemory", "InstanceAwareBatchNorm",
+           "LogitClassBalancedBuffer", "LogitReservoirBuffer", "PBRSMemory", "PathIntegral", "PriorBatchNorm",
+           "PromptPool", "PromptedViT", "PrototypeHead", "ReferenceTTAugment", "ReliableEntropy", "ReservoirBuffer",
+           "TTAugment", "adapt_only", "batch_norm_layers", "blend_parameters_", "bn_affine_params", "cross_entropy_to",
+           "diagonal_fisher", "embed", "herding", "iabn_layers", "kd_loss", "make_augment", "marginal_entropy",
+           "norm_affine_params", "output_norm_importance", "parameters_outside_norm_layers", "pixel_space",
+           "prior_correction", "pseudo_label_fisher", "replace_batch_norms", "require_bn", "require_per_class_room",
+           "set_ema_mode", "soft_likelihood_ratio", "softmax_entropy", "source_batches", "stream_augment",
            "symmetric_cross_entropy", "use_test_batch_stats", "weighted_slr_consistency"]
-__all__ = ["BackboneInput", "CodaPrompt", "EMATeacher", "FeatureCache", "FisherPenalty", "LogitReservoirBuffer",
-           "PathIntegral", "PriorBatchNorm",
-           "PromptPool", "PromptedViT", "PrototypeHead", "ReliableEntropy", "ReservoirBuffer", "TTAugment",
-           "adapt_only", "batch_norm_layers", "bn_affine_params", "cross_entropy_to", "diagonal_fisher",
-           "make_augment", "output_norm_importance",
-           "parameters_outside_norm_layers", "pseudo_label_fisher", "require_bn", "softmax_entropy", "source_batches",
-           "symmetric_cross_entropy", "use_test_batch_stats"]

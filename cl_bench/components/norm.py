@@ -10,6 +10,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from cl_bench.components.batchnorm import batch_norm_layers
@@ -36,6 +38,23 @@ def bn_affine_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Names and tensors of the batch-norm scale and shift parameters of ``model``."""
     out = []
     for name, m in batch_norm_layers(model):
+        for pname, p in m.named_parameters(recurse=False):
+            if pname in ("weight", "bias"):
+                out.append((f"{name}.{pname}", p))
+    return out
+
+
+def norm_affine_params(
+    model: nn.Module, skip: Callable[[str], bool] | None = None
+) -> list[tuple[str, nn.Parameter]]:
+    """Names and tensors of the scale and shift of every normalisation layer (batch norm of any kind,
+    ``GroupNorm``, ``LayerNorm``) of ``model`` whose module name ``skip`` does not reject."""
+    norms = dict(batch_norm_layers(model))
+    norms.update((n, m) for n, m in model.named_modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm)))
+    out = []
+    for name, m in model.named_modules():  # module order, not the dict's insertion order
+        if name not in norms or (skip is not None and skip(name)):
+            continue
         for pname, p in m.named_parameters(recurse=False):
             if pname in ("weight", "bias"):
                 out.append((f"{name}.{pname}", p))

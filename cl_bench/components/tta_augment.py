@@ -1,22 +1,37 @@
-"""The test-time augmentation of CoTTA/RMT/PSMT, on batches of normalised image tensors.
+"""The test-time augmentation of CoTTA/RMT/PSMT (the reference's ``get_tta_transforms``), on batches.
 
-The reference (``get_tta_transforms`` in qinenergy/cotta and mariodoebler/test-time-adaptation)
-works on images in [0, 1]: colour jitter (brightness 0.6-1.4, contrast 0.7-1.3, saturation 0.5-1.5,
-hue +-0.06, gamma 0.7-1.3), edge padding + random affine (rotation +-15 deg, translation 1/16,
-scale 0.9-1.1, bilinear) + centre crop, Gaussian blur (kernel 5, sigma 0.001-0.5), horizontal
-flip (p = 0.5), Gaussian noise (std 0.005) and clipping to [0, 1]; one random draw per batch.
+Two variants, chosen from what the stream declares about its inputs (:func:`stream_augment`):
 
-Here the inputs are the stream's normalised tensors of unknown range, so the colour operations
-are expressed relative to each image: brightness scales around the image's per-channel minimum
-(its black level), contrast around its per-channel mean, gamma acts on the image rescaled to its
-own [min, max]; saturation blends with the channel mean (3-channel inputs only); hue is not
-applied. Noise std and clipping use the batch's value range in place of [0, 1]. Edge padding +
-affine + centre crop is a border-padded affine resampling. Flips are configurable because they
-are wrong for digits (a flipped 2 is not a 2).
+* :class:`ReferenceTTAugment`, the reference transform exactly, on images in [0, 1]. It is used whenever
+  the stream's batch transform is a :class:`~cl_bench.core.types.Standardize` (every image stream here:
+  CIFAR-10-C, MNIST, digits, the generated corruption streams, ImageNet-C, folders), which defines the
+  pixels as ``stored / scale`` in [0, 1]: the batch is de-standardised to pixels, augmented, and
+  standardised again, so the model sees what the reference's model (normalisation inside it) sees.
+* :class:`TTAugment`, a range-agnostic approximation, only for inputs with no declared pixel range
+  (no ``Standardize``, e.g. the conformance stream's raw Gaussian values): colour operations relative
+  to each image's own range, no hue, border-padded affine resampling, noise and clipping relative to
+  the batch's range.
+
+The reference (mariodoebler/test-time-adaptation ``classification/augmentations/transforms_cotta.py``
+``get_tta_transforms``, lines 133-166, used by ``methods/cotta.py`` l. 41 and ``methods/rmt.py`` l. 51;
+the same function as qinenergy/cotta's) is, on the whole batch with one random draw per call:
+``Clip(0, 1)``; ``ColorJitterPro`` (l. 84-121: brightness, contrast, saturation, hue, gamma in the order
+of ``torch.randperm(5)``, each a torchvision ``adjust_*`` that clamps to [0, 1], gamma after clamping to
+[1e-8, 1]); ``Pad(int(n / 2), edge)``; ``RandomAffine`` (degrees, translate 1/16 of the padded size,
+rounded to whole pixels, scale, bilinear); ``GaussianBlur(5, sigma)``; ``CenterCrop(n)``;
+``RandomHorizontalFlip(0.5)``; ``GaussianNoise(0, 0.005)``; ``Clip(0, 1)``. Hard parameter set (the one
+every method calls): brightness 0.6-1.4, contrast 0.7-1.3, saturation 0.5-1.5, hue +-0.06, gamma
+0.7-1.3, rotation +-15 deg, scale 0.9-1.1, blur sigma 0.001-0.5; soft set (``soft=True``, l. 139-156):
+0.8-1.2, 0.85-1.15, 0.75-1.25, +-0.03, 0.85-1.15, +-8 deg, 0.95-1.05, 0.001-0.25. ``cotta_augs=False``
+(ROID/CMF) drops blur and noise.
+
+Flips are on when the stream declares its images flip-invariant (``StreamInfo.flip_invariant``): a
+mirrored digit is another digit.
 
 References:
     Wang et al. "Continual Test-Time Domain Adaptation" (CoTTA). CVPR 2022.
     Döbler et al. "Robust Mean Teacher for Continual and Gradual Test-Time Adaptation" (RMT). CVPR 2023.
+    Code: github.com/mariodoebler/test-time-adaptation (augmentations/transforms_cotta.py).
 """
 
 from __future__ import annotations
@@ -26,6 +41,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from cl_bench.core.types import Standardize, StreamInfo
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -34,7 +53,8 @@ def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
 
 @dataclass(frozen=True)
 class TTAugment:
-    """One random CoTTA-style augmentation of a whole batch (``aug(x, generator)``).
+    """Range-agnostic CoTTA-style augmentation of a whole batch (``aug(x, generator)``), for inputs with no
+    declared pixel range (see the module docstring; images use :class:`ReferenceTTAugment`).
 
     Attributes:
         brightness: Range of the brightness factor.
@@ -114,7 +134,7 @@ class TTAugment:
 
 
 def make_augment(flip: bool, *, light: bool = False) -> TTAugment:
-    """The reference augmentation, with or without horizontal flips.
+    """The range-agnostic augmentation, with or without horizontal flips.
 
     Args:
         flip: Horizontal flips with probability 0.5.
@@ -123,3 +143,153 @@ def make_augment(flip: bool, *, light: bool = False) -> TTAugment:
     if light:
         return TTAugment(hflip=0.5 if flip else 0.0, noise_std=0.0, blur=False)
     return TTAugment(hflip=0.5 if flip else 0.0)
+
+
+def _draw(g: torch.Generator, lo: float, hi: float) -> float:
+    # torch.tensor(1.0).uniform_ is how ColorJitterPro and torchvision's get_params draw: the same
+    # number of values from the same stream, so a seeded generator reproduces the reference's draws.
+    return torch.tensor(1.0).uniform_(lo, hi, generator=g).item()
+
+
+@dataclass(frozen=True)
+class ReferenceTTAugment:
+    """The reference ``get_tta_transforms`` on a batch of images, one random draw per call (``aug(x, g)``).
+
+    The transform works on pixels in [0, 1]; ``mean``/``std`` say how the model inputs were standardised
+    from them (``x = (pixels - mean) / std``), so a call maps back to pixels, augments, and standardises
+    again. Random numbers come from ``g`` in the reference's order (``torch.randperm(5)`` for the colour
+    order, then one ``uniform_`` per colour factor, angle, x and y translation, scale, blur sigma, one
+    ``torch.rand(1)`` for the flip, then the noise), so under the same seed it equals the reference
+    pipeline run on torchvision's global generator. Colour, pad, affine, blur, crop and flip are
+    torchvision.transforms.v2 functional ops (the same ops as the v1 classes the reference composes).
+
+    Attributes:
+        brightness: Range of the brightness factor.
+        contrast: Range of the contrast factor.
+        saturation: Range of the saturation factor (no-op on 1-channel images, as torchvision's).
+        hue: Range of the hue shift (no-op on 1-channel images).
+        gamma: Range of the gamma exponent.
+        degrees: Maximum rotation in degrees.
+        translate: Maximum translation as a fraction of the padded image's side (whole pixels).
+        scale: Range of the zoom factor.
+        blur_sigma: Range of the Gaussian blur sigma (kernel 5); None = no blur (``cotta_augs=False``).
+        hflip: Probability of a horizontal flip (0 disables it; the draw is still made).
+        noise_std: Std of the additive Gaussian noise, in pixel units (0 = none, ``cotta_augs=False``).
+        padding_mode: "edge" (CoTTA/RMT/PSMT) or "reflect" (ROID/CMF).
+        mean: Per-channel (or one) mean of the stream's standardisation.
+        std: Per-channel (or one) std of the stream's standardisation.
+    """
+
+    brightness: tuple[float, float] = (0.6, 1.4)
+    contrast: tuple[float, float] = (0.7, 1.3)
+    saturation: tuple[float, float] = (0.5, 1.5)
+    hue: tuple[float, float] = (-0.06, 0.06)
+    gamma: tuple[float, float] = (0.7, 1.3)
+    degrees: float = 15.0
+    translate: float = 1 / 16
+    scale: tuple[float, float] = (0.9, 1.1)
+    blur_sigma: tuple[float, float] | None = (0.001, 0.5)
+    hflip: float = 0.5
+    noise_std: float = 0.005
+    padding_mode: str = "edge"
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    @classmethod
+    def soft(cls, **kwargs: object) -> ReferenceTTAugment:
+        """The reference's ``soft=True`` parameter set (transforms_cotta.py l. 139-156)."""
+        return cls(**{"brightness": (0.8, 1.2), "contrast": (0.85, 1.15), "saturation": (0.75, 1.25),  # type: ignore[arg-type]
+                      "hue": (-0.03, 0.03), "gamma": (0.85, 1.15), "degrees": 8.0, "scale": (0.95, 1.05),
+                      "blur_sigma": (0.001, 0.25), **kwargs})  # fmt: skip
+
+    def _view(self, values: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(values, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """An augmented copy of the standardised image batch ``x`` [B, C, H, W]; draws from CPU generator ``g``."""
+        if x.dim() != 4:
+            return x  # non-image inputs: nothing geometric or photometric applies
+        mean, std = self._view(self.mean, x), self._view(self.std, x)
+        return (self.pixels(x * std + mean, g) - mean) / std
+
+    def pixels(self, img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """The reference transform on pixels ``img`` [B, C, H, W] (clipped to [0, 1] first, as the reference)."""
+        h, w = img.shape[-2:]
+        img = self.color_jitter(img.clamp(0.0, 1.0), g)
+        pad = int(h / 2)  # Pad(int(n_pixels / 2)) with n_pixels = the image's first size
+        img = TF.pad(img, [pad], padding_mode=self.padding_mode)
+        # RandomAffine.get_params: angle, then translations as whole pixels of the padded image, then scale
+        angle = _draw(g, -self.degrees, self.degrees)
+        max_dx, max_dy = self.translate * img.shape[-1], self.translate * img.shape[-2]
+        tx = int(round(_draw(g, -max_dx, max_dx)))
+        ty = int(round(_draw(g, -max_dy, max_dy)))
+        s = _draw(g, *self.scale)
+        img = TF.affine(img, angle=angle, translate=[tx, ty], scale=s, shear=[0.0, 0.0],
+                        interpolation=InterpolationMode.BILINEAR, fill=[0.0] * img.shape[1])  # fmt: skip
+        if self.blur_sigma is not None:
+            sigma = _draw(g, *self.blur_sigma)
+            # The 5x5 blur is local, so blurring only the centre crop plus a 2-pixel margin and then
+            # cropping gives the same pixels as blurring the whole padded image (the reference) at a
+            # quarter of the cost; the margin stays far inside the padding, away from the blur's own
+            # reflect padding at the image border.
+            img = TF.center_crop(img, [min(h + 4, img.shape[-2]), min(w + 4, img.shape[-1])])
+            img = TF.gaussian_blur(img, [5, 5], [sigma, sigma])
+        img = TF.center_crop(img, [h, w])
+        if torch.rand(1, generator=g) < self.hflip:
+            img = TF.horizontal_flip(img)
+        if self.noise_std > 0:
+            img = img + (torch.randn(img.size(), generator=g) * self.noise_std).to(img.device)
+        return img.clamp(0.0, 1.0)
+
+    def color_jitter(self, img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """ColorJitterPro: the five colour operations in a random order, each clamping to [0, 1]."""
+        for op in torch.randperm(5, generator=g).tolist():
+            if op == 0:
+                img = TF.adjust_brightness(img, _draw(g, *self.brightness))
+            elif op == 1:
+                img = TF.adjust_contrast(img, _draw(g, *self.contrast))
+            elif op == 2:
+                img = TF.adjust_saturation(img, _draw(g, *self.saturation))
+            elif op == 3:
+                img = TF.adjust_hue(img, _draw(g, *self.hue))
+            else:
+                factor = _draw(g, *self.gamma)
+                # the reference clamps first: gamma of 0 has an infinite gradient (NaN after contrast)
+                img = TF.adjust_gamma(img.clamp(1e-8, 1.0), factor)
+        return img
+
+
+def pixel_space(info: StreamInfo) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) that map the stream's model inputs back to [0, 1] pixels, or None when it declares none.
+
+    A :class:`~cl_bench.core.types.Standardize` batch transform defines pixels as ``stored / scale`` (stored
+    images hold 0..scale) and model inputs as ``(pixels - mean) / std``; any other transform (or none)
+    declares no pixel range.
+    """
+    t = info.input_transform
+    if isinstance(t, Standardize) and len(info.input_shape) == 3:
+        return tuple(t.mean), tuple(t.std)
+    return None
+
+
+def stream_augment(
+    info: StreamInfo, flip: bool | None = None, *, soft: bool = False
+) -> ReferenceTTAugment | TTAugment:
+    """CoTTA/RMT/PSMT's augmentation for the stream ``info`` describes.
+
+    Args:
+        info: The stream: its ``input_transform`` decides the variant (see :func:`pixel_space`), its
+            ``flip_invariant`` the flip default.
+        flip: Horizontal flips with probability 0.5; None = the stream's ``flip_invariant``.
+        soft: The reference's soft parameter set (only for the reference variant).
+
+    Returns:
+        :class:`ReferenceTTAugment` on images with a declared pixel range, else :class:`TTAugment`.
+    """
+    hflip = 0.5 if (info.flip_invariant if flip is None else flip) else 0.0
+    space = pixel_space(info)
+    if space is None:
+        return TTAugment(hflip=hflip)
+    mean, std = space
+    return ReferenceTTAugment.soft(hflip=hflip, mean=mean, std=std) if soft else ReferenceTTAugment(
+        hflip=hflip, mean=mean, std=std)  # fmt: skip

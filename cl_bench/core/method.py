@@ -37,6 +37,10 @@ class Caps:
         updates_parameters: ``adapt`` may change network parameters (False: output-only methods such
             as LAME or T3A; the conformance suite then checks that no ``nn.Parameter`` of the method's
             networks changes during ``adapt``).
+        source_data: Test-time adaptation: whether the method reads the labelled source training data
+            (``StreamInfo.source_data``): "none" (never), "optional" (uses it when the stream has it and
+            has a source-free form, run without it or when configured to) or "required" (refuses a
+            source-free stream). A declaration for tables and users; the loop passes the data regardless.
         exceptions: Conformance checks the method is exempt from, each with a reason.
     """
 
@@ -47,6 +51,7 @@ class Caps:
     drives_loop: bool = False
     resumable: bool = True
     updates_parameters: bool = True
+    source_data: Literal["none", "optional", "required"] = "none"
     exceptions: tuple[tuple[str, str], ...] = ()
 
 

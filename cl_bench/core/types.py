@@ -245,6 +245,9 @@ class Scenario(Sequence[Experience]):
         ordered: The stream defines the order of its training examples (e.g. blurry task
             boundaries): the online protocol consumes each experience in its stored order
             instead of shuffling it.
+        flip_invariant: A horizontally mirrored input keeps its label (natural images: yes; digits,
+            letters and the synthetic blobs: no). Test-time augmentations flip only on such streams.
+            Not part of :attr:`spec` (it describes the data, it does not change the stream).
 
     Attributes:
         data: Which files the stream was read from, where (set by file-reading builders; None otherwise).
@@ -263,6 +266,7 @@ class Scenario(Sequence[Experience]):
         protocol_defaults: dict[str, Any] | None = None,
         source: SourceDomain | None = None,
         ordered: bool = False,
+        flip_invariant: bool = True,
     ) -> None:
         if setting not in SETTINGS:
             raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
@@ -274,6 +278,7 @@ class Scenario(Sequence[Experience]):
         self.protocol_defaults = dict(protocol_defaults or {})
         self.source = source
         self.ordered = ordered
+        self.flip_invariant = flip_invariant
 
     @property
     def spec_hash(self) -> str:
@@ -335,6 +340,8 @@ class StreamInfo:
             that use source statistics (Fisher information, class prototypes, source replay).
         input_transform: The stream's batch transform (e.g. a :class:`Standardize`), so methods on
             pretrained backbones can undo the stream's normalisation and apply the backbone's.
+        flip_invariant: A horizontally mirrored input has the same label (the stream's
+            :attr:`Scenario.flip_invariant`): augmentations flip only then.
     """
 
     input_shape: tuple[int, ...]
@@ -345,6 +352,7 @@ class StreamInfo:
     source_model: torch.nn.Module | None = None
     source_data: TensorData | None = None
     input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    flip_invariant: bool = True
 
 
 @dataclass

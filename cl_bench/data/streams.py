@@ -96,11 +96,13 @@ def split_by_class(
     setting: str,
     spec: dict[str, Any],
     protocol_defaults: dict[str, Any] | None = None,
+    flip_invariant: bool = True,
 ) -> Scenario:
     """A class-incremental (or task-incremental) stream: disjoint class groups per experience.
 
     Classes are ordered by ``class_order`` and dealt into ``n_experiences``
-    groups of (nearly) equal size; labels keep their dataset values.
+    groups of (nearly) equal size; labels keep their dataset values. ``flip_invariant`` is the
+    data's :attr:`Scenario.flip_invariant`.
 
     Raises:
         ConfigError: If the classes cannot be split into that many experiences,
@@ -131,7 +133,8 @@ def split_by_class(
         )  # fmt: skip
     full_spec = {**spec, "n_experiences": n_experiences, "class_order": order, "seed": seed,
                  "classes_per_experience": [sorted(g) for g in groups]}  # fmt: skip
-    return Scenario(name, experiences, full_spec, n_classes, setting, protocol_defaults)
+    return Scenario(name, experiences, full_spec, n_classes, setting, protocol_defaults,
+                    flip_invariant=flip_invariant)
 
 
 def with_data(scenario: Scenario, data: object) -> Scenario:

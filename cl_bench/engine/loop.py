@@ -129,7 +129,7 @@ class Loop:
         """What the method is told in ``setup``."""
         sc = self.scenario
         return StreamInfo(sc.input_shape, sc.n_classes, len(sc), sc.setting, self.spec.device,
-                          input_transform=sc[0].test.transform)  # fmt: skip
+                          input_transform=sc[0].test.transform, flip_invariant=sc.flip_invariant)  # fmt: skip
 
     def begin(self) -> None:
         """What happens before the first iteration of a fresh run (CL: the evaluation before training)."""
