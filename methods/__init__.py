@@ -32,6 +32,7 @@ from cl_bench.methods import (  # noqa: F401
     l2_vit,
     l2p,
     lame,
+    lucir,
     lwf,
     mas,
     mir,
