@@ -39,6 +39,7 @@ from cl_bench.methods import (  # noqa: F401
     ncm,
     note,
     one_prompt,
+    podnet,
     psmt,
     ranpac,
     rdumb,
