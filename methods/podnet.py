@@ -203,13 +203,13 @@ class PODNet(SupervisedMethod):
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         require_per_class_room("podnet", self.config.buffer_size, info.n_classes)
+        self.memory = HerdingMemory(self.config.buffer_size)  # first: a refused network still gets a record
         super().setup(info, seed)
         require_stages(self.net, "podnet")
         dim = embed_dim(self.net, info.input_shape, self.device)
         self.net.head = CosineHead(dim, info.n_classes, self.config.proxies, kind="lsc").to(self.device)
         self.opt = build_optimizer(self.config, self.net)
         self.lr_schedule = LRSchedule(self.opt, self.config.schedule())
-        self.memory = HerdingMemory(self.config.buffer_size)
         self.teacher: torch.nn.Module | None = None
         self.old_classes = torch.zeros(info.n_classes, dtype=torch.bool, device=self.device)
         self.seen_classes = torch.zeros(info.n_classes, dtype=torch.bool, device=self.device)
