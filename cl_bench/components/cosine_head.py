@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_bench.core.errors import ConfigError
-from cl_bench.nets.models import SmallCNN
-from cl_bench.nets.resnet import CifarResNet18, CifarResNetA
+
+#: Stage attributes of the registry's ResNets (PyCIL-style ResNet-32, mammoth / GEM ResNet-18), in order.
+_STAGE_NAMES = (("stage_1", "stage_2", "stage_3"), ("layer1", "layer2", "layer3", "layer4"))
 
 
 class CosineHead(nn.Module):
@@ -102,12 +103,13 @@ class CosineHead(nn.Module):
 
 
 def _stages(net: nn.Module, name: str) -> list[nn.Module]:
-    if isinstance(net, CifarResNetA):
-        return [net.stage_1, net.stage_2, net.stage_3]
-    if isinstance(net, CifarResNet18):
-        return [net.layer1, net.layer2, net.layer3, net.layer4]
-    if isinstance(net, SmallCNN):  # each conv block ends in its ReLU: the block's output map
-        return [m for m in net.features if isinstance(m, nn.ReLU)]
+    # Read by attribute so components need not import the networks (a lower layer may not import a peer).
+    for names in _STAGE_NAMES:
+        if all(isinstance(getattr(net, n, None), nn.Module) for n in names):
+            return [getattr(net, n) for n in names]
+    feats = getattr(net, "features", None)
+    if isinstance(feats, nn.Sequential) and any(isinstance(m, nn.Conv2d) for m in feats):
+        return [m for m in feats if isinstance(m, nn.ReLU)]  # the small CNN: each conv block ends in its ReLU
     raise ConfigError(
         f"{name} distils the spatial feature maps of a network's intermediate stages (POD-spatial), but "
         f"model {type(net).__name__} has no such stages (a fully connected network has no spatial maps, and "
