@@ -75,7 +75,8 @@ class PODNetConfig(TrainConfig):
         weight_decay: L2 weight decay (5e-4: official options ``weight_decay``).
         proxies: Proxies per class of the LSC (10: ``proxy_per_class``).
         nca_margin: The NCA margin delta (0.6: ``nca.margin``).
-        lsc_loss: "official" (the code's NCA, in which the margin cancels) or "paper" (Eq. 8).
+        lsc_loss: "official" (the code's NCA, in which the margin cancels) or "paper" (Eq. 8; with the
+            learnable scale it drives the scale negative and collapses, measured in docs/methods.md).
         pod_spatial: Factor of POD-spatial (3: ``pod_spatial.scheduled_factor``).
         pod_flat: Factor of POD-flat (1: ``pod_flat.scheduled_factor``).
         adaptive_factor: Multiply both by ``sqrt(n_seen / n_new)`` (the "scheduled" factors).
