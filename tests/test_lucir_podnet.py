@@ -164,12 +164,17 @@ def test_lucir_imprints_the_normalised_class_mean_times_the_old_norm() -> None:
         assert torch.allclose(method.net.head.weight[c], expected, atol=1e-5)
 
 
-def test_lucir_options_run(tmp_path: Path) -> None:
-    for i, cfg in enumerate(({"classifier": "nme"}, {"balanced_finetune": True, "finetune_epochs": 2})):
-        spec = RunSpec(method="lucir", method_config={"buffer_size": 30, **cfg}, scenario="toy",
-                       protocol=Protocol(eval_every=0, epochs=1), seed=0)  # fmt: skip
-        record = run(spec, tmp_path / str(i))
-        assert record["status"] == "completed" and record["cost"]["exemplars"] == 30
+@pytest.mark.parametrize(("method", "config"), [("lucir", {"classifier": "nme"}),
+                                                 ("lucir", {"balanced_finetune": True, "finetune_epochs": 2}),
+                                                 ("podnet", {"finetune_epochs": 1})])  # fmt: skip
+def test_runs_report_their_exemplars_and_bytes(tmp_path: Path, method: str, config: dict) -> None:
+    spec = RunSpec(method=method, method_config={"buffer_size": 30, **config}, scenario="toy",
+                   protocol=Protocol(eval_every=0, epochs=1), seed=0)  # fmt: skip
+    record = run(spec, tmp_path)
+    x = toy_scenario()[0].train.x
+    row = x[0].numel() * x.element_size()
+    assert record["status"] == "completed" and record["cost"]["exemplars"] == 30
+    assert record["cost"]["buffer_bytes"] == 30 * (row + 8)  # stored inputs + task id, as iCaRL
 
 
 # -- PODNet's terms ----------------------------------------------------------------------------------------------
