@@ -27,8 +27,8 @@ registry's networks keep theirs (a network change would change every other metho
 
 References:
     Hou, Pan, Loy, Wang & Lin. "Learning a unified classifier incrementally via rebalancing". CVPR 2019
-        (Sec. 3.2 cosine normalisation and imprinting, Eq. 2; Sec. 3.3 less-forget constraint, Eq. 5-6;
-        Sec. 3.4 inter-class separation, Eq. 7; Sec. 4.1 class-balanced finetuning).
+        (cosine normalisation and imprinting; the less-forget constraint and its adaptive weight;
+        inter-class separation by margin ranking; class-balanced finetuning).
     Official code github.com/hshustc/CVPR19_Incremental_Learning: ``cifar100-class-incremental/
         class_incremental_cosine_cifar100.py`` (``--lamda 5`` l. 73, ``--dist 0.5`` l. 81, ``--K 2`` l. 83,
         ``--lw_mr 1`` l. 85; weight decay 5e-4 l. 101; lambda = lamda * sqrt(n_old / n_new) l. 191, 207-211;
@@ -110,13 +110,13 @@ class LUCIRConfig(TrainConfig):
 
 
 def less_forget_loss(features: torch.Tensor, old_features: torch.Tensor) -> torch.Tensor:
-    """``mean(1 - cos(f, f_old))`` over the batch (Eq. 6; ``nn.CosineEmbeddingLoss`` with target 1)."""
+    """``mean(1 - cos(f, f_old))`` over the batch (``nn.CosineEmbeddingLoss`` with target 1)."""
     return (1 - F.cosine_similarity(features, old_features.detach(), dim=1)).mean()
 
 
 def margin_ranking_loss(cos: torch.Tensor, y: torch.Tensor, old: torch.Tensor, new: torch.Tensor, k: int,
                         margin: float) -> torch.Tensor:  # fmt: skip
-    """Eq. 7: ``mean(max(0, margin - cos_y + cos_j))`` over old-class examples and their top-``k`` new classes.
+    """Margin ranking: ``mean(max(0, margin - cos_y + cos_j))`` over old-class examples and their top-``k`` new classes.
 
     Args:
         cos: Cosine scores before the scale, ``(N, n_classes)``.
@@ -138,7 +138,7 @@ def margin_ranking_loss(cos: torch.Tensor, y: torch.Tensor, old: torch.Tensor, n
 
 
 def adaptive_lambda(base: float, n_old: int, n_new: int) -> float:
-    """``base * sqrt(n_old / n_new)`` (Eq. 6's adaptive weight)."""
+    """``base * sqrt(n_old / n_new)`` (the less-forget constraint's adaptive weight)."""
     return base * math.sqrt(n_old / n_new)
 
 

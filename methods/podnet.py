@@ -23,7 +23,7 @@ loss. Prediction is the LSC class score over the seen classes (the official ``ev
 The NCA loss: the official code subtracts the margin from *every* similarity and, after its stability
 shift, leaves ``exp(0)`` in the place of the true class in the denominator, so that
 ``loss = log(sum_{j != y} exp(eta s_j) + exp(max_j eta s_j)) - eta s_y`` and the margin cancels
-(``lsc_loss="official"``, the default, since the defaults come from that code). The paper's Eq. 8,
+(``lsc_loss="official"``, the default, since the defaults come from that code). The paper's formula,
 ``[-log(exp(eta (s_y - delta)) / sum_{j != y} exp(eta s_j))]_+``, is ``lsc_loss="paper"``.
 
 Needs a network with spatial stages (the registry's ``cnn``, ``resnet32``, ``resnet18``,
@@ -31,7 +31,7 @@ Needs a network with spatial stages (the registry's ``cnn``, ``resnet32``, ``res
 
 References:
     Douillard, Cord, Ollion, Robert & Valle. "PODNet: pooled outputs distillation for small-tasks
-        incremental learning". ECCV 2020 (Sec. 3.1 POD, Eq. 2-6; Sec. 3.2 LSC, Eq. 7-8).
+        incremental learning". ECCV 2020 (pooled outputs distillation; the local-similarity classifier, NCA).
     Official code github.com/arthurdouillard/incremental_learning.pytorch (the incremental_learning.v1
         code): ``options/podnet/podnet_cnn_cifar100.yaml`` (``proxy_per_class: 10`` l. 10,
         ``neg_stable_cosine_distance`` l. 11, learned scaling from 1.0 l. 13-15, ``pod_flat`` 1.0 l. 17-18,
@@ -75,7 +75,7 @@ class PODNetConfig(TrainConfig):
         weight_decay: L2 weight decay (5e-4: official options ``weight_decay``).
         proxies: Proxies per class of the LSC (10: ``proxy_per_class``).
         nca_margin: The NCA margin delta (0.6: ``nca.margin``).
-        lsc_loss: "official" (the code's NCA, in which the margin cancels) or "paper" (Eq. 8; with the
+        lsc_loss: "official" (the code's NCA, in which the margin cancels) or "paper" (the paper's formula; with the
             learnable scale it drives the scale negative and collapses, measured in docs/methods.md).
         pod_spatial: Factor of POD-spatial (3: ``pod_spatial.scheduled_factor``).
         pod_flat: Factor of POD-flat (1: ``pod_flat.scheduled_factor``).
@@ -146,7 +146,7 @@ def nca_loss(sims: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, margin: f
         margin: The margin delta.
         allowed: Boolean ``(N, C)`` or ``(C,)`` mask of the classes that compete (the seen ones); None = all.
         variant: "official" (the code: margin on every similarity, exp(0) in the true class's place of the
-            denominator after the max shift) or "paper" (Eq. 8: margin on the true class, hinge at 0).
+            denominator after the max shift) or "paper" (the paper's formula: margin on the true class, hinge at 0).
     """
     rows = torch.arange(len(y), device=y.device)
     if variant == "paper":

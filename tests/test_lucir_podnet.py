@@ -222,7 +222,7 @@ def test_nca_official_and_paper_variants_by_hand() -> None:
     official = math.log(math.exp(s[1]) + math.exp(s[2]) + math.exp(max(s))) - s[0]
     assert math.isclose(float(podnet.nca_loss(sims, y, eta, delta)), official, rel_tol=1e-6)
     assert math.isclose(float(podnet.nca_loss(sims, y, eta, 0.0)), official, rel_tol=1e-6)
-    # paper Eq. 8: [-eta (s_y - delta) + log sum_{j != y} exp(eta s_j)]_+
+    # the paper's formula: [-eta (s_y - delta) + log sum_{j != y} exp(eta s_j)]_+
     paper = max(0.0, -2.0 * (-0.5 - delta) + math.log(math.exp(s[1]) + math.exp(s[2])))
     assert math.isclose(float(podnet.nca_loss(sims, y, eta, delta, variant="paper")), paper, rel_tol=1e-6)
     # classes outside ``allowed`` do not compete

@@ -17,7 +17,7 @@ References:
         modified_linear.py`` (``CosineLinear`` l. 8-37: uniform(-1/sqrt(d), 1/sqrt(d)) init l. 21-22,
         sigma initialised to 1 l. 24, ``sigma * linear(normalize(x), normalize(w))`` l. 33-36).
     Douillard, Cord, Ollion, Robert & Valle. "PODNet: pooled outputs distillation for small-tasks
-        incremental learning". ECCV 2020 (Sec. 3.2, Eq. 7); official code
+        incremental learning". ECCV 2020 (the local-similarity classifier); official code
         github.com/arthurdouillard/incremental_learning.pytorch ``inclearn/lib/network/classifiers.py``
         (``CosineClassifier``: ``neg_stable_cosine_distance`` l. 283-287, softmax merging of proxies
         l. 350-353 with gamma 1 l. 210), ``inclearn/lib/network/postprocessors.py`` (``FactorScalar``,
