@@ -29,7 +29,7 @@ References:
     Hou, Pan, Loy, Wang & Lin. "Learning a unified classifier incrementally via rebalancing". CVPR 2019
         (cosine normalisation and imprinting; the less-forget constraint and its adaptive weight;
         inter-class separation by margin ranking; class-balanced finetuning).
-    Official code github.com/hshustc/CVPR19_Incremental_Learning: ``cifar100-class-incremental/
+    Official code github.com/hshustc/CVPR19_Incremental_Learning (commit e5a90ae): ``cifar100-class-incremental/
         class_incremental_cosine_cifar100.py`` (``--lamda 5`` l. 73, ``--dist 0.5`` l. 81, ``--K 2`` l. 83,
         ``--lw_mr 1`` l. 85; weight decay 5e-4 l. 101; lambda = lamda * sqrt(n_old / n_new) l. 191, 207-211;
         imprinting l. 262-292; old weights at lr 0 l. 325-331; 20 exemplars per class, ``--nb_protos``

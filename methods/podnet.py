@@ -32,8 +32,8 @@ Needs a network with spatial stages (the registry's ``cnn``, ``resnet32``, ``res
 References:
     Douillard, Cord, Ollion, Robert & Valle. "PODNet: pooled outputs distillation for small-tasks
         incremental learning". ECCV 2020 (pooled outputs distillation; the local-similarity classifier, NCA).
-    Official code github.com/arthurdouillard/incremental_learning.pytorch (the incremental_learning.v1
-        code): ``options/podnet/podnet_cnn_cifar100.yaml`` (``proxy_per_class: 10`` l. 10,
+    Official code github.com/arthurdouillard/incremental_learning.pytorch (commit c09fc54):
+        ``options/podnet/podnet_cnn_cifar100.yaml`` (``proxy_per_class: 10`` l. 10,
         ``neg_stable_cosine_distance`` l. 11, learned scaling from 1.0 l. 13-15, ``pod_flat`` 1.0 l. 17-18,
         ``pod_spatial`` 3.0 l. 20-22, ``nca margin 0.6`` l. 24-27, ``old_weights: 0.`` l. 29-30,
         finetuning on the memory (undersampling), classifier only, lr 0.05, 20 epochs l. 32-37,
