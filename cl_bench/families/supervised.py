@@ -87,13 +87,22 @@ def build_network(cfg: TrainConfig, info: StreamInfo) -> tuple[nn.Module, torch.
     sizes = {"hidden_size": cfg.hidden_size, "hidden_layers": cfg.hidden_layers, "weights": cfg.model_weights}
     options = {k: v for k, v in sizes.items() if k in entry.options}
     net = create_model(cfg.model, info.n_classes, info.input_shape, **options).to(info.device)
+    return net, build_optimizer(cfg, net)
+
+
+def build_optimizer(cfg: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser ``cfg`` asks for over the trainable parameters of ``net``.
+
+    Methods that change the network after :func:`build_network` (LUCIR's and PODNet's cosine heads) call it
+    again so the new parameters are optimised with the same settings.
+    """
     params = [p for p in net.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
-        return net, torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return net, torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return net, torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                nesterov=cfg.nesterov)  # fmt: skip
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov)  # fmt: skip
 
 
 class SupervisedMethod(Method):
