@@ -149,11 +149,17 @@ class SupervisedMethod(Method):
     Config: ClassVar[type] = TrainConfig
 
     def setup(self, info: StreamInfo, seed: int) -> None:
+        if self.config.refresh and self.caps.drives_loop:  # refused before any state is set
+            raise ConfigError(
+                f"refresh=true unlearns before every batch the loop hands to observe, but {type(self).__name__} "
+                "drives its own training loop and never receives them. Use refresh with a method that trains "
+                "batch by batch (er, derpp, ewc, ...)."
+            )
+        net, opt = build_network(self.config, info)  # first: a network norm=adab2n cannot use is refused here
         super().setup(info, seed)
         self.device = torch.device(info.device)
-        self.net: nn.Module
-        self.opt: torch.optim.Optimizer
-        self.net, self.opt = build_network(self.config, info)
+        self.net: nn.Module = net
+        self.opt: torch.optim.Optimizer = opt
         self.lr_schedule = LRSchedule(self.opt, self.config.schedule())
         self.task_classes = torch.zeros(info.n_experiences, info.n_classes, dtype=torch.bool, device=self.device)
         # The experience each class first appeared in: AdaB2N's per-sample tags (the official code's
@@ -170,12 +176,6 @@ class SupervisedMethod(Method):
         """Refresh learning around any supervised method: unlearn each incoming batch before the method's own
         ``observe`` (as the official code does before its update), and add each experience to the Fisher
         after the method's own ``end_experience``. Instance attributes, so no method file changes."""
-        if self.caps.drives_loop:
-            raise ConfigError(
-                f"refresh=true unlearns before every batch the loop hands to observe, but {type(self).__name__} "
-                "drives its own training loop and never receives them. Use refresh with a method that trains "
-                "batch by batch (er, derpp, ewc, ...)."
-            )
         c = self.config
         self.refresher = Refresh(c.refresh_delta, c.refresh_fisher_scale, c.refresh_noise, c.refresh_tau,
                                  c.refresh_every, seed)  # fmt: skip
