@@ -233,3 +233,12 @@ def test_refresh_refuses_a_method_that_drives_its_own_loop() -> None:
     m = _OwnLoop(TrainConfig(refresh=True))
     with pytest.raises(ConfigError, match="drives its own training loop"):
         m.setup(_info(), seed=0)
+
+
+@pytest.mark.slow  # importing Avalanche takes ~20 s on the shared machine
+@pytest.mark.parametrize("config", [{"norm": "adab2n", "model": "cnn"}, {"refresh": True}])
+def test_avalanche_strategies_refuse_the_native_only_options(tmp_path: Path, config: dict) -> None:
+    pytest.importorskip("avalanche")
+    spec = RunSpec(method="avalanche:Naive", method_config=config, scenario="toy", protocol=Protocol(eval_every=0))
+    with pytest.raises(ConfigError, match="native supervised methods"):
+        run(spec, tmp_path)
