@@ -10,8 +10,13 @@ class-balanced memory rebuilt at each experience's end, the new examples stored 
 network trained on the whole experience (eval mode, un-augmented inputs), so replay starts with the
 second experience. It exists for the cross-check in ``benchmarks/crosscheck.py``.
 
+``refresh`` (below) is DER++ with refresh learning on (``--set refresh=true`` gives it to any supervised
+method; the unlearning step is :mod:`cl_bench.components.refresh`), the official code's main setting.
+
 References:
     Buzzega et al. "Dark experience for general continual learning: a strong, simple baseline". NeurIPS 2020.
+    Wang, Li, Shen & Huang, "A Unified and General Framework for Continual Learning" (ICLR 2024), refresh
+        learning; official code github.com/joey-wang123/CL-refresh-learning (commit 7c90da5) models/derpp.py.
     Official code: github.com/aimagelab/mammoth, ``models/der.py`` (loss) and ``utils/best_args.py``
         (defaults, seq-mnist, buffer 200).
     Avalanche 0.6 ``avalanche/training/supervised/der.py`` (``ClassBalancedBufferWithLogits``, the
@@ -186,3 +191,27 @@ class DERPP(DER):
         if (mt >= 0).all():
             out = self.mask_logits(out, mt)
         return loss + self.config.beta * F.cross_entropy(out, my)
+
+
+@dataclass(frozen=True)
+class RefreshConfig(DERPPConfig):
+    """DER++'s hyper-parameters with refresh learning on (``refresh=false`` gives plain DER++).
+
+    Attributes:
+        refresh: On. Its fields (TrainConfig), from the official models/derpp.py: refresh_every 1 (unlearning
+            before every batch, line 63), refresh_delta 1e-5 (line 50), refresh_tau 1e-5 (line 51),
+            refresh_fisher_scale 1e-3 and refresh_noise 1e-3 (line 108).
+    """
+
+    refresh: bool = True
+
+
+@METHODS.register(
+    "refresh",
+    reference="Wang et al., 'A Unified and General Framework for Continual Learning' (ICLR 2024), refresh "
+    "learning on DER++",
+)
+class RefreshDERPP(DERPP):
+    """DER++ with refresh learning (Fisher-scaled noisy gradient-ascent unlearning before every batch)."""
+
+    Config: ClassVar[type] = RefreshConfig

@@ -69,6 +69,12 @@ class AvalancheStrategy(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         self.device = torch.device(info.device)
+        if getattr(self.config, "norm", "bn") != "bn" or getattr(self.config, "refresh", False):
+            raise ConfigError(
+                "norm=adab2n and refresh=true are options of cl_bench's native supervised methods (they act in "
+                "its training step); Avalanche strategies train in Avalanche's loop, where they would do "
+                "nothing. Drop them, or use the native method (e.g. er, derpp, or the registered adab2n / refresh)."
+            )
         self.net, self.opt = build_network(self.config, info)  # the same network and optimiser as native methods
         self.strategy: Any = None  # built at the first experience, when the protocol's batch size is known
         self._plugin: Any = None
