@@ -17,6 +17,7 @@ from cl_bench.methods import (  # noqa: F401
     der,
     deyo,
     dualprompt,
+    ease,
     eata,
     er,
     er_ace,

@@ -32,6 +32,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -112,10 +113,11 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-def _attach_adapter(backbone: nn.Module, petl: nn.ModuleDict, width: int, scale: float) -> None:
+def _attach_adapter(backbone: nn.Module, petl: nn.ModuleDict, make: Callable[[int, bool], nn.Module]) -> None:
+    """Wire ``make(channels, conv)`` (a Bottleneck, or a :class:`SwitchedBottleneck`) into every block."""
     if _is_vit(backbone):
         for i, block in enumerate(backbone.blocks):
-            adapter = petl[f"block{i}"] = Bottleneck(backbone.embed_dim, width, scale, conv=False)
+            adapter = petl[f"block{i}"] = make(backbone.embed_dim, False)
             stash: dict[str, torch.Tensor] = {}
             # The MLP branch's input before norm2 is what the parallel adapter reads (AdaptFormer).
             block.norm2.register_forward_pre_hook(lambda _m, args, s=stash: s.__setitem__("x", args[0]))
@@ -127,7 +129,7 @@ def _attach_adapter(backbone: nn.Module, petl: nn.ModuleDict, width: int, scale:
                          f"{type(backbone).__name__}; use petl=ssf, which works on any backbone with norm layers")
     for name, block in blocks:
         channels = _out_channels(block)
-        adapter = petl[_key(name)] = Bottleneck(channels, width, scale, conv=True)
+        adapter = petl[_key(name)] = make(channels, True)
         block.register_forward_hook(lambda _m, _a, out, a=adapter: out + a(out))
 
 
@@ -203,7 +205,7 @@ def attach_petl(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the adapter's Kaiming init draws from the global generator
         if kind == "adapter":
-            _attach_adapter(backbone, petl, ffn_num, adapter_scale)
+            _attach_adapter(backbone, petl, lambda dim, conv: Bottleneck(dim, ffn_num, adapter_scale, conv))
         elif kind == "ssf":
             _attach_ssf(backbone, petl, gen)
         else:
@@ -214,6 +216,93 @@ def attach_petl(
     for p in params:
         p.requires_grad_(True)
     return params
+
+
+class SwitchedBottleneck(nn.Module):
+    """Several :class:`Bottleneck` adapters at one place of a block; only the ``active`` one runs.
+
+    ``active = None`` (or no adapter yet) adds nothing: the block computes its pretrained function.
+    """
+
+    def __init__(self, dim: int, width: int, scale: float, conv: bool) -> None:
+        super().__init__()
+        self.dim, self.width, self.scale, self.conv = dim, width, scale, conv
+        self.sets = nn.ModuleList()
+        self.active: int | None = None
+
+    def add(self, device: torch.device) -> Bottleneck:
+        """Append a fresh adapter on ``device`` (its initialisation draws from the global generator)."""
+        adapter = Bottleneck(self.dim, self.width, self.scale, self.conv).to(device)
+        self.sets.append(adapter)
+        return adapter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.active is None:
+            return torch.zeros((), dtype=x.dtype, device=x.device)
+        return self.sets[self.active](x)
+
+
+class AdapterBank:
+    """An expandable list of adapter sets on one frozen backbone, one set active at a time (EASE).
+
+    Each set is one :class:`Bottleneck` per block, wired in exactly as ``attach_petl(kind="adapter")``
+    wires its single set (parallel to the ViT MLP, residual after each CNN block), so a bank with one
+    set active computes what APER's adapter computes. The sets live under ``backbone.petl`` (keys
+    ``<block>.sets.<k>.down.weight``...). Selecting set ``k`` costs nothing: the forward hooks read
+    each place's ``active`` index. ``select(None)`` gives the pretrained backbone.
+
+    Args:
+        backbone: A timm ViT, EfficientNet/MobileNet-style or ResNet model; frozen and changed in place.
+        ffn_num: Bottleneck width of every set.
+        adapter_scale: Output scale of every set.
+
+    Raises:
+        ValueError: A backbone without supported blocks (as ``attach_petl``'s adapter).
+
+    References:
+        Zhou, Sun, Ye & Zhan, "Expandable Subspace Ensemble for Pre-Trained Model-Based Class-Incremental
+        Learning", CVPR 2024; official LAMDA-PILOT ``backbone/vit_ease.py`` (``get_new_adapter``,
+        ``add_adapter_to_list``, ``forward_proto(adapt_index)``).
+    """
+
+    def __init__(self, backbone: nn.Module, *, ffn_num: int = 64, adapter_scale: float = 0.1) -> None:
+        backbone.requires_grad_(False)
+        petl = nn.ModuleDict()
+        _attach_adapter(backbone, petl, lambda dim, conv: SwitchedBottleneck(dim, ffn_num, adapter_scale, conv))
+        self.device = next(backbone.parameters()).device
+        backbone.petl = petl
+        self.backbone = backbone
+        self.places: list[SwitchedBottleneck] = list(petl.values())  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.places[0].sets)
+
+    def add(self, seed: int) -> list[nn.Parameter]:
+        """Append a new set (seeded), make it active, and return its trainable parameters."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the down-projection's Kaiming init draws from the global generator
+            for place in self.places:
+                place.add(self.device)
+        self.select(len(self) - 1)
+        params = self.parameters(len(self) - 1)
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def parameters(self, index: int) -> list[nn.Parameter]:
+        """The parameters of set ``index``, block by block."""
+        return [p for place in self.places for p in place.sets[index].parameters()]
+
+    def freeze(self) -> None:
+        """No set trains any more (EASE: earlier subspaces stay fixed)."""
+        self.backbone.petl.requires_grad_(False)
+
+    def select(self, index: int | None) -> None:
+        """Make set ``index`` the one the backbone runs (None: none, the pretrained backbone)."""
+        if index is not None and not 0 <= index < len(self):
+            raise IndexError(f"adapter set {index} does not exist (the bank has {len(self)})")
+        for place in self.places:
+            place.active = index
 
 
 class CosineHead(nn.Module):
@@ -334,5 +423,5 @@ class FirstSessionConfig:
                                  tuned_epochs=self.tuned_epochs, min_lr=self.min_lr, seed=seed)  # fmt: skip
 
 
-__all__ = ["PETL_KINDS", "Bottleneck", "CosineHead", "FirstSessionConfig", "FirstSessionTuner", "ScaleShift",
-           "attach_petl", "check_petl_backbone"]
+__all__ = ["PETL_KINDS", "AdapterBank", "Bottleneck", "CosineHead", "FirstSessionConfig", "FirstSessionTuner",
+           "ScaleShift", "SwitchedBottleneck", "attach_petl", "check_petl_backbone"]
