@@ -113,7 +113,7 @@ def cifar100_c(
     n_per_domain: int = 0,
     concentration: float = 0.1,
     insert_clean: bool = False,
-    source_model: str = "wrn28_10",
+    source_model: str = "resnext29",
     source_weights: str | None = None,
     source_epochs: int = 5,
     source_free: bool = False,
@@ -131,7 +131,8 @@ def cifar100_c(
         n_per_domain: Test images per domain (0 = all).
         concentration: Dirichlet concentration of the correlated setting.
         insert_clean: Insert the clean test images between corruption domains.
-        source_model: Source architecture (default wrn28_10, RobustBench's 'Standard'; cnn_bn trains on a CPU).
+        source_model: Source architecture (default resnext29, RobustBench's Hendrycks2020AugMix_ResNeXt, the
+            RMT benchmark's CIFAR-100-C source; cnn_bn trains on a CPU).
         source_weights: Source checkpoint (state dict or RobustBench file); unset = train on the clean data.
         source_epochs: Epochs of the source phase.
         source_free: Give TTA methods no source data.

@@ -152,3 +152,52 @@ def test_model_weights_reach_the_record_and_are_refused_where_no_network_takes_t
     with pytest.raises(ConfigError, match="loads no weight file"):
         METHODS.create("er", model="mlp", model_weights=str(tmp_path / "r50.pth")).setup(
             StreamInfo((1, 28, 28), 4, 2, "class_il"), seed=0)
+
+
+def _resnext29_count(n_classes: int) -> int:
+    """RobustBench's Hendrycks2020AugMix_ResNeXt (depth 29, cardinality 4, base width 32), counted from its code:
+    stage planes p in (64, 128, 256), inner width 4 * floor(p * 32 / 64) = 2p, output 4p, 3 blocks per stage."""
+    total = 3 * 64 * 9 + 2 * 64  # stem conv + BN
+    inplanes = 64
+    for p in (64, 128, 256):
+        for i in range(3):
+            inner, out = 2 * p, 4 * p
+            total += inplanes * inner + 2 * inner  # 1x1 reduce + BN
+            total += inner * (inner // 4) * 9 + 2 * inner  # 3x3 conv in 4 groups + BN
+            total += inner * out + 2 * out  # 1x1 expand + BN
+            if i == 0:
+                total += inplanes * out + 2 * out  # projection shortcut + BN
+            inplanes = out
+    return total + 1024 * n_classes + n_classes
+
+
+def test_resnext29_counts_as_robustbench_and_loads_its_released_key_layout(tmp_path: Path) -> None:
+    net = create_model("resnext29", n_classes=100)
+    assert parameter_count(net) == _resnext29_count(100) == 6_900_132
+    keys = set(net.state_dict())
+    assert {"conv_1_3x3.weight", "bn_1.running_var", "stage_1.0.conv_reduce.weight", "stage_1.0.downsample.0.weight",
+            "stage_3.2.bn_expand.bias", "classifier.weight"} <= keys
+    assert "mu" not in keys and "sigma" not in keys  # the released checkpoint has no normalisation buffers
+    conv = net.stage_2[0].conv_conv
+    assert conv.groups == 4 and conv.stride == (2, 2) and conv.in_channels == 256
+    x = torch.rand(2, 3, 32, 32)
+    net.eval()
+    torch.testing.assert_close(net.head(net.features(x)), net(x))
+    assert net.features(x).shape == (2, 1024)
+    # A checkpoint in that layout loads as the CIFAR-100-C source model, key for key.
+    from cl_bench.nets.backbones import load_weights
+    from cl_bench.nets.models import build_source_model
+
+    torch.save(net.state_dict(), tmp_path / "augmix_resnext.pt")
+    src = build_source_model("resnext29", (3, 32, 32), 100)
+    load_weights(src, torch.load(tmp_path / "augmix_resnext.pt"))
+    torch.testing.assert_close(src.eval()(x), net(x))
+
+
+def test_cifar100_c_defaults_to_the_augmix_resnext_source() -> None:
+    import inspect
+
+    from cl_bench.core.registry import SCENARIOS
+
+    builder = SCENARIOS.get("cifar100_c").obj
+    assert inspect.signature(builder).parameters["source_model"].default == "resnext29"

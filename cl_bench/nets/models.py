@@ -73,7 +73,7 @@ def build_model(
 
 
 # -- source models of test-time adaptation streams ------------------------------------------------------------
-SOURCE_MODELS = ("auto", "lenet_bn", "cnn_bn", "wrn28_10", "resnet50")
+SOURCE_MODELS = ("auto", "lenet_bn", "cnn_bn", "wrn28_10", "resnext29", "resnet50")
 
 
 class LeNetBN(nn.Module):
@@ -175,8 +175,8 @@ def build_source_model(name: str, input_shape: tuple[int, ...], n_classes: int) 
     """The source network of a test-time adaptation stream (with BatchNorm layers).
 
     "auto" picks ``lenet_bn`` for 1x28x28 inputs and ``cnn_bn`` (:class:`SmallCNN`) otherwise;
-    ``wrn28_10`` and ``resnet50`` (torchvision's ResNet-50, for ImageNet-scale streams) are meant to load a
-    checkpoint (training them on a CPU is impractical).
+    ``wrn28_10``, ``resnext29`` (CIFAR-100-C) and ``resnet50`` (torchvision's ResNet-50, for ImageNet-scale
+    streams) are meant to load a checkpoint (training them on a CPU is impractical).
 
     Raises:
         ConfigError: For an unknown name or an architecture that does not fit ``input_shape``.
@@ -196,6 +196,12 @@ def build_source_model(name: str, input_shape: tuple[int, ...], n_classes: int) 
         if tuple(input_shape[1:]) != (32, 32):
             raise ConfigError(f"source model wrn28_10 takes 32x32 inputs, got {input_shape}; use cnn_bn")
         return WideResNet(28, 10, n_classes, input_shape[0])
+    if name == "resnext29":  # RobustBench's Hendrycks2020AugMix_ResNeXt, the CIFAR-100-C source
+        from cl_bench.nets.resnext import ResNeXt29
+
+        if tuple(input_shape[1:]) != (32, 32):
+            raise ConfigError(f"source model resnext29 takes 32x32 inputs, got {input_shape}; use cnn_bn")
+        return ResNeXt29(n_classes, input_shape[0])
     if name == "resnet50":  # torchvision's, so its IMAGENET1K_V1 state dict loads key for key
         from torchvision.models import resnet50
 

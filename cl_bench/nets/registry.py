@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cl_bench.core.errors import ConfigError
-from cl_bench.nets import models, resnet
+from cl_bench.nets import models, resnet, resnext
 
 Builder = Callable[..., nn.Module]
 
@@ -182,6 +182,14 @@ def _reduced_resnet18(n_classes: int, input_shape: tuple[int, ...]) -> nn.Module
 def _resnet32(n_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """CIFAR ResNet-32, 16-32-64 channels, option-A shortcuts (iCaRL, PODNet, PyCIL)."""
     return resnet.resnet32(n_classes, _image("resnet32", input_shape))
+
+
+@register_model("resnext29", input_shape=_CIFAR,
+                reference="Hendrycks et al., AugMix (ICLR 2020) ResNeXt-29 (cardinality 4, base width 32); "
+                          "RobustBench Hendrycks2020AugMix_ResNeXt key names (CIFAR-100-C source model)")  # fmt: skip
+def _resnext29(n_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """CIFAR ResNeXt-29 of AugMix: grouped bottlenecks, 1024-d embedding (CoTTA / RMT's CIFAR-100-C source)."""
+    return resnext.ResNeXt29(n_classes, _image("resnext29", input_shape, (32, 32)))
 
 
 # -- ImageNet-scale networks: the reference architectures, weights only from local files ----------------------------
