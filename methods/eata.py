@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from cl_bench.components import ReliableEntropy
+from cl_bench.components.window_bn import set_window_mode
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
@@ -39,6 +40,8 @@ class EATAConfig(TTAOptimConfig):
         fisher_alpha: Weight of the Fisher anti-forgetting penalty (0 = ETA, no source data needed).
         fisher_samples: Source images used to estimate the Fisher information.
         source_batch_size: Batch size of the Fisher estimate.
+        window: 0 = off; W >= 1 normalises with the statistics of the last W test samples, for small
+            batches (the RMT benchmark's ``TEST.WINDOW_LENGTH``; see bn_adapt's ``window``).
     """
 
     e_margin: float = 0.4
@@ -46,6 +49,7 @@ class EATAConfig(TTAOptimConfig):
     fisher_alpha: float = 1.0
     fisher_samples: int = 2000
     source_batch_size: int = 200
+    window: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,7 +71,7 @@ class EATA(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         cfg = self.config
-        self.model, named = adaptable_copy(info, self.name, "norm")
+        self.model, named = adaptable_copy(info, self.name, "norm", self.config.window)
         self.opt = make_optimizer(named.values(), cfg)
         self.selector = ReliableEntropy(info.n_classes, cfg.e_margin, cfg.d_margin)
         self.penalty = source_fisher_penalty(self.model, named, info, alpha=cfg.fisher_alpha, seed=seed,
@@ -78,7 +82,9 @@ class EATA(Method):
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
+            set_window_mode(self.model, "update")  # the batch joins the window (a no-op without one)
             out = self.model(x)
+            set_window_mode(self.model, "peek")
             loss, n_reliable, n_used = self.selector(out)
             self.n_reliable += n_reliable
             self.n_used += n_used

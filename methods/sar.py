@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from cl_bench.components import adapt_only, norm_affine_params, softmax_entropy
+from cl_bench.components.window_bn import set_window_mode
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
@@ -55,12 +56,15 @@ class SARConfig(TTAOptimConfig):
         e_margin: Entropy threshold as a fraction of ln(n_classes).
         rho: SAM neighbourhood radius.
         reset_constant: Reset when the moving average of the entropy loss falls below this.
+        window: 0 = off; W >= 1 normalises with the statistics of the last W test samples, for small
+            batches (the RMT benchmark's ``TEST.WINDOW_LENGTH``; see bn_adapt's ``window``).
     """
 
     optimizer: Literal["adam", "sgd"] = "sgd"
     e_margin: float = 0.4
     rho: float = 0.05
     reset_constant: float = 0.2
+    window: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,7 +98,7 @@ class SAR(Method):
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
-        self.model, _ = adaptable_copy(info, self.name, "norm")
+        self.model, _ = adaptable_copy(info, self.name, "norm", self.config.window)
         named = dict(norm_affine_params(self.model, last_stage(self.model)))
         if not named:
             raise ConfigError(
@@ -122,7 +126,9 @@ class SAR(Method):
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
+            set_window_mode(self.model, "update")  # the batch joins the window (a no-op without one)
             out = self.model(x)
+            set_window_mode(self.model, "peek")
             loss, keep = self._filtered_entropy(out)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()

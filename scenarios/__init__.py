@@ -13,6 +13,7 @@ from cl_bench.scenarios import (  # noqa: F401
     hf_split,
     imagenet_c,
     imagenet_r,
+    imagenet_shift,
     mnist,
     own_data,
     pilot,

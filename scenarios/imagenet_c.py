@@ -16,6 +16,8 @@ weights expect (the RMT repo wraps the same normalisation into the model).
 Difference to the RMT repo: its subset is a fixed list of image ids; ours is a seeded subset (``seed``), the same
 images in every domain, so numbers on the 5,000-image subset are comparable across methods here but not
 image-for-image with theirs.
+The kept images are played in one seeded random order (the same in every domain), as the RMT repo shuffles
+each domain's files; the folders themselves are scanned class by class.
 
 References:
     Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and Perturbations"
@@ -29,6 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cl_bench.core.errors import ConfigError, DataError
@@ -132,8 +135,12 @@ def imagenet_c(
     store = FileData(paths, torch.tensor(labels, dtype=torch.int64), image_size=image_size, transform=_TRANSFORM,
                      workers=workers, cache_dir=cache_dir)  # fmt: skip
 
+    # The scanned files run class by class; the RMT repo shuffles each domain's files once (data_loading.py,
+    # random.shuffle(test_dataset.samples)), so the kept images are played in one seeded order, the same in
+    # every domain (the correlated and mixed settings reorder on top of it).
     def domain_data(corruption: str, sev: int, keep: torch.Tensor) -> FileData:
-        return store.subset(keep + offset[(corruption, sev)])
+        order = torch.from_numpy(np.random.default_rng(np.random.SeedSequence([seed, 3])).permutation(len(keep)))
+        return store.subset(keep[order] + offset[(corruption, sev)])
 
     source = SourceDomain(None, None, source_model, source_weights, 1, True, setting == "reset_each_shift")
     experiences = tta_experiences(setting, tuple(corruptions), severity, domain_data, n_images, n_classes,
@@ -143,6 +150,7 @@ def imagenet_c(
                             "severity": severity, "n_classes": n_classes, "images_per_domain": n_images,
                             "image_size": image_size, "transform": "x/255, ImageNet mean/std",
                             "subset": "seeded, the same images in every domain",
+                            "order": "seeded shuffle, the same in every domain",
                             **tta_spec(setting, n_per_domain, concentration, False, seed, source)}  # fmt: skip
     data = f"ImageNet-C folders ({n_images} images per domain) at {base}"
     return with_data(Scenario("imagenet_c", experiences, spec, n_classes, "domain_il", {"batch_size": _BATCH},

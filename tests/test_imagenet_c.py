@@ -48,6 +48,10 @@ def test_imagenet_c_streams_file_backed_domains_with_a_seeded_subset(tree: tuple
     # The same images (by file name) in every domain, labels from the sorted wnid folders.
     names = [[Path(p).name for p in e.test.paths] for e in s]
     assert names[0] == names[1] and sorted(set(s[0].test.y.tolist())) <= [0, 1, 2]
+    # played in a seeded random order (as the RMT repo shuffles), not class by class as the folders are scanned
+    full = _make(root, weights, n_per_domain=0)
+    assert sorted(full[0].test.y.tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+    assert full[0].test.y.tolist() != sorted(full[0].test.y.tolist())
     assert s.spec["source_weights_sha256"] and s.spec["images_per_domain"] == 12
     gradual = _make(root, weights, setting="gradual", n_per_domain=0)
     assert [e.meta["severity"] for e in gradual][:9] == [1, 2, 3, 4, 5, 4, 3, 2, 1]

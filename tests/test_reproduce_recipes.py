@@ -102,6 +102,48 @@ def write_imagenet_r(root: Path, per_class: int = 3) -> tuple[Path, Path]:
     return root, splits
 
 
+def write_imagenet_c(root: Path, wnids: tuple[str, ...] = ("n01440764", "n01443537", "n01484850")) -> tuple[Path, Path]:
+    """The released layout <corruption>/5/<wnid>/*.JPEG for the 15 benchmark corruptions (3 wnids, 2 images each)
+    and a small cnn_bn source state dict with a 3-unit head (the recipes' smoke source_model)."""
+    import torch
+
+    from cl_bench.nets.models import build_source_model
+
+    rng = np.random.default_rng(0)
+    for c in BENCHMARK_ORDER:
+        for k, wnid in enumerate(wnids):
+            folder = root / c / "5" / wnid
+            folder.mkdir(parents=True)
+            for i in range(2):
+                arr = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(folder / f"ILSVRC2012_val_{k * 10 + i:08d}.JPEG")
+    torch.manual_seed(0)
+    weights = root.parent / "imagenet_c_source.pt"
+    torch.save(build_source_model("cnn_bn", (3, 32, 32), len(wnids)).state_dict(), weights)
+    return root, weights
+
+
+def write_imagenet_shift(root: Path, wnids: tuple[str, ...] = ("n01443537", "n01484850", "n12267677")) -> Path:
+    """Three class folders (ImageNet-R wnids, also ImageNet-1k ones: valid for Sketch) of small JPEGs."""
+    rng = np.random.default_rng(1)
+    for wnid in wnids:
+        (root / wnid).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / wnid / f"img_{i}.jpg")
+    return root
+
+
+def write_source_1k(path: Path) -> Path:
+    """A small cnn_bn source state dict with a 1,000-unit ImageNet head (imagenet_shift's smoke source)."""
+    import torch
+
+    from cl_bench.nets.models import build_source_model
+
+    torch.manual_seed(0)
+    torch.save(build_source_model("cnn_bn", (3, 32, 32), 1000).state_dict(), path)
+    return path
+
+
 def _idx(path: Path, arr: np.ndarray) -> None:
     blob = struct.pack(">I", 0x0800 | arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
     path.write_bytes(gzip.compress(blob))
@@ -120,7 +162,11 @@ def write_mnist(root: Path, n_train: int = 100, n_test: int = 40) -> Path:
 def fake_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("recipe_data")
     imr, splits = write_imagenet_r(base / "imagenet-r")
-    return {"cifar10": write_cifar10(base / "cifar10"), "cifar100": write_cifar100(base / "cifar100"),
+    imc, imc_weights = write_imagenet_c(base / "ImageNet-C")
+    return {"imagenet_c": imc, "imagenet_c_weights": imc_weights,
+            "imagenet_shift": write_imagenet_shift(base / "imagenet-shift"),
+            "imagenet_shift_weights": write_source_1k(base / "source_1k.pt"),
+            "cifar10": write_cifar10(base / "cifar10"), "cifar100": write_cifar100(base / "cifar100"),
             "cifar10_c": write_cifar10_c(base / "CIFAR-10-C"), "mnist": write_mnist(base / "mnist"),
             "imagenet_r": imr, "splits": splits}  # fmt: skip
 
@@ -128,14 +174,16 @@ def fake_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def smoke_sets(name: str, data: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """The ``--set`` values a user passes: each data parameter of the recipe pointed at the fake files."""
     what = {"split_cifar10": "cifar10", "split_cifar100": "cifar100", "cifar10_c": "cifar10_c",
-            "split_mnist": "mnist", "permuted_mnist": "mnist", "split_imagenet_r": "imagenet_r"}  # fmt: skip
+            "split_mnist": "mnist", "permuted_mnist": "mnist", "split_imagenet_r": "imagenet_r",
+            "imagenet_c": "imagenet_c", "imagenet_shift": "imagenet_shift"}  # fmt: skip
     recipe = RECIPES[name]
     sets: dict[str, dict[str, Any]] = {"method": {}, "scenario": {}}
     for d in recipe.data:
         if d.when == "full":
             continue
         section, _, key = d.param.partition(".")
-        folder = {"root": data[what[recipe.scenario]], "clean_root": data["cifar10"], "split_dir": data["splits"]}[key]
+        folder = {"root": data[what[recipe.scenario]], "clean_root": data["cifar10"], "split_dir": data["splits"],
+                  "source_weights": data.get(f"{recipe.scenario}_weights")}[key]
         sets[section][key] = str(folder)
     if recipe.scenario == "split_imagenet_r":
         sets["scenario"].update(workers=0, image_size=32)  # tiny JPEGs; the smoke backbone resizes anyway

@@ -35,6 +35,7 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
 FILE_BACKED = {
     "folder_split": "tests/test_own_data.py", "folder_domains": "tests/test_own_data.py",
     "imagenet_c": "tests/test_imagenet_c.py", "domainnet126": "tests/test_domainnet126.py",
+    "imagenet_shift": "tests/test_imagenet_shift.py",
     **{n: "tests/test_pilot_datasets.py" for n in ("split_cub200", "split_imagenet_a", "split_objectnet",
                                                     "split_omnibenchmark", "split_vtab", "split_cars")},
 }  # fmt: skip

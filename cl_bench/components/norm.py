@@ -15,6 +15,7 @@ from collections.abc import Callable
 from torch import nn
 
 from cl_bench.components.batchnorm import batch_norm_layers
+from cl_bench.components.window_bn import WindowBatchNorm
 from cl_bench.core.errors import ConfigError
 
 
@@ -47,10 +48,12 @@ def bn_affine_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 def norm_affine_params(
     model: nn.Module, skip: Callable[[str], bool] | None = None
 ) -> list[tuple[str, nn.Parameter]]:
-    """Names and tensors of the scale and shift of every normalisation layer (batch norm of any kind,
-    ``GroupNorm``, ``LayerNorm``) of ``model`` whose module name ``skip`` does not reject."""
+    """Names and tensors of the scale and shift of every normalisation layer (batch norm of any kind, the
+    sliding-window one included, ``GroupNorm``, ``LayerNorm``) of ``model`` whose module name ``skip`` does
+    not reject."""
     norms = dict(batch_norm_layers(model))
-    norms.update((n, m) for n, m in model.named_modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm)))
+    norms.update((n, m) for n, m in model.named_modules()
+                 if isinstance(m, (nn.GroupNorm, nn.LayerNorm, WindowBatchNorm)))  # fmt: skip
     out = []
     for name, m in model.named_modules():  # module order, not the dict's insertion order
         if name not in norms or (skip is not None and skip(name)):

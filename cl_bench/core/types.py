@@ -313,6 +313,10 @@ class SourceDomain:
         epochs: Epochs of the source phase when training.
         free: Source-free mode: methods get no source data (``StreamInfo.source_data`` is None).
         reset_each_shift: The runner resets the method (``setup`` again) at each domain shift.
+        checkpoint_classes: Width of the checkpoint's output layer when it differs from the stream's label
+            space (e.g. 1000 for an ImageNet-1k model on ImageNet-R's 200 classes); None = ``n_classes``.
+        output_rows: The checkpoint's output units the stream's labels are, in label order (an output mask:
+            label ``i`` is unit ``output_rows[i]``); None = all units, in order.
     """
 
     train: TensorData | None
@@ -322,6 +326,8 @@ class SourceDomain:
     epochs: int = 5
     free: bool = False
     reset_each_shift: bool = False
+    checkpoint_classes: int | None = None
+    output_rows: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from cl_bench.data.layout_checks import (
     check_imagenet_r,
     check_tiny_imagenet,
     pilot_check,
+    shift_check,
 )
 
 
@@ -244,7 +245,7 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             "CIFAR-100-C", (Archive("CIFAR-100-C.tar", "https://zenodo.org/records/3555552/files/CIFAR-100-C.tar",
                                     "11f0ed0f1191edbf9fa23466ae6021d3", ""),),
             _cifar_c_check(100), ("CIFAR-100-C",)),
-    Dataset("imagenet_r", ("split_imagenet_r",), "https://github.com/hendrycks/imagenet-r",
+    Dataset("imagenet_r", ("split_imagenet_r", "imagenet_shift"), "https://github.com/hendrycks/imagenet-r",
             "imagenet-r/<wnid>/<image>.jpg (200 classes, 30,000 images)", "imagenet-r",
             (Archive("imagenet-r.tar", "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar", None, ""),),
             check_imagenet_r, ("imagenet-r",)),
@@ -260,6 +261,16 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("domainnet126", ("domainnet126",), "https://ai.bu.edu/M3SDA/",
             "domainnet/{clipart,painting,real,sketch}_list.txt (lines '<domain>/<class>/<file>.jpg <label>') beside "
             "domainnet/<domain>/<class>/<file>.jpg", "domainnet", (), check_domainnet126, ("domainnet",)),
+    Dataset("imagenet_a_release", ("imagenet_shift",), "https://github.com/hendrycks/natural-adv-examples",
+            "imagenet-a/<wnid>/<image>.jpg (the 200 ImageNet-A classes, 7,500 images)", "imagenet-a",
+            (Archive("imagenet-a.tar", "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar", None, ""),),
+            shift_check("imagenet_a"), ("imagenet-a",)),
+    Dataset("imagenet_v2", ("imagenet_shift",), "https://github.com/modestyachts/ImageNetV2",
+            "imagenetv2-matched-frequency-format-val/<class index 0..999>/<image>.jpeg (10,000 images)",
+            "imagenetv2-matched-frequency-format-val", (), shift_check("imagenet_v2")),
+    Dataset("imagenet_sketch", ("imagenet_shift",), "https://github.com/HaohanWang/ImageNet-Sketch",
+            "sketch/<wnid>/<image>.JPEG (1,000 classes, 50,889 images)", "sketch", (),
+            shift_check("imagenet_sketch"), ("sketch",)),
     Dataset("imagenet_c", ("imagenet_c",), "https://zenodo.org/records/2235448",
             "imagenet-c/<corruption>/<severity 1-5>/<wnid>/*.JPEG (15 corruptions x 5 severities x 1,000 classes)",
             "imagenet-c", tuple(Archive(n, _ZENODO_C + n, m, "imagenet-c") for n, m in [

@@ -41,6 +41,45 @@ class Finding:
 
 
 # ---------------------------------------------------------------- ImageFolder-style trees
+def check_class_tree(folder: Path, dataset: str, names: tuple[str, ...], n_images: int) -> Finding:
+    """An ImageFolder tree whose class folders must be exactly ``names`` (the release's), with ``n_images``.
+
+    A folder whose sub-folders are mostly not in ``names`` is another dataset (``Finding(None)``).
+    """
+    subs = sorted(p for p in folder.iterdir() if p.is_dir())
+    known = set(names)
+    inside = [p for p in subs if p.name in known]
+    if not inside or len(inside) * 2 < len(subs):
+        return Finding(None)
+    finding = Finding(folder)
+    stray = [p.name for p in subs if p.name not in known]
+    if stray:
+        finding.problems.append(f"{folder}: {len(stray)} folder(s) that are not {dataset} classes (first: "
+                                f"{stray[0]})")  # fmt: skip
+    if len(inside) != len(names):
+        missing = [n for n in names if not (folder / n).is_dir()]
+        finding.problems.append(f"{folder}: {len(inside)} of the {len(names)} class folders (missing e.g. "
+                                f"{missing[0]})")  # fmt: skip
+    n = sum(sum(1 for _ in _images(c)) for c in inside)
+    if n != n_images:
+        finding.problems.append(f"{folder}: {n:,} images, the release has {n_images:,}")
+    if not finding.problems:
+        finding.verified.append(f"the {len(names)} class folders of the release, {n_images:,} images (no checksum "
+                                f"is published)")  # fmt: skip
+    return finding
+
+
+def shift_check(dataset: str) -> Callable[[Path], Finding]:
+    """The layout check of ``imagenet_shift``'s ``dataset`` (imagenet_a, imagenet_v2 or imagenet_sketch)."""
+    from cl_bench.data.imagenet_wnids import wnid_list
+
+    names, n = {"imagenet_a": (lambda: wnid_list("imagenet_a"), 7_500),
+                "imagenet_v2": (lambda: tuple(str(i) for i in range(1000)), 10_000),
+                "imagenet_sketch": (lambda: wnid_list("imagenet_1k"), 50_889)}[dataset]  # fmt: skip
+    return lambda folder: check_class_tree(folder, dataset, names(), n)
+
+
+
 def _images(folder: Path) -> Iterator[str]:
     with os.scandir(folder) as it:
         for entry in it:
@@ -218,4 +257,5 @@ def check_domainnet126(folder: Path) -> Finding:
 
 
 __all__ = ["CORRUPTIONS_15", "CORRUPTIONS_EXTRA", "DOMAINNET_DOMAINS", "Finding", "PILOT_CLASSES", "check_domainnet126",
-           "check_imagenet_c", "check_imagenet_r", "check_pilot", "check_tiny_imagenet", "pilot_check"]
+           "check_class_tree", "check_imagenet_c", "check_imagenet_r", "check_pilot", "check_tiny_imagenet",
+           "pilot_check", "shift_check"]

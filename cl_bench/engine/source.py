@@ -24,7 +24,7 @@ from torch import nn
 from cl_bench.core import atomic
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.types import Scenario, TensorData, spec_hash
-from cl_bench.nets.models import build_source_model
+from cl_bench.nets.models import build_source_model, restrict_outputs
 
 #: Source-phase optimiser: Adam at lr 1e-3, batches of 128 (a standard small-CNN recipe, not from a TTA paper).
 SOURCE_LR, SOURCE_BATCH = 1e-3, 128
@@ -89,14 +89,18 @@ def source_model(scenario: Scenario, seed: int, device: str = "cpu") -> nn.Modul
     src = scenario.source
     if src is None:
         raise ConfigError(f"scenario {scenario.name!r} has no source domain; it is not a TTA stream")
-    net = build_source_model(src.model, scenario.input_shape, scenario.n_classes)
     if src.weights is not None:
         from cl_bench.nets.backbones import load_weights, read_state_dict
 
+        # The checkpoint's own width (e.g. ImageNet-1k's 1000); an output mask then keeps the stream's classes.
+        net = build_source_model(src.model, scenario.input_shape, src.checkpoint_classes or scenario.n_classes)
         load_weights(net, read_state_dict(src.weights), source=f"source checkpoint {src.weights}",
                      hint=f"The source architecture is {src.model!r} (--set scenario.source_model=...); a "
                           f"RobustBench CIFAR-10 'Standard' file needs wrn28_10.")  # fmt: skip
+        if src.output_rows is not None:
+            restrict_outputs(net, src.output_rows)
         return net.to(device).eval()
+    net = build_source_model(src.model, scenario.input_shape, scenario.n_classes)
     if src.train is None:
         from cl_bench.core.config import field_types
         from cl_bench.core.registry import SCENARIOS

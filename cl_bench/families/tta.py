@@ -16,10 +16,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from cl_bench.components.batchnorm import use_test_batch_stats
+from cl_bench.components.batchnorm import replace_batch_norms, use_test_batch_stats
 from cl_bench.components.norm import adapt_only, bn_affine_params, require_bn
 from cl_bench.components.penalty import FisherPenalty
 from cl_bench.components.tta_losses import pseudo_label_fisher, source_batches
+from cl_bench.components.window_bn import WindowBatchNorm
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Method
 from cl_bench.core.types import StreamInfo
@@ -74,7 +75,7 @@ def clone_source(info: StreamInfo, method: str) -> nn.Module:
 
 
 def adaptable_copy(
-    info: StreamInfo, method: str, train: Literal["norm", "all"]
+    info: StreamInfo, method: str, train: Literal["norm", "all"], window: int = 0
 ) -> tuple[nn.Module, dict[str, nn.Parameter]]:
     """The source model prepared for adaptation: a private copy normalising with test-batch statistics.
 
@@ -83,6 +84,10 @@ def adaptable_copy(
         method: Method name, for messages.
         train: "norm" makes only the batch-norm affine parameters trainable (Tent family);
             "all" every parameter (mean-teacher family).
+        window: 0 = each batch's own statistics; W >= 1 = the statistics of the last W test samples
+            (:class:`~cl_bench.components.window_bn.WindowBatchNorm`, the RMT benchmark's
+            ``TEST.WINDOW_LENGTH``); the method switches the layers to "update" for its adaptation forward
+            (:func:`~cl_bench.components.window_bn.set_window_mode`) and back to "peek".
 
     Returns:
         The model, in eval mode (no dropout noise; batch norm uses batch statistics regardless),
@@ -93,9 +98,18 @@ def adaptable_copy(
     """
     model = clone_source(info, method)
     require_bn(model, method)
-    model = use_test_batch_stats(model).eval()
+    if window < 0:
+        raise ConfigError(f"window must be >= 0 (0 = off), got {window}")
+    if window:
+        replace_batch_norms(model, lambda bn: WindowBatchNorm(bn, window))
+        model.eval()
+    else:
+        model = use_test_batch_stats(model).eval()
     if train == "norm":
         named = dict(bn_affine_params(model))
+        if window:  # WindowBatchNorm is not a _BatchNorm: its scale and shift by name
+            named = {f"{n}.{k}": p for n, m in model.named_modules() if isinstance(m, WindowBatchNorm)
+                     for k, p in m.named_parameters(recurse=False) if k in ("weight", "bias")}  # fmt: skip
         adapt_only(model, list(named.values()))
         return model, named
     model.requires_grad_(True)

@@ -171,6 +171,42 @@ class WideResNet(nn.Module):
         return self.head(self.features(x))
 
 
+def restrict_outputs(net: nn.Module, rows: tuple[int, ...]) -> nn.Module:
+    """Keep only the output units ``rows`` (in that order) of ``net``'s classifier, in place.
+
+    The classifier is ``net``'s last direct child ``nn.Linear`` (``head`` of cl_bench's networks, ``fc`` of
+    torchvision's ResNet-50 and RobustBench's WideResNet). Its rows are copied into a narrower Linear, so
+    ``net(x)`` equals ``full(x)[:, rows]``: the output mask that evaluates an ImageNet-1k model on the 200
+    classes of ImageNet-R or ImageNet-A (Hendrycks et al.'s ``imagenet_r_mask`` / ``indices_in_1k``, the RMT
+    repo's ``ImageNetXMaskingLayer``). Done on the layer rather than on the logits, predictions, every
+    adaptation loss and the methods that use ``features``/``head`` separately (LAME, T3A, SHOT-IM) all see the
+    masked output.
+
+    Raises:
+        ConfigError: ``net`` has no Linear classifier, or a row outside its outputs or repeated.
+
+    References:
+        Hendrycks et al., "The Many Faces of Robustness" (ICCV 2021), evaluation code ``eval.py``.
+        Hendrycks et al., "Natural Adversarial Examples" (CVPR 2021), evaluation code ``eval.py``.
+    """
+    name = next((n for n, m in reversed(list(net.named_children())) if isinstance(m, nn.Linear)), None)
+    if name is None:
+        raise ConfigError(f"{type(net).__name__} has no Linear classifier among its direct children, so its "
+                          f"outputs cannot be restricted to the stream's classes")  # fmt: skip
+    old: nn.Linear = getattr(net, name)
+    if len(set(rows)) != len(rows) or not all(0 <= r < old.out_features for r in rows):
+        raise ConfigError(f"output rows must be distinct indices below {old.out_features} (the classifier's "
+                          f"width), got {len(rows)} rows in {min(rows)}..{max(rows)}")  # fmt: skip
+    idx = torch.tensor(rows, dtype=torch.int64)
+    new = nn.Linear(old.in_features, len(rows), bias=old.bias is not None).to(old.weight.device)
+    with torch.no_grad():
+        new.weight.copy_(old.weight[idx])
+        if old.bias is not None:
+            new.bias.copy_(old.bias[idx])
+    setattr(net, name, new)
+    return net
+
+
 def build_source_model(name: str, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """The source network of a test-time adaptation stream (with BatchNorm layers).
 
