@@ -69,11 +69,11 @@ def write_cifar100(root: Path) -> Path:
     return root
 
 
-def write_cifar10_c(root: Path, rows: int = 2) -> Path:
+def write_cifar10_c(root: Path, rows: int = 2, n_classes: int = 10) -> Path:
     # Released layout, fewer rows: <corruption>.npy (5 * rows, 32, 32, 3) uint8, severity s in rows (s-1)*rows...
     rng = np.random.default_rng(0)
     root.mkdir(parents=True)
-    np.save(root / "labels.npy", rng.integers(0, 10, 5 * rows).astype(np.uint8))
+    np.save(root / "labels.npy", rng.integers(0, n_classes, 5 * rows).astype(np.uint8))
     for name in BENCHMARK_ORDER:
         np.save(root / f"{name}.npy", rng.integers(0, 256, (5 * rows, 32, 32, 3), dtype=np.uint8))
     return root
@@ -168,13 +168,15 @@ def fake_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "imagenet_shift_weights": write_source_1k(base / "source_1k.pt"),
             "cifar10": write_cifar10(base / "cifar10"), "cifar100": write_cifar100(base / "cifar100"),
             "cifar10_c": write_cifar10_c(base / "CIFAR-10-C"), "mnist": write_mnist(base / "mnist"),
+            "cifar100_c": write_cifar10_c(base / "CIFAR-100-C", n_classes=100),
             "imagenet_r": imr, "splits": splits}  # fmt: skip
 
 
 def smoke_sets(name: str, data: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """The ``--set`` values a user passes: each data parameter of the recipe pointed at the fake files."""
     what = {"split_cifar10": "cifar10", "split_cifar100": "cifar100", "cifar10_c": "cifar10_c",
-            "split_mnist": "mnist", "permuted_mnist": "mnist", "split_imagenet_r": "imagenet_r",
+            "cifar100_c": "cifar100_c", "split_mnist": "mnist", "permuted_mnist": "mnist",
+            "split_imagenet_r": "imagenet_r",
             "imagenet_c": "imagenet_c", "imagenet_shift": "imagenet_shift"}  # fmt: skip
     recipe = RECIPES[name]
     sets: dict[str, dict[str, Any]] = {"method": {}, "scenario": {}}
@@ -182,7 +184,8 @@ def smoke_sets(name: str, data: dict[str, Path]) -> dict[str, dict[str, Any]]:
         if d.when == "full":
             continue
         section, _, key = d.param.partition(".")
-        folder = {"root": data[what[recipe.scenario]], "clean_root": data["cifar10"], "split_dir": data["splits"],
+        clean = data["cifar100" if recipe.scenario == "cifar100_c" else "cifar10"]
+        folder = {"root": data[what[recipe.scenario]], "clean_root": clean, "split_dir": data["splits"],
                   "source_weights": data.get(f"{recipe.scenario}_weights")}[key]
         sets[section][key] = str(folder)
     if recipe.scenario == "split_imagenet_r":
