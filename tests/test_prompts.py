@@ -26,7 +26,7 @@ from cl_bench.families.vit_prompt import TINY_VIT
 from cl_bench.nets.backbones import create_backbone
 from cl_bench.testing import check_method, toy_scenario
 
-PROMPT_METHODS = ["l2p", "dualprompt", "coda_prompt", "one_prompt", "l2_vit"]
+PROMPT_METHODS = ["l2p", "dualprompt", "coda_prompt", "one_prompt", "l2_vit", "hide_prompt"]
 VIT_KW = {"img_size": 8, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}
 
 
