@@ -56,9 +56,10 @@ class SLCAConfig(PretrainedConfig):
         ca_restore: The aligned head serves only the evaluations up to the next experience, which starts
             from the head as trained before alignment (official ``fc.backup()`` before alignment and
             ``fc.recall()`` in ``after_task``, ``models/slca.py`` l.76 and l.108); False carries the aligned head on.
-            The three ``ca_*`` switches above are off by default: the paper (Sec. 4.2) describes none of them,
-            the measured table in docs/pretrained.md was made without them, and they are not yet measured here
-            (``--set ca_cosine=true --set ca_mean_decay=true --set ca_restore=true`` is the official code).
+            ``ca_cosine`` and ``ca_mean_decay`` are on (the official code), ``ca_restore`` off: measured at the
+            first alignment of Split-MNIST / EfficientNet-Lite0 (seed 2, 5 sampling seeds, same backbone) the
+            two raised the aligned accuracy from 0.638 (range 0.595-0.701) to 0.715 (0.685-0.741);
+            ``ca_restore`` only matters from the second alignment on and is not measured here.
     """
 
     feature_cache: bool = False  # the backbone is trained: its features change
@@ -72,8 +73,8 @@ class SLCAConfig(PretrainedConfig):
     ca_batch_size: int = 256
     ca_temperature: float = 0.1
     cov_shrink: float = 1e-4
-    ca_cosine: bool = False
-    ca_mean_decay: bool = False
+    ca_cosine: bool = True
+    ca_mean_decay: bool = True
     ca_restore: bool = False
 
     def __post_init__(self) -> None:
@@ -97,7 +98,7 @@ class SLCA(Method):
     Config: ClassVar[type] = SLCAConfig
     caps: ClassVar[Caps] = Caps(memory="none", pretrained_backbone=True)
     # A tiny random backbone barely moves at lr/100, so the toy stream needs a larger head lr to be learnt.
-    conformance_config: ClassVar[dict[str, Any]] = {**TINY_RANDOM_BACKBONE, "lr": 0.3, "ca_epochs": 2,
+    conformance_config: ClassVar[dict[str, Any]] = {**TINY_RANDOM_BACKBONE, "lr": 0.3, "ca_epochs": 5,
                                                     "ca_samples_per_class": 32}  # fmt: skip
 
     def setup(self, info: StreamInfo, seed: int) -> None:
