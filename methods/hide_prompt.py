@@ -25,8 +25,8 @@ trains at the end of each experience on the frozen features of its training data
 ``tii_epochs``, which is the same computation (the TII head never sees the prompts).
 
 References:
-    Wang, Zhang, Su & Zhu, "Hierarchical Decomposition of Prompt-Based Continual Learning:
-    Rethinking Obscured Sub-optimality", NeurIPS 2023 (arXiv:2310.07234). Official code
+    Wang, Xie, Zhang, Huang, Su & Zhu, "Hierarchical Decomposition of Prompt-Based Continual Learning:
+    Rethinking Obscured Sub-optimality", NeurIPS 2023. Official code
     thu-ml/HiDe-Prompt: ``training_scripts/train_cifar100_vit.sh`` (the recipe),
     ``configs/cifar100_hideprompt_5e.py`` (defaults), ``engines/hide_promtp_wtp_and_tap_engine.py``
     (WTP + TAP), ``engines/hide_tii_engine.py`` (TII), ``trainers/*_trainer.py`` (lr scaling),
