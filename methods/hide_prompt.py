@@ -63,26 +63,26 @@ class HiDePromptConfig(ViTConfig):
     (config, line numbers of the ``add_argument`` calls) of thu-ml/HiDe-Prompt.
 
     Attributes:
-        lr: Adam lr of the prompts: the config's 0.03 (l.32; the second script call sets none) times
+        lr: Adam lr of the prompts: the config's 0.03 (l.33; the second script call sets none) times
             24/256 = 0.0028125 (``trainers/hideprompt_trainer.py`` l.105). Adam betas (0.9, 0.999), eps 1e-8
-            (l.16-19), and the script's ``--epochs 50`` per task is the protocol's ``--epochs``.
-        weight_decay: 0.0: the config declares ``--weight-decay`` (0.0, l.22) and ``--weight_decay``
-            (5e-4, l.153) for the same argparse destination, and argparse keeps the first default.
+            (l.19-22), and the script's ``--epochs 50`` per task is the protocol's ``--epochs``.
+        weight_decay: 0.0: the config declares ``--weight-decay`` (0.0, l.27) and ``--weight_decay``
+            (5e-4, l.144) for the same argparse destination, and argparse keeps the first default.
         lr_schedule: "step": the script's ``--sched step``, timm's StepLR with ``--decay-epochs 30`` and
-            ``--decay-rate 0.1`` (l.43, l.52), no warm-up (``--warmup-epochs 0``, l.44).
-        clip_grad: Gradient-norm clipping of every step (``--clip-grad 1.0``, l.20).
+            ``--decay-rate 0.1`` (l.44, l.51), no warm-up (``--warmup-epochs 0``, l.45).
+        clip_grad: Gradient-norm clipping of every step (``--clip-grad 1.0``, l.24).
         head_lr_scale: The head's lr relative to the prompts' (``--larger_prompt_lr``:
             ``args.lr * 0.1`` for every non-prompt parameter, ``hideprompt_trainer.py`` l.107-111).
-        layers: Blocks with the e-prompt prefix (``--e_prompt_layer_idx 0 1 2 3 4``, l.115).
+        layers: Blocks with the e-prompt prefix (``--e_prompt_layer_idx 0 1 2 3 4``, l.106).
         length: Prefix tokens per block, keys then values: the script's ``--length 5`` is 5 key and 5
             value tokens (``peft/prompt/hide_prompt.py`` l.39: shape ``(layers, 2, pool, length, ...)``).
-        pool_size: Prompts, one per experience (``--size 10``, l.122); at least the number of experiences.
+        pool_size: Prompts, one per experience (``--size 10``, l.114); at least the number of experiences.
         prompt_momentum: ``m`` of the prompt mixing (script ``--prompt_momentum 0.01``).
         reg: Weight of the contrastive regularisation (script ``--reg 0.1``; engine ``orth_loss``).
         reg_temperature: Its temperature (0.8, engine l.539).
         ca_storage: How class statistics are stored (``--ca_storage_efficient_method``, default
-            "multi-centroid", l.159).
-        n_centroids: k-means clusters per class (``--n_centroids 10``, l.160).
+            "multi-centroid", l.151).
+        n_centroids: k-means clusters per class (``--n_centroids 10``, l.152).
         ca_epochs: Alignment epochs of the head and of the TII head (script ``--crct_epochs 30``).
         ca_lr: SGD lr (momentum 0.9) of the head's alignment (script ``--ca_lr 0.005``, not rescaled in the
             prompt trainer), cosine-annealed over ``ca_epochs`` (engine l.427-429). Its weight decay is the
@@ -95,7 +95,7 @@ class HiDePromptConfig(ViTConfig):
             (``--sched constant``).
         tii_batch_size: TII training batch (``--batch-size 24``).
         tii_hidden: Hidden widths of the TII MLP in multiples of the ViT width
-            (``--original_model_mlp_structure 2``, l.150): Linear(d, 2d), GELU, Linear(2d, d), plus the
+            (``--original_model_mlp_structure 2``, l.142): Linear(d, 2d), GELU, Linear(2d, d), plus the
             input, then LayerNorm (``MlpMapping`` in ``vits/hide_prompt_vision_transformer.py``).
         tii_ca_lr: SGD lr of the TII alignment: ``--ca_lr 0.005`` times 24/256 (``tii_trainer.py`` l.80).
         tii_ca_samples: Features per component and class per TII alignment epoch, and its batch
