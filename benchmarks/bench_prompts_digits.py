@@ -37,6 +37,7 @@ METHOD_CONFIGS: dict[str, dict[str, Any]] = {
     "coda_prompt": {"pool_size": 50, "layers": (0, 1, 2, 3)},
     "one_prompt": {"g_layers": (0, 1), "e_layers": (2, 3)},
     "l2_vit": {},
+    "hide_prompt": {"layers": (0, 1, 2, 3), "pool_size": 5},
 }
 
 

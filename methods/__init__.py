@@ -28,6 +28,7 @@ from cl_bench.methods import (  # noqa: F401
     finetune,
     gdumb,
     gem,
+    hide_prompt,
     icarl,
     joint,
     l2,

@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -47,6 +48,18 @@ class SLCAConfig(PretrainedConfig):
         ca_batch_size: Sampled features per alignment step.
         ca_temperature: Logit-normalisation temperature during alignment.
         cov_shrink: Added to each class covariance's diagonal.
+        ca_cosine: Anneal the alignment lr to 0 over ``ca_epochs`` (torch ``CosineAnnealingLR``, stepped per
+            epoch), as the official code does (GengDavid/SLCA ``models/slca.py`` l.185); False keeps it constant.
+        ca_mean_decay: Sample old classes around shrunk means, ``mean * (0.9 + 0.1 (t_c + 1) / (t + 1))`` for a
+            class of experience t_c at experience t (official ``models/slca.py`` l.200-202; the newest classes
+            keep their mean).
+        ca_restore: The aligned head serves only the evaluations up to the next experience, which starts
+            from the head as trained before alignment (official ``fc.backup()`` before alignment and
+            ``fc.recall()`` in ``after_task``, ``models/slca.py`` l.76 and l.108); False carries the aligned head on.
+            ``ca_cosine`` and ``ca_mean_decay`` are on (the official code), ``ca_restore`` off: measured at the
+            first alignment of Split-MNIST / EfficientNet-Lite0 (seed 2, 5 sampling seeds, same backbone) the
+            two raised the aligned accuracy from 0.638 (range 0.595-0.701) to 0.715 (0.685-0.741);
+            ``ca_restore`` only matters from the second alignment on and is not measured here.
     """
 
     feature_cache: bool = False  # the backbone is trained: its features change
@@ -60,6 +73,9 @@ class SLCAConfig(PretrainedConfig):
     ca_batch_size: int = 256
     ca_temperature: float = 0.1
     cov_shrink: float = 1e-4
+    ca_cosine: bool = True
+    ca_mean_decay: bool = True
+    ca_restore: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,7 +98,7 @@ class SLCA(Method):
     Config: ClassVar[type] = SLCAConfig
     caps: ClassVar[Caps] = Caps(memory="none", pretrained_backbone=True)
     # A tiny random backbone barely moves at lr/100, so the toy stream needs a larger head lr to be learnt.
-    conformance_config: ClassVar[dict[str, Any]] = {**TINY_RANDOM_BACKBONE, "lr": 0.3, "ca_epochs": 2,
+    conformance_config: ClassVar[dict[str, Any]] = {**TINY_RANDOM_BACKBONE, "lr": 0.3, "ca_epochs": 5,
                                                     "ca_samples_per_class": 32}  # fmt: skip
 
     def setup(self, info: StreamInfo, seed: int) -> None:
@@ -104,10 +120,14 @@ class SLCA(Method):
         self.current = torch.zeros(n, dtype=torch.bool, device=dev)
         self.task_of = torch.full((n,), -1, dtype=torch.long, device=dev)  # which experience introduced a class
         self.gen = torch.Generator().manual_seed(seed)
+        self.unaligned: dict[str, torch.Tensor] | None = None  # the head before the last alignment
 
     def begin_experience(self, exp: Experience) -> None:
         self.current.zero_()
         self.current[list(exp.classes)] = True
+        if self.unaligned is not None:  # fc.recall(): train on from the head as it was before alignment
+            self.head.load_state_dict(self.unaligned)
+            self.unaligned = None
 
     def observe(self, batch: Batch) -> dict[str, Any]:
         out = self.head(self.encoder(batch.x))
@@ -139,7 +159,11 @@ class SLCA(Method):
         k = self.config.ca_samples_per_class
         chol = torch.linalg.cholesky(self.covs[classes])  # SPD thanks to the diagonal shrinkage
         z = torch.randn(len(classes), k, self.encoder.dim, generator=self.gen).to(chol.device)
-        f = self.means[classes].unsqueeze(1) + z @ chol.transpose(1, 2)
+        means = self.means[classes]
+        if self.config.ca_mean_decay:
+            t_c, t = self.task_of[classes].float(), float(self.task_of[self.seen].max())
+            means = means * (0.9 + 0.1 * (t_c + 1) / (t + 1)).unsqueeze(1)
+        f = means.unsqueeze(1) + z @ chol.transpose(1, 2)
         return f.reshape(-1, self.encoder.dim), classes.repeat_interleave(k)
 
     def _normalised_logits(self, f: torch.Tensor) -> torch.Tensor:
@@ -154,7 +178,10 @@ class SLCA(Method):
         opt = torch.optim.SGD(self.head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         # Seen classes are re-indexed 0..k-1 because the normalised logits cover seen classes only.
         remap = torch.cumsum(self.seen.long(), 0) - 1
-        for _ in range(cfg.ca_epochs):
+        for epoch in range(cfg.ca_epochs):
+            if cfg.ca_cosine:  # CosineAnnealingLR(T_max=ca_epochs), eta_min 0, stepped after each epoch
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * (1 + math.cos(math.pi * epoch / cfg.ca_epochs)) / 2
             f, y = self._sample()
             order = torch.randperm(len(f), generator=self.gen).to(f.device)
             for i in range(0, len(f), cfg.ca_batch_size):
@@ -167,6 +194,8 @@ class SLCA(Method):
     def end_experience(self, exp: Experience) -> None:
         self._class_statistics(exp)
         if self.config.align and len(self.task_of[self.seen].unique()) > 1:
+            if self.config.ca_restore:
+                self.unaligned = {k: v.clone() for k, v in self.head.state_dict().items()}
             self._align()
 
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:
@@ -177,7 +206,7 @@ class SLCA(Method):
         return {"backbone": self.encoder.backbone.state_dict(), "head": self.head.state_dict(),
                 "opt": self.opt.state_dict(), "means": self.means.clone(), "covs": self.covs.clone(),
                 "seen": self.seen.clone(), "current": self.current.clone(), "task_of": self.task_of.clone(),
-                "gen": self.gen.get_state()}  # fmt: skip
+                "gen": self.gen.get_state(), "unaligned": self.unaligned}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.encoder.backbone.load_state_dict(state["backbone"])
@@ -186,6 +215,7 @@ class SLCA(Method):
         for name in ("means", "covs", "seen", "current", "task_of"):
             getattr(self, name).copy_(state[name])
         self.gen.set_state(state["gen"])
+        self.unaligned = state.get("unaligned")
 
     def record_extras(self) -> dict[str, Any]:
         if not hasattr(self, "_tag"):

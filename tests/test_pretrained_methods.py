@@ -181,6 +181,46 @@ def test_slca_alignment_logits_are_divided_by_the_mean_per_task_norm() -> None:
     torch.testing.assert_close(method._normalised_logits(f), torch.tensor([[3.0, 4.0, 6.0]]) / 5.5 / 0.5)
 
 
+def test_slca_samples_old_classes_around_shrunk_means_as_the_official_code() -> None:
+    from cl_bench.methods.slca import SLCA
+
+    method = SLCA.__new__(SLCA)
+    method.config = SLCA.Config(backbone="test_resnet", weights=None, ca_samples_per_class=4000, ca_mean_decay=True)
+    method.encoder = type("E", (), {"dim": 2})()
+    method.means = torch.tensor([[10.0, 0.0], [0.0, 10.0], [5.0, 5.0]])
+    method.covs = torch.eye(2).repeat(3, 1, 1) * 0.01
+    method.seen = torch.tensor([True, True, True])
+    method.task_of = torch.tensor([0, 1, 2])
+    method.gen = torch.Generator().manual_seed(0)
+    f, y = method._sample()
+    got = torch.stack([f[y == c].mean(0) for c in range(3)])
+    # models/slca.py l.201-202: mean * (0.9 + (t_c + 1) / (t + 1) * 0.1) at experience t = 2.
+    scale = torch.tensor([0.9 + 0.1 / 3, 0.9 + 0.2 / 3, 1.0])
+    torch.testing.assert_close(got, method.means * scale[:, None], atol=0.01, rtol=0)
+
+
+def test_slca_next_experience_trains_from_the_head_before_alignment() -> None:
+    from cl_bench.core.registry import METHODS
+    from cl_bench.core.types import Batch, StreamInfo
+    from cl_bench.testing import toy_scenario
+
+    for restore in (True, False):
+        cls = METHODS.get("slca").obj
+        method = METHODS.create("slca", **{**cls.conformance_config, "ca_restore": restore})
+        s = toy_scenario()
+        method.setup(StreamInfo(s.input_shape, s.n_classes, len(s), s.setting), 0)
+        for exp in list(s)[:2]:
+            method.begin_experience(exp)
+            x, y = exp.train.batch(torch.arange(8))
+            method.observe(Batch(x, y, None, exp.index))
+            before = method.head.weight.detach().clone()
+            method.end_experience(exp)
+        aligned = method.head.weight.detach().clone()
+        assert not torch.equal(aligned, before)  # the alignment moved the head
+        method.begin_experience(list(s)[2])
+        assert torch.equal(method.head.weight, before if restore else aligned)
+
+
 def test_slca_rejects_a_feature_cache() -> None:
     from cl_bench.core.errors import ConfigError
     from cl_bench.core.registry import METHODS

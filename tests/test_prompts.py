@@ -26,7 +26,7 @@ from cl_bench.families.vit_prompt import TINY_VIT
 from cl_bench.nets.backbones import create_backbone
 from cl_bench.testing import check_method, toy_scenario
 
-PROMPT_METHODS = ["l2p", "dualprompt", "coda_prompt", "one_prompt", "l2_vit"]
+PROMPT_METHODS = ["l2p", "dualprompt", "coda_prompt", "one_prompt", "l2_vit", "hide_prompt"]
 VIT_KW = {"img_size": 8, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}
 
 
@@ -173,7 +173,8 @@ def pretrained_tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", PROMPT_METHODS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "hide_prompt" else n
+                                  for n in PROMPT_METHODS])  # hide_prompt: ~17 s (end-of-experience training)
 def test_method_learns_with_a_pretrained_backbone(name: str, pretrained_tiny_vit: Path) -> None:
     cls = METHODS.get(name).obj
     strict: Any = type(f"Strict{cls.__name__}", (cls,), {"caps": Caps(pretrained_backbone=True)})
@@ -215,3 +216,20 @@ def test_cosine_schedule_follows_the_coda_prompt_reference_per_epoch() -> None:
     assert lrs[3 * per_epoch] == pytest.approx(0.01)  # restarted at the next experience
     with pytest.raises(ValueError, match="needs lr_epochs"):
         METHODS.create("l2p", **{**conf, "lr_epochs": 0})
+
+
+def test_warmup_is_timms_linear_ramp_then_the_schedule() -> None:
+    import math
+
+    from cl_bench.families.vit_prompt import ViTConfig
+
+    cfg = ViTConfig(lr=1e-3, lr_schedule="cosine", lr_epochs=10, warmup_epochs=4, warmup_lr=1e-6)
+    # timm: warmup_lr + e (lr - warmup_lr) / W for e < W, then the schedule at the same epoch count.
+    ramp = [(1e-6 + e * (1e-3 - 1e-6) / 4) / 1e-3 for e in range(4)]
+    assert [cfg.lr_factor(e) for e in range(4)] == pytest.approx(ramp)
+    assert cfg.lr_factor(4) == pytest.approx(math.cos(99 * math.pi * 4 / 1800))
+    # Every prompt method's default: no warm-up (none of the official codes applies one).
+    for name in PROMPT_METHODS:
+        assert METHODS.get(name).obj.Config().warmup_epochs == 0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        ViTConfig(lr_schedule="linear")

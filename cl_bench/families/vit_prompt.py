@@ -11,6 +11,8 @@ Hooks a subclass fills in:
 * ``build(info)``: create the method's prompt modules (called in ``setup``, before the optimiser).
 * ``trainable()``: modules whose parameters the optimiser updates (default: the head only).
 * ``new_task(exp)``: called when an experience begins, after ``self.task`` is updated.
+* ``param_groups()``: the optimiser's parameter groups, each with an lr factor on ``config.lr``
+  (default: one group of every trainable parameter at factor 1).
 
 Do not override ``setup``, ``begin_experience``, ``observe``, ``predict``, ``state_dict`` or
 ``load_state_dict``: the family owns the protocol.
@@ -65,12 +67,28 @@ class ViTConfig:
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         mask_old_classes: While training, exclude classes of earlier experiences from the softmax.
-        lr_schedule: "constant", or "cosine": the CODA-Prompt reference code's ``CosineSchedule``
+        lr_schedule: "constant"; "cosine": the CODA-Prompt reference code's ``CosineSchedule``
             (``utils/schedulers.py``, ``schedule_type: cosine`` in every prompt config), stepped per epoch
             and restarted per experience: lr_e = lr * cos(99 pi e / (200 (K - 1))) in epoch e of K, so the
-            last epoch runs at ~1.6% of lr. No warm-up (the reference code has none).
+            last epoch runs at ~1.6% of lr; or "step": timm's ``StepLRScheduler`` as the
+            l2p/dualprompt/HiDe-Prompt PyTorch code builds it (``--sched step``): lr times
+            ``lr_decay_rate`` every ``lr_decay_epochs`` epochs, stepped with the finished epoch's index,
+            so the first decay comes one epoch after ``lr_decay_epochs``.
         lr_epochs: K, the epochs per experience of the run (20 in CODA-Prompt's CIFAR-100 config, 50 for
             ImageNet-R); required by the cosine schedule.
+        lr_decay_epochs: Epochs between decays of the step schedule (timm ``--decay-epochs``, 30 in the
+            l2p-pytorch / HiDe-Prompt configs).
+        lr_decay_rate: Factor of each step decay (timm ``--decay-rate``, 0.1 in those configs).
+        warmup_epochs: Epochs of linear warm-up at the start of every experience, timm's rule: in epoch
+            e < W the lr is ``warmup_lr + e (lr - warmup_lr) / W``; then the schedule above (the cosine
+            and step schedules count epochs from the experience's start, warm-up included, as timm's do).
+            0 for every prompt method: none of the official codes warms up (CODA-Prompt's
+            ``CosineSchedule`` has no warm-up; l2p-pytorch and dualprompt-pytorch declare
+            ``--warmup-epochs 5`` but run ``--sched constant``, for which ``main.py`` builds no scheduler,
+            so it is never applied; HiDe-Prompt's configs set ``--warmup-epochs 0``).
+        warmup_lr: The lr warm-up starts from (timm ``--warmup-lr``, 1e-6 in those configs).
+        clip_grad: Clip the gradient norm of each step to this value (0 = no clipping). The
+            l2p/dualprompt/HiDe-Prompt PyTorch configs clip at 1.0 (``--clip-grad``); CODA-Prompt does not.
     """
 
     backbone: str = "vit_base_patch16_224"
@@ -83,14 +101,24 @@ class ViTConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     mask_old_classes: bool = True
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
     lr_epochs: int = 0
+    lr_decay_epochs: int = 30
+    lr_decay_rate: float = 0.1
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-6
+    clip_grad: float = 0.0
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.lr_schedule not in ("constant", "cosine", "step"):
+            raise ValueError(f"lr_schedule must be 'constant', 'cosine' or 'step', got {self.lr_schedule!r}")
+        if self.lr_decay_epochs < 1 or not 0 < self.lr_decay_rate <= 1:
+            raise ValueError(f"lr_decay_epochs must be >= 1 and lr_decay_rate in (0, 1], got "
+                             f"{self.lr_decay_epochs} and {self.lr_decay_rate}")  # fmt: skip
+        if self.warmup_epochs < 0 or self.warmup_lr < 0 or self.clip_grad < 0:
+            raise ValueError("warmup_epochs, warmup_lr and clip_grad must be >= 0")
         if self.lr_schedule == "cosine" and self.lr_epochs < 1:
             raise ValueError("lr_schedule=cosine needs lr_epochs, the run's epochs per experience (e.g. --set "
                              "lr_epochs=20 with --epochs 20, CODA-Prompt's CIFAR-100 recipe)")
@@ -103,6 +131,12 @@ class ViTConfig:
 
     def lr_factor(self, epoch: int) -> float:
         """The factor on every learning rate in ``epoch`` (0-based, within an experience)."""
+        if epoch < self.warmup_epochs:  # timm's linear warm-up from warmup_lr (relative to lr)
+            start = min(self.warmup_lr / self.lr, 1.0)
+            return start + epoch * (1.0 - start) / self.warmup_epochs
+        if self.lr_schedule == "step":
+            # timm StepLRScheduler.step(epoch) runs after epoch `epoch`, so epoch e trains at the value of e - 1.
+            return self.lr_decay_rate ** (max(epoch - 1, 0) // self.lr_decay_epochs)
         if self.lr_schedule == "constant" or self.lr_epochs == 1:
             return 1.0
         return math.cos(99 * math.pi * min(epoch, self.lr_epochs - 1) / (200 * (self.lr_epochs - 1)))
@@ -146,8 +180,8 @@ class ViTPromptMethod(Method):
         self.vit = PromptedViT(vit, frozen=self.frozen_backbone).to(self.device)
         self.head = nn.Linear(self.vit.embed_dim, info.n_classes).to(self.device)
         self.build(info)
-        params = [p for m in self.trainable() for p in m.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+        groups = [{"params": params, "lr": cfg.lr * factor} for params, factor in self.param_groups()]
+        self.opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
         self.seen = torch.zeros(info.n_classes, dtype=torch.bool, device=self.device)
         self.current = torch.zeros(info.n_classes, dtype=torch.bool, device=self.device)
         self.task = -1
@@ -162,8 +196,12 @@ class ViTPromptMethod(Method):
         """Create the method's prompt modules (called in setup, before the optimiser)."""
 
     def trainable(self) -> list[nn.Module]:
-        """Modules whose parameters (with ``requires_grad``) the optimiser updates."""
+        """Modules the method learns: saved in checkpoints, and (by default) optimised."""
         return [self.head]
+
+    def param_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """The optimiser's groups: (parameters, lr factor on ``config.lr``); default every trainable one at 1."""
+        return [([p for m in self.trainable() for p in m.parameters() if p.requires_grad], 1.0)]
 
     def features(self, x: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor | float]:
         """Features of adapted inputs ``x`` and an auxiliary loss (0 at test time)."""
@@ -197,6 +235,9 @@ class ViTPromptMethod(Method):
         self.trained += len(batch.y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.config.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]],
+                                           self.config.clip_grad)  # fmt: skip
         self.opt.step()
         return {"loss": loss.detach()}
 
