@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,28 @@ def mnist_root() -> Path:
             f"{' and '.join(MNIST_TEST_FILES)} (gzip or not)"
         )
     return root
+
+
+# -- sweeps without a process pool ------------------------------------------------------------------------------------
+@pytest.fixture
+def inline_executor(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run sweep and tune jobs one after another in this process instead of on a spawned pool.
+
+    Each pool worker starts an interpreter and imports torch (seconds per worker on a busy machine), which is
+    most of a small sweep's time; tests whose point is not the pool use this. The pool itself stays covered by
+    ``tests/test_reports.py`` (a real 2-worker sweep) and, with a killed worker, ``tests/test_sweep_evidence.py``.
+    """
+    from cl_bench.ops import executors
+
+    def run_inline(jobs: list[executors.Job], workers: int, max_retries: int,
+                   progress: executors.Progress) -> list[executors.JobResult]:  # fmt: skip
+        results = []
+        for job in jobs:
+            results.append(executors.execute_job(job))
+            progress.update(results[-1])
+        return results
+
+    n = torch.get_num_threads()
+    monkeypatch.setattr(executors, "run_local", run_inline)
+    yield
+    torch.set_num_threads(n)  # execute_job sets the worker's thread count
