@@ -32,6 +32,7 @@ def _main(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str
     return code, capsys.readouterr().err
 
 
+@pytest.mark.slow  # interpreter start-up and the torch import: > 2 s even on an idle machine
 def test_console_entry_point_reports_a_user_error_in_one_paragraph(tmp_path: Path) -> None:
     # The one subprocess of the inner loop: the real entry point, its exit code and its stderr (the other
     # bad-input rows call main() in-process, which is the same code path minus interpreter start-up).
