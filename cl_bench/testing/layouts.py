@@ -37,12 +37,12 @@ MNIST_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train
 WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041", "n01514668")
 
 
-def _save(pixels: np.ndarray, path: Path) -> None:
+def _save(pixels: np.ndarray, path: Path, quality: int | None = None) -> None:
     from PIL import Image  # Pillow: the image library the file-backed loaders decode with
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(pixels)
-    image.save(path, quality=95) if path.suffix.lower() in (".jpg", ".jpeg") else image.save(path)
+    # quality: JPEG quality (None = Pillow's default, 75); the format follows the suffix.
+    Image.fromarray(pixels).save(path, **({"quality": quality} if quality is not None else {}))
 
 
 def write_images(folder: Path, n: int, shade: int, rng: np.random.Generator, ext: str = "png",
@@ -230,7 +230,7 @@ def class_image(path: Path, cls: int, k: int) -> Path:
     rng = np.random.default_rng(100 * cls + k)
     arr = rng.integers(0, 60, (18 + k, 22 - k, 3), dtype=np.uint8)
     arr[..., cls % 3] += np.uint8(120 + 20 * (cls // 3))
-    _save(arr, path)
+    _save(arr, path, quality=95 if path.suffix == ".jpg" else None)
     return path
 
 
