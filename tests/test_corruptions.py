@@ -189,7 +189,7 @@ def test_digits_c_stream() -> None:
 
 def test_digits_c_runs_end_to_end(tmp_path: Path) -> None:
     spec = RunSpec(method="finetune", scenario="digits_c", scenario_config={"severity": 3},
-                   protocol=Protocol(eval_every=0), seed=0)  # fmt: skip
+                   protocol=Protocol(eval_every=0, max_iterations=3), seed=0)  # fmt: skip
     record = run(spec, tmp_path)
     assert record["status"] == "completed"
     assert len(record["accuracy_matrix"]["n_total"][0]) == 15
