@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +57,8 @@ def _run_inline(jobs: list[Any], workers: int, max_retries: int, progress: Any) 
 
     results = []
     for job in jobs:
-        results.append(executors.execute_job(job))
+        # One intra-op thread, as the rest of the suite (a pool job gets cores / workers).
+        results.append(executors.execute_job(dataclasses.replace(job, threads=1)))
         progress.update(results[-1])
     return results
 

@@ -185,7 +185,7 @@ def test_board_shows_compute_and_the_pareto_view(swept: Path, tmp_path: Path) ->
 
 def test_count_flops_records_training_and_evaluation_flops(tmp_path: Path) -> None:
     args = ["run", "-q", "--method", "finetune", "--scenario", "split_digits", "--epochs", "1", "--eval-every", "0",
-            "--out", str(tmp_path)]  # fmt: skip
+            "--set", "protocol.max_iterations=10", "--out", str(tmp_path)]  # fmt: skip
     assert main([*args, "--count-flops"]) == 0
     (record_file,) = tmp_path.glob("*/run.json")
     rec = json.loads(record_file.read_text())
