@@ -230,6 +230,9 @@ def test_tinyimagenet_layout_errors(breakage, needle: str, tiny: Path, tmp_path:
     assert code == 2 and needle in err and "Traceback" not in err
 
 
+# Three runs with a DataLoader worker each; in-process resume is every method's check_resume (test_conformance.py),
+# and worker-decoded batches equal in-process ones in test_filedata_workers_and_cache_give_the_same_batches.
+@pytest.mark.slow
 def test_imagenet_r_run_resumes_to_the_same_record(imagenet_r: Path, tmp_path: Path) -> None:
     # Worker-decoded, augmented batches must not depend on where a run was interrupted.
     from cl_bench.engine.runner import RunInterrupted, resume, run
