@@ -56,7 +56,9 @@ def test_a_failing_check_fails_its_own_test() -> None:
         Check("check_predict_pure")(MutatingPredict)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_slow_unless_core(n)) for n in METHODS_UNDER_TEST])
+# Task-incremental runs: in the inner loop, the two families that train on labels (supervised, pretrained).
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in {"er", "ncm"} else [pytest.mark.slow])
+                                  for n in METHODS_UNDER_TEST])  # fmt: skip
 def test_registered_method_runs_task_incremental(name: str) -> None:
     check_method(name, setting="task_il", checks=["check_protocol", "check_no_peeking", "check_beats_chance"])
 
