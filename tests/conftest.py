@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -45,3 +48,44 @@ def mnist_root() -> Path:
             f"{' and '.join(MNIST_TEST_FILES)} (gzip or not)"
         )
     return root
+
+
+# -- sweeps without a process pool ------------------------------------------------------------------------------------
+def _run_inline(jobs: list[Any], workers: int, max_retries: int, progress: Any) -> list[Any]:
+    """``executors.run_local`` without the pool: each job in turn, in this process."""
+    from cl_bench.ops import executors
+
+    results = []
+    for job in jobs:
+        # One intra-op thread, as the rest of the suite (a pool job gets cores / workers).
+        results.append(executors.execute_job(dataclasses.replace(job, threads=1)))
+        progress.update(results[-1])
+    return results
+
+
+def _inline(mp: pytest.MonkeyPatch) -> Iterator[None]:
+    from cl_bench.ops import executors
+
+    n = torch.get_num_threads()
+    mp.setattr(executors, "run_local", _run_inline)
+    yield
+    torch.set_num_threads(n)  # execute_job sets the worker's thread count
+
+
+@pytest.fixture
+def inline_executor(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run sweep and tune jobs one after another in this process instead of on a spawned pool.
+
+    Each pool worker starts an interpreter and imports torch (seconds per worker on a busy machine), which is
+    most of a small sweep's time; tests whose point is not the pool use this (the job code, ``execute_job``,
+    is the same). The pool itself is covered in the full suite by ``test_sweep_on_the_process_pool``
+    (tests/test_reports.py) and, with a killed worker, by ``tests/test_sweep_evidence.py``.
+    """
+    yield from _inline(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def inline_executor_module() -> Iterator[None]:
+    """:func:`inline_executor` for a module-scoped fixture (e.g. one sweep shared by a module's tests)."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield from _inline(mp)

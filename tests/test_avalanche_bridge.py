@@ -56,7 +56,9 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return get
 
 
-@pytest.mark.parametrize(("name", "config"), STRATEGIES, ids=[n for n, _ in STRATEGIES])
+# Replay stands for the bridge in the inner loop; the other strategies go through the same wrapper (slow).
+@pytest.mark.parametrize(("name", "config"), [pytest.param(n, c, id=n, marks=[] if n == "avalanche:Replay" else
+                                              [pytest.mark.slow]) for n, c in STRATEGIES])  # fmt: skip
 def test_strategy_is_evaluated_on_the_native_schedule(name: str, config: dict[str, Any], toy_run: Any) -> None:
     record = toy_run(name, **config)
     assert record["status"] == "completed" and ":" not in record["run_id"]
@@ -72,6 +74,7 @@ def test_strategy_is_evaluated_on_the_native_schedule(name: str, config: dict[st
     assert record["cost"]["train_seconds"] > 0
 
 
+@pytest.mark.slow  # two more seeds of two runs; the bridge's schedule and metrics are checked fast above
 def test_native_er_and_avalanche_replay_reach_similar_accuracy(toy_run: Any) -> None:
     # Same stream, seeds, network, optimiser (SGD 0.01), batch size, epochs and memory size (200); only the
     # loop differs. Avalanche's Replay fills its class-balanced memory at the end of each experience, ER's

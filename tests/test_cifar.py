@@ -17,55 +17,9 @@ from cl_bench.engine.runner import RunInterrupted, resume, run
 from cl_bench.engine.spec import Protocol, RunSpec
 from cl_bench.scenarios import cifar
 from cl_bench.scenarios.cifar import CIFAR10, CIFAR100, load_cifar, read_batch
+from cl_bench.testing.layouts import fake_cifar_batch, write_cifar10, write_cifar100
 
-
-# -- fixtures in the real format -------------------------------------------------------------------------------------
-def fake_batch(n: int, n_classes: int, seed: int, label_key: str) -> dict[bytes, object]:
-    """A batch as the original (Python 2) pickles load with encoding="bytes": uint8 N x 3072 rows (R, G, B planes)."""
-    rng = np.random.default_rng(seed)
-    data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-    labels = rng.permutation(np.arange(n) % n_classes).tolist()
-    return {
-        b"batch_label": b"fake batch",
-        b"data": data,
-        label_key.encode(): labels,
-        b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)],
-    }
-
-
-def _str_keys(obj: dict[bytes, object]) -> dict[str, object]:
-    # What the original Python 2 files hold as seen under encoding="latin1" (torchvision's way of reading them).
-    return {k.decode(): [v.decode() for v in val] if k in (b"filenames", b"label_names") else val  # type: ignore
-            for k, val in obj.items()}  # fmt: skip
-
-
-def write_cifar10(folder: Path, per_batch: int = 20, test: int = 20, str_keys: bool = False) -> Path:
-    """Write ``cifar-10-batches-py/`` (5 train batches, test batch, batches.meta) under ``folder``."""
-    d = folder / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-
-    def dump(name: str, obj: dict[bytes, object]) -> None:
-        (d / name).write_bytes(pickle.dumps(_str_keys(obj) if str_keys else obj, protocol=2))
-
-    for i in range(1, 6):
-        dump(f"data_batch_{i}", fake_batch(per_batch, 10, i, "labels"))
-    dump("test_batch", fake_batch(test, 10, 0, "labels"))
-    dump("batches.meta", {b"label_names": [f"class{i}".encode() for i in range(10)], b"num_cases_per_batch": per_batch})
-    return d
-
-
-def write_cifar100(folder: Path, train: int = 200, test: int = 100) -> Path:
-    """Write ``cifar-100-python/`` (train, test, meta) under ``folder``; fine and coarse labels."""
-    d = folder / "cifar-100-python"
-    d.mkdir(parents=True)
-    for name, n, seed in (("train", train, 1), ("test", test, 2)):
-        batch = fake_batch(n, 100, seed, "fine_labels")
-        batch[b"coarse_labels"] = [label // 5 for label in batch[b"fine_labels"]]  # type: ignore[attr-defined]
-        (d / name).write_bytes(pickle.dumps(batch, protocol=2))
-    meta = {b"fine_label_names": [f"f{i}".encode() for i in range(100)],
-            b"coarse_label_names": [f"c{i}".encode() for i in range(20)]}  # fmt: skip
-    (d / "meta").write_bytes(pickle.dumps(meta, protocol=2))
-    return d
+# Fixtures in the real format: cl_bench.testing.layouts (fake_cifar_batch, write_cifar10, write_cifar100).
 
 
 # -- loaders ---------------------------------------------------------------------------------------------------------
@@ -213,7 +167,7 @@ def test_wrong_layout_says_which_files_are_missing(tmp_path: Path) -> None:
 
 def test_other_variant_under_the_expected_names(tmp_path: Path) -> None:
     d = write_cifar100(tmp_path)
-    batch = fake_batch(10, 10, 0, "labels")
+    batch = fake_cifar_batch(10, 10, 0, "labels")
     (d / "train").write_bytes(pickle.dumps(batch, protocol=2))
     with pytest.raises(DataError, match="fine_labels"):
         cifar.split_cifar100(str(tmp_path), download=False)
@@ -241,12 +195,12 @@ def test_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
 
 def test_bad_shapes_and_labels(tmp_path: Path) -> None:
     d = write_cifar10(tmp_path)
-    batch = fake_batch(20, 10, 1, "labels")
+    batch = fake_cifar_batch(20, 10, 1, "labels")
     batch[b"labels"] = [11] * 20
     (d / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
     with pytest.raises(DataError, match="0..9"):
         cifar.split_cifar10(str(tmp_path), download=False)
-    batch = fake_batch(20, 10, 1, "labels")
+    batch = fake_cifar_batch(20, 10, 1, "labels")
     batch[b"data"] = batch[b"data"][:, :100]  # type: ignore[index]
     (d / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
     with pytest.raises(DataError, match="3072"):

@@ -24,6 +24,24 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     )  # fmt: skip
 
 
+def _main(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str]:
+    """Run ``cl_bench.cli.main(argv)`` in this process: (exit code, stderr). An exception escaping ``main``
+    (what would print a traceback) fails the test with it."""
+    capsys.readouterr()
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.slow  # interpreter start-up and the torch import: > 2 s even on an idle machine
+def test_console_entry_point_reports_a_user_error_in_one_paragraph(tmp_path: Path) -> None:
+    # The one subprocess of the inner loop: the real entry point, its exit code and its stderr (the other
+    # bad-input rows call main() in-process, which is the same code path minus interpreter start-up).
+    proc = cli("run", "--method", "ewcc", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "Did you mean 'ewc'" in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow  # a real training run in a subprocess
 def test_default_run_writes_record_and_plot(tmp_path: Path) -> None:
     proc = cli("--epochs", "2", cwd=tmp_path)  # bare flags mean `run`; fewer epochs keep the test quick
@@ -106,17 +124,18 @@ C10C = ["--scenario", "cifar10_c", "--method", "tent", "--set", "scenario.corrup
         (["--method", "l2p", "--set", "weights={tmp}/missing.pt"], "weight file {tmp}/missing.pt does not exist"),
     ],
 )
-def test_user_errors_exit_2_with_one_paragraph(tmp_path: Path, args: list[str], needle: str) -> None:
+def test_user_errors_exit_2_with_one_paragraph(tmp_path: Path, args: list[str], needle: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     for name, content in FILES.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     cmd = args if args[0] in ("sweep", "regress") else ["run", "--out", str(tmp_path / "out"), *args]
-    proc = cli(*cmd)
-    assert proc.returncode == 2, proc.stderr
-    assert needle.replace("{tmp}", str(tmp_path)) in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("error: ") and proc.stderr.strip().count("\n") == 0
+    code, err = _main(capsys, cmd)
+    assert code == 2, err
+    assert needle.replace("{tmp}", str(tmp_path)) in err
+    assert "Traceback" not in err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
@@ -128,14 +147,16 @@ def test_user_errors_exit_2_with_one_paragraph(tmp_path: Path, args: list[str], 
         (["--method", "l2p", "--set", "weights={tmp}/garbage.pt", "--set", "depth=1"], "cannot read weight file"),
     ],
 )
-def test_user_errors_at_setup_exit_2_and_leave_a_failed_record(tmp_path: Path, args: list[str], needle: str) -> None:
+def test_user_errors_at_setup_exit_2_and_leave_a_failed_record(tmp_path: Path, args: list[str], needle: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     for name, content in FILES.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
-    proc = cli("run", "--out", str(tmp_path / "out"), *[a.replace("{tmp}", str(tmp_path)) for a in args])
-    assert proc.returncode == 2, proc.stderr
-    assert needle in proc.stderr and "Traceback" not in proc.stderr and "weights_only" not in proc.stderr
-    assert proc.stderr.startswith("error: ") and proc.stderr.strip().count("\n") == 0
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    code, err = _main(capsys, ["run", "--out", str(tmp_path / "out"), *args])
+    assert code == 2, err
+    assert needle in err and "Traceback" not in err and "weights_only" not in err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0
     (record,) = (tmp_path / "out").glob("*/run.json")
     assert json.loads(record.read_text())["status"] == "failed"
 
@@ -153,14 +174,15 @@ def test_unwritable_out_is_a_user_error(tmp_path: Path, monkeypatch: pytest.Monk
     assert not (tmp_path / "ro").exists()
 
 
-def test_corrupt_mnist_file_is_a_user_error(tmp_path: Path) -> None:
+def test_corrupt_mnist_file_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "mnist"
     root.mkdir()
     (root / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + (10).to_bytes(4, "big") * 3 + b"\x01" * 7)
     (root / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + (10).to_bytes(4, "big") + b"\x01" * 10)
-    proc = cli("run", "--scenario", "split_mnist", "--set", f"scenario.root={root}", "--out", str(tmp_path / "o"))
-    assert proc.returncode == 2
-    assert "truncated or corrupt" in proc.stderr and "t10k-images-idx3-ubyte" in proc.stderr
+    code, err = _main(capsys, ["run", "--scenario", "split_mnist", "--set", f"scenario.root={root}", "--out",
+                               str(tmp_path / "o")])  # fmt: skip
+    assert code == 2
+    assert "truncated or corrupt" in err and "t10k-images-idx3-ubyte" in err and "Traceback" not in err
 
 
 def test_yaml_config_and_flag_precedence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ from cl_bench.data import corruptions as C
 from cl_bench.data.corruptions import BENCHMARK_ORDER, CORRUPTIONS, corrupt, is_canonical
 from cl_bench.engine.runner import run
 from cl_bench.engine.spec import Protocol, RunSpec
+from cl_bench.testing.layouts import write_cifar_c
 
 
 def smooth_images(n: int, h: int, w: int, c: int, seed: int = 0) -> np.ndarray:
@@ -141,18 +142,7 @@ def test_frost_canonical_textures(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 # -- the released CIFAR-10-C format -----------------------------------------------------------------------------------
-def write_cifar_c(
-    root: Path, corruptions: tuple[str, ...], rows: int = 4, n_classes: int = 10
-) -> dict[str, np.ndarray]:
-    """``<corruption>.npy`` (5 * rows, 32, 32, 3) uint8 and ``labels.npy`` — the released layout, fewer rows."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    arrays = {"labels": rng.integers(0, n_classes, 5 * rows).astype(np.uint8)}
-    np.save(root / "labels.npy", arrays["labels"])
-    for name in corruptions:
-        arrays[name] = rng.integers(0, 256, (5 * rows, 32, 32, 3), dtype=np.uint8)
-        np.save(root / f"{name}.npy", arrays[name])
-    return arrays
+# (written by cl_bench.testing.layouts.write_cifar_c: ``<corruption>.npy`` and ``labels.npy``, fewer rows)
 
 
 def test_cifar10_c_loader(tmp_path: Path) -> None:
@@ -199,7 +189,7 @@ def test_digits_c_stream() -> None:
 
 def test_digits_c_runs_end_to_end(tmp_path: Path) -> None:
     spec = RunSpec(method="finetune", scenario="digits_c", scenario_config={"severity": 3},
-                   protocol=Protocol(eval_every=0), seed=0)  # fmt: skip
+                   protocol=Protocol(eval_every=0, max_iterations=3), seed=0)  # fmt: skip
     record = run(spec, tmp_path)
     assert record["status"] == "completed"
     assert len(record["accuracy_matrix"]["n_total"][0]) == 15

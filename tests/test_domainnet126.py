@@ -5,36 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from cl_bench.cli import main
 from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
-from cl_bench.nets.models import build_source_model
+from cl_bench.testing.layouts import write_domainnet, write_source_weights
 
 CLASSES = {"rabbit": 91, "teapot": 112, "table": 111}
 
 
 @pytest.fixture
 def domainnet(tmp_path: Path) -> tuple[Path, Path]:
-    rng = np.random.default_rng(0)
-    root = tmp_path / "domainnet"
-    for d, n in (("clipart", 3), ("painting", 5), ("sketch", 2)):
-        lines = []
-        for name, label in CLASSES.items():
-            folder = root / d / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = np.clip(rng.normal(label, 30, (24, 24, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{d}_{label:03d}_{i:06d}.jpg")
-                lines.append(f"{d}/{name}/{d}_{label:03d}_{i:06d}.jpg {label}")
-        (root / f"{d}_list.txt").write_text("\n".join(lines) + "\n")
-    torch.manual_seed(0)
-    torch.save(build_source_model("cnn_bn", (3, 32, 32), 126).state_dict(), tmp_path / "source.pt")
-    return root, tmp_path / "source.pt"
+    root = write_domainnet(tmp_path / "domainnet", (("clipart", 3), ("painting", 5), ("sketch", 2)), CLASSES)
+    return root, write_source_weights(tmp_path / "source.pt", "cnn_bn", (3, 32, 32), 126)
 
 
 @pytest.mark.slow

@@ -10,36 +10,21 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from cl_bench.cli import main
 from cl_bench.core.errors import DataError
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.data.augment import ResizedCropFlip
 from cl_bench.data.filedata import FileData
+from cl_bench.testing.layouts import class_image, write_imagenet_r, write_tinyimagenet
 
 WNIDS = ["n01443537", "n01484850", "n01494475", "n01498041", "n01514859", "n01518878"]
 PER_CLASS = 5
 
 
-def _image(path: Path, cls: int, k: int) -> None:
-    # Class-coloured images of varied sizes, so labels are learnable and resizing is exercised.
-    rng = np.random.default_rng(100 * cls + k)
-    h, w = 18 + k, 22 - k
-    arr = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
-    arr[..., cls % 3] += np.uint8(120 + 20 * (cls // 3))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, quality=95) if path.suffix == ".jpg" else Image.fromarray(arr).save(path)
-
-
 @pytest.fixture
 def imagenet_r(tmp_path: Path) -> Path:
-    root = tmp_path / "imagenet-r"
-    for c, wnid in enumerate(WNIDS):
-        for k in range(PER_CLASS):
-            _image(root / wnid / f"{['art', 'sketch'][k % 2]}_{k}.{'png' if k == 4 else 'jpg'}", c, k)
-    (root / "README.txt").write_text("not an image")
-    return root
+    return write_imagenet_r(tmp_path / "imagenet-r", WNIDS, PER_CLASS)
 
 
 def _split_files(root: Path, folder: Path, drop_class: str | None = None) -> Path:
@@ -178,7 +163,7 @@ def test_filedata_workers_and_cache_give_the_same_batches(imagenet_r: Path, tmp_
     assert torch.equal(again.batch(idx)[0], cached.batch(idx)[0])
     # ... but a changed file (size or time) makes a new cache, and a different image size another one
     monkeypatch.undo()
-    _image(imagenet_r / WNIDS[0] / "art_0.jpg", 3, 0)
+    class_image(imagenet_r / WNIDS[0] / "art_0.jpg", 3, 0)
     FileData(paths, y, image_size=16, cache_dir=str(tmp_path / "cache"))
     FileData(paths, y, image_size=12, cache_dir=str(tmp_path / "cache"))
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 3 and not list((tmp_path / "cache").glob(".*"))
@@ -205,20 +190,7 @@ TINY = ["n01443537", "n01629819", "n01641577", "n01644900"]
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
-    root = tmp_path / "tiny-imagenet-200"
-    root.mkdir()
-    (root / "wnids.txt").write_text("\n".join(reversed(TINY)) + "\n")  # not sorted, as released
-    lines = []
-    for c, w in enumerate(TINY):
-        for k in range(3):
-            _image(root / "train" / w / "images" / f"{w}_{k}.JPEG", c, k)
-        (root / "train" / w / f"{w}_boxes.txt").write_text("")
-        for k in range(2):
-            name = f"val_{2 * c + k}.JPEG"
-            _image(root / "val" / "images" / name, c, k + 3)
-            lines.append(f"{name}\t{w}\t0\t0\t63\t63")
-    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    return root
+    return write_tinyimagenet(tmp_path / "tiny-imagenet-200", TINY)  # wnids.txt unsorted, as released
 
 
 def test_tinyimagenet_from_cli(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -258,6 +230,9 @@ def test_tinyimagenet_layout_errors(breakage, needle: str, tiny: Path, tmp_path:
     assert code == 2 and needle in err and "Traceback" not in err
 
 
+# Three runs with a DataLoader worker each; in-process resume is every method's check_resume (test_conformance.py),
+# and worker-decoded batches equal in-process ones in test_filedata_workers_and_cache_give_the_same_batches.
+@pytest.mark.slow
 def test_imagenet_r_run_resumes_to_the_same_record(imagenet_r: Path, tmp_path: Path) -> None:
     # Worker-decoded, augmented batches must not depend on where a run was interrupted.
     from cl_bench.engine.runner import RunInterrupted, resume, run

@@ -5,34 +5,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from cl_bench.cli import main
 from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.data.filedata import FileData
 from cl_bench.nets.models import build_source_model
+from cl_bench.testing.layouts import write_imagenet_c, write_source_weights
 
 WNIDS = ("n01440764", "n01443537", "n01484850")
 
 
 @pytest.fixture
 def tree(tmp_path: Path) -> tuple[Path, Path]:
-    rng = np.random.default_rng(0)
-    for c in ("gaussian_noise", "fog"):
-        for s in (1, 2, 3, 4, 5):
-            for k, wnid in enumerate(WNIDS):
-                folder = tmp_path / "imagenet-c" / c / str(s) / wnid
-                folder.mkdir(parents=True)
-                for i in range(4):
-                    pixels = np.clip(rng.normal(60 + 70 * k, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
-                    Image.fromarray(pixels).save(folder / f"ILSVRC2012_val_{k * 10 + i:08d}.JPEG")
-    torch.manual_seed(0)
-    torch.save(build_source_model("cnn_bn", (3, 32, 32), 3).state_dict(), tmp_path / "source.pt")
-    return tmp_path / "imagenet-c", tmp_path / "source.pt"
+    root = write_imagenet_c(tmp_path / "imagenet-c", ("gaussian_noise", "fog"), (1, 2, 3, 4, 5), WNIDS, per_class=4)
+    return root, write_source_weights(tmp_path / "source.pt", "cnn_bn", (3, 32, 32), 3)
 
 
 def _make(root: Path, weights: Path, **kw: object):

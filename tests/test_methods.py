@@ -60,6 +60,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, mnist: dict[str, Any]) -> Any
     return get
 
 
+@pytest.mark.slow  # real MNIST training runs; each method's check_beats_chance is the fast equivalent
 def test_replay_and_joint_beat_finetune_class_il(runs: Any) -> None:
     finetune, er, joint = runs("finetune"), runs("er"), runs("joint")
     # Fine-tuning forgets every earlier experience in class-IL: only the last 2 of 10 classes survive.
@@ -71,10 +72,12 @@ def test_replay_and_joint_beat_finetune_class_il(runs: Any) -> None:
     assert joint["forgetting"] < 0.1
 
 
+@pytest.mark.slow  # real MNIST training runs; each method's check_beats_chance is the fast equivalent
 def test_agem_beats_finetune_class_il(runs: Any) -> None:
     assert runs("agem")["final_acc"] > runs("finetune")["final_acc"] + 0.2  # observed: 0.66-0.71
 
 
+@pytest.mark.slow  # real MNIST training runs; each method's check_beats_chance is the fast equivalent
 def test_task_il_is_much_easier_than_class_il_for_finetune(runs: Any) -> None:
     class_il, task_il = runs("finetune"), runs("finetune", sc={"setting": "task_il"})
     # With the task id, each experience is a 2-way problem (observed: 0.95-0.97 vs 0.19).
@@ -82,6 +85,7 @@ def test_task_il_is_much_easier_than_class_il_for_finetune(runs: Any) -> None:
     assert task_il["final_acc"] > 0.85
 
 
+@pytest.mark.slow  # real MNIST training runs; each method's check_beats_chance is the fast equivalent
 def test_strong_ewc_forgets_less_than_finetune_domain_il(runs: Any) -> None:
     """Permuted-MNIST, 3 permutations. Adam keeps a strong penalty stable (with SGD at lr 0.01,
     lambda * F * lr > 2 makes the quadratic penalty itself diverge); observed forgetting 0.01-0.02 vs 0.08."""

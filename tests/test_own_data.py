@@ -13,30 +13,17 @@ from PIL import Image
 from cl_bench.cli import main
 from cl_bench.core.errors import ConfigError, DataError
 from cl_bench.core.registry import SCENARIOS
-
-
-def _images(folder: Path, n: int, shade: int, rng: np.random.Generator, ext: str = "png") -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        pixels = np.clip(rng.normal(shade, 20, (18, 22, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i:03d}.{ext}")
+from cl_bench.testing.layouts import write_class_folders, write_domain_folders, write_images
 
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for c in range(4):
-        _images(tmp_path / "tree" / f"class{c}", 10, 40 + 50 * c, rng)
-    return tmp_path / "tree"
+    return write_class_folders(tmp_path / "tree", n_classes=4, per_class=10)
 
 
 @pytest.fixture
 def domains(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(1)
-    for d, ext in (("photo", "jpg"), ("sketch", "png")):
-        for c in range(3):
-            _images(tmp_path / "domains" / d / f"c{c}", 8, 60 + 60 * c, rng, ext)
-    return tmp_path / "domains"
+    return write_domain_folders(tmp_path / "domains")
 
 
 def _run(capsys: pytest.CaptureFixture[str], out: Path, *args: str) -> dict:
@@ -70,13 +57,13 @@ def test_folder_split_runs_from_the_cli_and_records_a_content_hash(
 def test_folder_split_uses_given_train_and_test_folders(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     for c in ("a", "b"):
-        _images(tmp_path / "train" / c, 6, 80, rng)
-        _images(tmp_path / "test" / c, 2, 80, rng)
+        write_images(tmp_path / "train" / c, 6, 80, rng)
+        write_images(tmp_path / "test" / c, 2, 80, rng)
     s = SCENARIOS.create("folder_split", root=str(tmp_path), n_experiences=2, class_order="identity",
                          augment="crop_flip")
     assert s.spec["split"] == "given train/ and test/ folders" and (s.spec["n_train"], s.spec["n_test"]) == (12, 4)
     assert s[0].classes == (0,) and len(s[0].test) == 2 and "crop" in s.spec["augment"]
-    _images(tmp_path / "test" / "c", 2, 80, rng)
+    write_images(tmp_path / "test" / "c", 2, 80, rng)
     with pytest.raises(DataError, match="class folder.*c.*lacks"):
         SCENARIOS.create("folder_split", root=str(tmp_path), n_experiences=2)
 
@@ -170,7 +157,7 @@ def test_folder_domains_as_a_tta_stream_trains_its_source_on_a_domain(
     root = tmp_path / "dom"
     for d, n in (("photo", 12), ("art", 6), ("sketch", 9)):
         for c in range(3):
-            _images(root / d / f"c{c}", n, 50 + 70 * c, rng)
+            write_images(root / d / f"c{c}", n, 50 + 70 * c, rng)
     s = SCENARIOS.create("folder_domains", root=str(root), source_domain="photo", image_size=16)
     assert s.source is not None and s.source.train is not None and s.source.weights is None
     assert len(s.source.train) + len(s.source.test) == 36 and s.source.train.x.dtype == torch.uint8

@@ -13,17 +13,7 @@ from cl_bench.cli import main
 from cl_bench.core.errors import DataError
 from cl_bench.core.registry import SCENARIOS
 from cl_bench.scenarios.pilot import DATASETS
-
-
-def _tree(root: Path, n_classes: int, per_class: tuple[int, int] = (2, 1)) -> Path:
-    rng = np.random.default_rng(0)
-    for half, n in zip(("train", "test"), per_class, strict=True):
-        for c in range(n_classes):
-            folder = root / half / f"{c:03d}.class_{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
-    return root
+from cl_bench.testing.layouts import write_train_test_folders
 
 
 def test_every_pilot_dataset_is_registered_with_its_class_count() -> None:
@@ -35,7 +25,7 @@ def test_every_pilot_dataset_is_registered_with_its_class_count() -> None:
 
 @pytest.mark.slow
 def test_vtab_in_the_released_layout_runs_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    root = _tree(tmp_path / "vtab", 50)
+    root = write_train_test_folders(tmp_path / "vtab", 50)
     s = SCENARIOS.create("split_vtab", root=str(root), image_size=16, workers=0)
     assert len(s) == 5 and all(len(e.classes) == 10 for e in s) and s.spec["n_train"] == 100
     # PILOT's order: np.random.seed(1993); np.random.permutation(50), dealt into groups of 10.
@@ -53,7 +43,7 @@ def test_vtab_in_the_released_layout_runs_from_the_cli(tmp_path: Path, capsys: p
 def test_pilot_layout_errors_say_what_is_expected(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist.*ROOT/train/<class>"):
         SCENARIOS.create("split_cub200", root=str(tmp_path / "nope"))
-    _tree(tmp_path / "small", 20)
+    write_train_test_folders(tmp_path / "small", 20)
     with pytest.raises(DataError, match="has 20 class folders, CUB-200-2011 has 200"):
         SCENARIOS.create("split_cub200", root=str(tmp_path / "small"))
     flat = tmp_path / "flat" / "a"

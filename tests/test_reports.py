@@ -25,11 +25,27 @@ out: runs
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def swept(tmp_path_factory: pytest.TempPathFactory, inline_executor_module: None) -> Path:
+    # Runs in this process (tests/conftest.py); the spawned pool is test_sweep_on_the_process_pool's (slow).
     root = tmp_path_factory.mktemp("sweep")
     (root / "spec.yaml").write_text(SPEC.replace("out: runs", f"out: {root / 'runs'}"))
     assert main(["sweep", str(root / "spec.yaml"), "--workers", "2"]) == 0
     return root
+
+
+@pytest.mark.slow  # a spawned worker starts an interpreter and imports torch: > 2 s even on an idle machine
+def test_sweep_on_the_process_pool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The real spawned pool (one worker: one interpreter start) on two short runs (2 iterations per experience).
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"methods: [finetune]\nscenarios: [split_digits]\nseeds: [0, 1]\n"
+                    f"protocol: {{eval_every: 0, epochs: 1, max_iterations: 2}}\n"
+                    f"out: {tmp_path / 'runs'}\n")  # fmt: skip
+    assert main(["sweep", str(spec), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "done 2/2" in err
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/run.json")]
+    assert len(records) == 2 and {r["status"] for r in records} == {"completed"}
+    assert {r["seed"] for r in records} == {0, 1}
 
 
 def test_sweep_runs_the_grid_once_and_restart_skips(swept: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -168,7 +184,8 @@ def test_board_shows_compute_and_the_pareto_view(swept: Path, tmp_path: Path) ->
 
 
 def test_count_flops_records_training_and_evaluation_flops(tmp_path: Path) -> None:
-    args = ["run", "-q", "--method", "finetune", "--scenario", "split_digits", "--epochs", "1", "--out", str(tmp_path)]
+    args = ["run", "-q", "--method", "finetune", "--scenario", "split_digits", "--epochs", "1", "--eval-every", "0",
+            "--set", "protocol.max_iterations=10", "--out", str(tmp_path)]  # fmt: skip
     assert main([*args, "--count-flops"]) == 0
     (record_file,) = tmp_path.glob("*/run.json")
     rec = json.loads(record_file.read_text())

@@ -101,6 +101,9 @@ def _start_and_kill(cmd: list[str], out: Path) -> Path:
     return found[0].parent
 
 
+# The two real kills below (subprocesses, ~20 s idle with their uninterrupted reference) are the evidence; resuming to
+# the uninterrupted record is checked fast, in-process, by every method's check_resume (tests/test_conformance.py).
+@pytest.mark.slow
 def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(tmp_path: Path, uninterrupted: dict[str, Any]) -> None:
     out = tmp_path / "runs"
     config = tmp_path / "protocol.yaml"
@@ -146,6 +149,7 @@ runner.run(spec.RunSpec(method="er", scenario="split_digits", seed=0, protocol=s
 """
 
 
+@pytest.mark.slow
 def test_kill_between_checkpoint_and_its_record_is_resumable(tmp_path: Path, uninterrupted: dict[str, Any]) -> None:
     out = tmp_path / "runs"
     done = subprocess.run([sys.executable, "-c", DIE_AFTER_CHECKPOINT, str(out)], env=CHILD_ENV, timeout=600,

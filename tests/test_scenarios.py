@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,44 +15,9 @@ from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Scenario
 from cl_bench.data import mnist
 from cl_bench.data.mnist import load_mnist, read_idx
+from cl_bench.testing.layouts import fake_mnist, write_idx, write_mnist
 
-
-# -- IDX fixtures in the real format ---------------------------------------------------------------------------------
-def write_idx(path: Path, array: np.ndarray) -> Path:
-    """Write ``array`` (uint8) as an IDX file: magic 0x0000 08 <ndim>, big-endian uint32 dims, raw bytes.
-
-    A ``.gz`` suffix gzip-compresses it, as in the files Yann LeCun's site serves.
-    """
-    arr = np.ascontiguousarray(array, dtype=np.uint8)
-    blob = struct.pack(">I", 0x0800 | arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(blob) if path.suffix == ".gz" else blob)
-    return path
-
-
-def fake_mnist(n: int, seed: int, per_class: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` distinct random 28x28 images (image i carries i in its first two pixels) and balanced labels."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-    images[:, 0, 0], images[:, 0, 1] = np.arange(n) // 256, np.arange(n) % 256
-    if per_class is None:
-        labels = np.arange(n) % 10
-    else:
-        labels = np.repeat(np.arange(10), per_class)
-        assert len(labels) == n
-    return images, rng.permutation(labels).astype(np.uint8)
-
-
-def write_mnist(folder: Path, *, train: int | None = 60, test: int = 30, gz: bool = True) -> dict[str, np.ndarray]:
-    """Write the MNIST file set into ``folder`` (the test pair only when ``train`` is None)."""
-    ext = ".gz" if gz else ""
-    arrays: dict[str, np.ndarray] = {}
-    arrays["test_images"], arrays["test_labels"] = fake_mnist(test, seed=1)
-    if train is not None:
-        arrays["train_images"], arrays["train_labels"] = fake_mnist(train, seed=2)
-    for key, arr in arrays.items():
-        write_idx(folder / (mnist.FILES[key] + ext), arr)
-    return arrays
+# -- IDX fixtures in the real format: cl_bench.testing.layouts.write_idx / fake_mnist / write_mnist ---------------
 
 
 @pytest.fixture

@@ -33,6 +33,8 @@ def _records(out: Path) -> list[Path]:
     return sorted(p for p in out.iterdir() if (p / "run.json").exists())
 
 
+# Ray's local cluster starts in ~10 s; the same jobs on the local pool are in the inner loop (test_reports.py).
+@pytest.mark.slow
 def test_ray_sweep_then_leaderboard(tmp_path: Path) -> None:
     if not IN_CI:
         pytest.importorskip("ray")
@@ -72,6 +74,9 @@ def _kill_a_worker_mid_run(out: Path, proc: subprocess.Popen[str]) -> int:
     raise AssertionError(f"no run reached a checkpoint: {proc.communicate()}")
 
 
+# Three sweep processes and a real SIGKILL (~40 s idle); the in-process resume a restart relies on is checked
+# fast by every method's check_resume (tests/test_conformance.py) and the skip of completed runs by test_reports.py.
+@pytest.mark.slow
 def test_killed_worker_then_restart_completes_every_run_exactly_once(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     spec = tmp_path / "sweep.yaml"
@@ -100,6 +105,9 @@ def test_killed_worker_then_restart_completes_every_run_exactly_once(tmp_path: P
     assert third.returncode == 0 and "4 already completed, 0 to run" in third.stderr
 
 
+# Reruns two full golden runs three times in subprocesses; regress on fresh records is checked fast in
+# tests/test_reports.py (a moved metric is named) and by test_update_golden_shows_the_diff below.
+@pytest.mark.slow
 def test_regress_reruns_golden_records_and_names_a_corrupted_value(tmp_path: Path, mnist_root: Path) -> None:
     golden = tmp_path / "golden"
     picks = ["split_digits-er-s0", "split_mnist-finetune-s0"]
@@ -157,6 +165,7 @@ def test_update_golden_shows_the_diff(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["regress", "--against", str(golden), "--fresh", str(fresh)]) == 0
 
 
+@pytest.mark.usefixtures("inline_executor")
 def test_tune_two_phase_protocol(tmp_path: Path, capsys: pytest.CaptureFixture[str], mnist_root: Path) -> None:
     spec = tmp_path / "tune.yaml"
     spec.write_text(f"""\
@@ -168,7 +177,7 @@ strategy: grid
 budget: 2
 seeds: [0]
 eval_seeds: [0]
-protocol: {{eval_every: 50, epochs: 1}}
+protocol: {{eval_every: 0, epochs: 1, max_iterations: 8}}
 out: {tmp_path / 'tune'}
 """)
     assert main(["tune", str(spec), "--workers", "2"]) == 0
@@ -196,6 +205,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow  # a real browser; the HTML itself is checked fast in tests/test_reports.py
 def test_html_leaderboard_in_headless_chromium(tmp_path: Path) -> None:
     browser = _chromium()
     if browser is None:

@@ -140,9 +140,11 @@ def test_missing_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
         check_names(["csv", "mlflow"])
 
 
+@pytest.mark.usefixtures("inline_executor")
 def test_sweep_log_key_reaches_every_run_and_is_validated(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     spec = tmp_path / "sweep.yaml"
-    spec.write_text(f"methods: [finetune]\nscenarios: [split_digits]\nseeds: [0, 1]\nprotocol: {{epochs: 1}}\n"
+    spec.write_text(f"methods: [finetune]\nscenarios: [split_digits]\nseeds: [0, 1]\n"
+                    f"protocol: {{epochs: 1, eval_every: 0, max_iterations: 3}}\n"
                     f"log: [csv]\nout: {tmp_path / 'runs'}\n")  # fmt: skip
     assert main(["sweep", str(spec), "--workers", "1"]) == 0
     runs = [p for p in (tmp_path / "runs").iterdir() if (p / "run.json").exists()]

@@ -357,6 +357,7 @@ def test_tta_conformance_catches_broken_methods() -> None:
 
 
 # -- real data ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # real MNIST, a source phase and two streams; TTA conformance checks beat chance in the inner loop
 def test_bn_adapt_beats_source_on_corrupted_mnist(tmp_path: Path, mnist_root: Path) -> None:
     config = {"root": str(mnist_root), "download": False, "corruptions": ("contrast", "fog"), "n_per_domain": 400,
               "train_domains": False, "source_epochs": 1}  # fmt: skip

@@ -175,6 +175,8 @@ def test_bn_adapt_with_a_window_conforms_and_refuses_two_statistics_options() ->
         BNAdaptConfig(window=4, prior_strength=8)
 
 
+# check_resume of every TTA method interrupts its stream mid-domain in the inner loop (tests/test_conformance.py).
+@pytest.mark.slow
 def test_a_tta_run_stopped_inside_its_first_domain_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     from cl_bench import RunSpec, run
     from cl_bench.engine.runner import RunInterrupted, resume

@@ -19,6 +19,11 @@ mean what they say:
   test label sets of different experiences are disjoint (training sets of task-free wrappers such as
   ``blurry`` blend neighbours by design and are not required to be).
 
+File-backed data (:class:`cl_bench.data.filedata.FileData`: paths decoded per batch) is checked through the
+same interface as stored tensors: its identity is its file list and labels, its stored form the decoded
+uint8 batch (``raw_batch``). :mod:`cl_bench.testing.layouts` writes tiny trees in each released layout to
+build such scenarios on.
+
 References:
     scikit-learn, ``sklearn.utils.estimator_checks.check_estimator`` (the model for a conformance kit).
 """
@@ -37,6 +42,9 @@ from cl_bench.core.registry import SCENARIOS
 from cl_bench.core.types import Scenario, TensorData, spec_hash
 from cl_bench.testing.results import CheckResult, ConformanceError, ConformanceReport
 
+#: Examples decoded per file-backed dataset when comparing two builds (the file lists are compared in full).
+_DECODED = 8
+
 
 class _Ctx:
     def __init__(self, name: str, config: Mapping[str, Any]) -> None:
@@ -50,8 +58,20 @@ class _Ctx:
         return self._built[k]
 
 
-def _labels(data: TensorData | None) -> set[int]:
+# TensorData or FileData (cl_bench.data.filedata, not imported: the testing kit reads the batch interface only).
+Data = Any
+
+
+def _labels(data: Data | None) -> set[int]:
     return set() if data is None else {int(v) for v in data.y.unique().tolist()}
+
+
+def _stored_dtype(data: Data) -> torch.dtype | None:
+    """The dtype of the stored inputs: the tensor's, or a decoded batch's for file-backed data (None if empty)."""
+    x = getattr(data, "x", None)
+    if isinstance(x, torch.Tensor):
+        return x.dtype
+    return data.raw_batch(slice(0, 1)).dtype if len(data) else None
 
 
 def check_config_roundtrip(ctx: _Ctx) -> str:
@@ -72,10 +92,16 @@ def check_spec(ctx: _Ctx) -> str:
     return a.spec_hash
 
 
-def _same(x: TensorData | None, y: TensorData | None) -> bool:
+def _same(x: Data | None, y: Data | None) -> bool:
     if x is None or y is None:
         return x is y
-    return torch.equal(x.x, y.x) and torch.equal(x.y, y.y)
+    if type(x) is not type(y) or len(x) != len(y) or not torch.equal(x.y, y.y):
+        return False
+    if isinstance(x, TensorData):
+        return torch.equal(x.x, y.x)
+    # File-backed: the same files in the same order, and they decode to the same bytes.
+    head = slice(0, min(len(x), _DECODED))
+    return bool(x.paths == y.paths and torch.equal(x.raw_batch(head), y.raw_batch(head)))
 
 
 def check_deterministic(ctx: _Ctx) -> str:
@@ -127,14 +153,15 @@ def check_shapes(ctx: _Ctx) -> str:
             if data is None:
                 continue
             where = f"experience {e.index} {part}"
-            assert data.y.dtype == torch.int64 and len(data.x) == len(data.y), f"{where}: bad labels"
+            assert data.y.dtype == torch.int64 and len(data) == len(data.y), f"{where}: bad labels"
             assert data.t is None or len(data.t) == len(data.y), f"{where}: task ids and labels differ in length"
-            dtypes.add(data.x.dtype)
+            dtypes.add(_stored_dtype(data))
             if len(data):
                 x, y = data.batch(slice(0, 2))
                 assert x.is_floating_point() and tuple(x.shape[1:]) == shape, (
                     f"{where}: batches are {x.dtype} {tuple(x.shape[1:])}, expected float {shape}")  # fmt: skip
                 assert len(y) == len(x)
+    dtypes.discard(None)
     assert len(dtypes) == 1, f"stored inputs mix dtypes {sorted(map(str, dtypes))}"
     return f"input {shape}, stored {next(iter(dtypes))}"
 
