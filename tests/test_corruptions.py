@@ -94,10 +94,14 @@ def test_jpeg_quality_ordering_and_exactness() -> None:
     assert np.array_equal(corrupt(RGB[:1], "jpeg_compression", 5)[0], np.asarray(Image.open(buf)))
 
 
-def test_pixelate_matches_pil_box_resizing() -> None:
-    ref = Image.fromarray(RGB[0]).resize((20, 20), Image.BOX).resize((32, 32), Image.BOX)
-    ours = corrupt(RGB[:1], "pixelate", 5)[0].astype(int)
-    assert np.abs(ours - np.asarray(ref)).max() <= 1  # uint8 between passes, as PIL; 1: PIL's fixed-point ties
+def test_pixelate_is_make_cifar_c_pil_box_resizing_byte_for_byte() -> None:
+    for s, side in zip(range(1, 6), (30, 28, 27, 24, 20), strict=True):  # int(32 * c), c = 0.95 ... 0.65
+        for img in RGB:
+            ref = Image.fromarray(img).resize((side, side), Image.BOX).resize((32, 32), Image.BOX)
+            assert np.array_equal(corrupt(img[None], "pixelate", s)[0], np.asarray(ref)), s
+    grey = RGB[:2, ..., :1]  # one channel (MNIST, digits): PIL mode L
+    ref = Image.fromarray(grey[1, ..., 0]).resize((20, 20), Image.BOX).resize((32, 32), Image.BOX)
+    assert np.array_equal(corrupt(grey, "pixelate", 5)[1, ..., 0], np.asarray(ref))
 
 
 def test_contrast_and_brightness_formulas() -> None:
