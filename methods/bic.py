@@ -21,14 +21,13 @@ References:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from cl_bench.components import HerdingMemory, embed, kd_loss, require_per_class_room
+from cl_bench.components import HerdingMemory, embed, frozen_copy, kd_loss, require_per_class_room
 from cl_bench.components.prototypes import rank_unseen_last
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps
@@ -116,9 +115,7 @@ class BiC(SupervisedMethod):
     def begin_experience(self, exp: Experience) -> None:
         super().begin_experience(exp)
         if self.seen_classes.any():
-            self.teacher = copy.deepcopy(self.net).eval()
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+            self.teacher = frozen_copy(self.net)
             self.teacher_bias = (self.alpha.clone(), self.beta.clone())
         self.old_classes = self.seen_classes.clone()
         new = [c for c in exp.classes if not bool(self.seen_classes[c])]
@@ -253,7 +250,4 @@ class BiC(SupervisedMethod):
         if state["teacher"] is None:
             self.teacher = None
         else:
-            self.teacher = copy.deepcopy(self.net).eval()
-            self.teacher.load_state_dict(state["teacher"])
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+            self.teacher = frozen_copy(self.net, state["teacher"])

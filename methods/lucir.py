@@ -43,7 +43,6 @@ References:
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -51,7 +50,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from cl_bench.components import HerdingMemory, embed, require_per_class_room
+from cl_bench.components import HerdingMemory, embed, frozen_copy, require_per_class_room
 from cl_bench.components.cosine_head import CosineHead, embed_dim
 from cl_bench.components.prototypes import rank_unseen_last
 from cl_bench.core.method import Caps
@@ -177,9 +176,7 @@ class LUCIR(SupervisedMethod):
         super().begin_experience(exp)
         first = not self.seen_classes.any()
         if not first:
-            self.teacher = copy.deepcopy(self.net).eval()
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+            self.teacher = frozen_copy(self.net)
         self.old_classes = self.seen_classes.clone()
         self.seen_classes[list(exp.classes)] = True
         new = self.seen_classes & ~self.old_classes
@@ -344,7 +341,4 @@ class LUCIR(SupervisedMethod):
         if state["teacher"] is None:
             self.teacher = None
         else:
-            self.teacher = copy.deepcopy(self.net).eval()
-            self.teacher.load_state_dict(state["teacher"])
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+            self.teacher = frozen_copy(self.net, state["teacher"])

@@ -10,13 +10,13 @@ References:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from cl_bench.components import frozen_copy
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Experience, StreamInfo
 from cl_bench.families.supervised import SupervisedMethod, TrainConfig
@@ -55,9 +55,7 @@ class LwF(SupervisedMethod):
     def begin_experience(self, exp: Experience) -> None:
         super().begin_experience(exp)
         if self.seen_classes.any():
-            self.teacher = copy.deepcopy(self.net).eval()
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+            self.teacher = frozen_copy(self.net)
         self.old_classes = self.seen_classes.clone()
         self.seen_classes[list(exp.classes)] = True
 
@@ -82,7 +80,4 @@ class LwF(SupervisedMethod):
         if state["teacher"] is None:
             self.teacher = None
         else:
-            self.teacher = copy.deepcopy(self.net).eval()
-            self.teacher.load_state_dict(state["teacher"])
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+            self.teacher = frozen_copy(self.net, state["teacher"])

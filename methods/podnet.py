@@ -46,7 +46,6 @@ References:
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -54,7 +53,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from cl_bench.components import HerdingMemory, embed, require_per_class_room
+from cl_bench.components import HerdingMemory, embed, frozen_copy, require_per_class_room
 from cl_bench.components.cosine_head import CosineHead, embed_dim, require_stages, stage_outputs
 from cl_bench.components.prototypes import rank_unseen_last
 from cl_bench.core.method import Caps
@@ -227,9 +226,7 @@ class PODNet(SupervisedMethod):
         super().begin_experience(exp)
         first = not self.seen_classes.any()
         if not first:
-            self.teacher = copy.deepcopy(self.net).eval()
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+            self.teacher = frozen_copy(self.net)
         self.old_classes = self.seen_classes.clone()
         self.seen_classes[list(exp.classes)] = True
         new = self.seen_classes & ~self.old_classes
@@ -360,7 +357,4 @@ class PODNet(SupervisedMethod):
         if state["teacher"] is None:
             self.teacher = None
         else:
-            self.teacher = copy.deepcopy(self.net).eval()
-            self.teacher.load_state_dict(state["teacher"])
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+            self.teacher = frozen_copy(self.net, state["teacher"])

@@ -22,14 +22,13 @@ References:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from cl_bench.components import HerdingMemory, embed, kd_loss, require_per_class_room
+from cl_bench.components import HerdingMemory, embed, frozen_copy, kd_loss, require_per_class_room
 from cl_bench.components.prototypes import rank_unseen_last
 from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
@@ -82,9 +81,7 @@ class WA(SupervisedMethod):
     def begin_experience(self, exp: Experience) -> None:
         super().begin_experience(exp)
         if self.seen_classes.any():
-            self.teacher = copy.deepcopy(self.net).eval()
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+            self.teacher = frozen_copy(self.net)
         self.old_classes = self.seen_classes.clone()
         self.seen_classes[list(exp.classes)] = True
 
@@ -161,7 +158,4 @@ class WA(SupervisedMethod):
         if state["teacher"] is None:
             self.teacher = None
         else:
-            self.teacher = copy.deepcopy(self.net).eval()
-            self.teacher.load_state_dict(state["teacher"])
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+            self.teacher = frozen_copy(self.net, state["teacher"])

@@ -15,7 +15,7 @@ from cl_bench.components.batchnorm import (
     use_test_batch_stats,
 )
 from cl_bench.components.buffer import LogitReservoirBuffer, ReservoirBuffer
-from cl_bench.components.ema import EMATeacher, blend_parameters_
+from cl_bench.components.ema import EMATeacher, blend_parameters_, frozen_copy
 from cl_bench.components.exemplars import (
     ClassBalancedBuffer,
     HerdingMemory,
@@ -56,7 +56,8 @@ __all__ = ["BackboneInput", "CSTUMemory", "CertaintyDiversityWeights", "ClassBal
            "LogitClassBalancedBuffer", "LogitReservoirBuffer", "PBRSMemory", "PathIntegral", "PriorBatchNorm",
            "PromptPool", "PromptedViT", "PrototypeHead", "ReferenceTTAugment", "ReliableEntropy", "ReservoirBuffer",
            "TTAugment", "adapt_only", "batch_norm_layers", "blend_parameters_", "bn_affine_params", "cross_entropy_to",
-           "diagonal_fisher", "embed", "herding", "iabn_layers", "kd_loss", "make_augment", "marginal_entropy",
+           "diagonal_fisher", "embed", "frozen_copy", "herding", "iabn_layers", "kd_loss", "make_augment",
+           "marginal_entropy",
            "norm_affine_params", "output_norm_importance", "parameters_outside_norm_layers", "pixel_space",
            "prior_correction", "pseudo_label_fisher", "replace_batch_norms", "require_bn", "require_per_class_room",
            "set_ema_mode", "soft_likelihood_ratio", "softmax_entropy", "source_batches", "stream_augment",

@@ -14,6 +14,15 @@ import torch
 from torch import nn
 
 
+def frozen_copy(net: nn.Module, state: dict[str, Any] | None = None) -> nn.Module:
+    """An eval-mode deep copy of ``net`` with no trainable parameter (a distillation teacher, e.g. the network
+    as it left the previous experience); ``state`` (a saved teacher's ``state_dict``) is loaded into it."""
+    teacher = copy.deepcopy(net).eval()
+    if state is not None:
+        teacher.load_state_dict(state)
+    return teacher.requires_grad_(False)
+
+
 class EMATeacher:
     """``teacher <- m * teacher + (1 - m) * student`` over all parameters after each student step.
 
