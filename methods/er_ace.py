@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.components import ReservoirBuffer
-from cl_bench.core.method import Caps, held_bytes
+from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, StreamInfo
 from cl_bench.families.supervised import SupervisedMethod, TrainConfig
@@ -99,7 +99,7 @@ class ERACE(SupervisedMethod):
         return self.config.buffer_size
 
     def memory_bytes(self) -> int | None:
-        return held_bytes(len(self.buffer), self.buffer.x, self.buffer.y, self.buffer.t)
+        return self.buffer.nbytes()
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "buffer": self.buffer.state_dict()}

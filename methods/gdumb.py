@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from cl_bench.components import ClassBalancedBuffer, require_per_class_room
 from cl_bench.components.buffer import replay_inputs
 from cl_bench.core.errors import ConfigError
-from cl_bench.core.method import Caps, held_bytes
+from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, Experience, StreamInfo
 from cl_bench.families.supervised import SupervisedMethod, TrainConfig
@@ -184,7 +184,7 @@ class GDumb(SupervisedMethod):
         return self.config.buffer_size
 
     def memory_bytes(self) -> int | None:
-        return held_bytes(len(self.buffer), self.buffer.x, self.buffer.y, self.buffer.t)
+        return self.buffer.nbytes()
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "buffer": self.buffer.state_dict(), "init": self.init_state,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from cl_bench.components import ClassBalancedBuffer, ReservoirBuffer
-from cl_bench.core.method import Caps, held_bytes
+from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, Experience, StreamInfo
 from cl_bench.families.supervised import SupervisedMethod, TrainConfig
@@ -155,7 +155,7 @@ class MIR(SupervisedMethod):
         return self.config.buffer_size
 
     def memory_bytes(self) -> int | None:
-        return held_bytes(len(self.buffer), self.buffer.x, self.buffer.y, self.buffer.t)
+        return self.buffer.nbytes()
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "buffer": self.buffer.state_dict(), "last_classes": self.last_classes,

@@ -52,7 +52,7 @@ from torch import nn
 from cl_bench.components import LogitClassBalancedBuffer, batch_norm_layers, require_per_class_room
 from cl_bench.components.buffer import replay_inputs, stored_examples
 from cl_bench.core.errors import ConfigError
-from cl_bench.core.method import Caps, held_bytes
+from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import Batch, Experience, StreamInfo
 from cl_bench.families.supervised import SupervisedMethod, TrainConfig
@@ -354,7 +354,7 @@ class XDER(SupervisedMethod):
         return self.config.buffer_size
 
     def memory_bytes(self) -> int | None:
-        return held_bytes(len(self.buffer), self.buffer.x, self.buffer.y, self.buffer.t, self.buffer.logits)
+        return self.buffer.nbytes()
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "buffer": self.buffer.state_dict(), "view": self.view,

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from cl_bench.core.method import held_bytes
+
 
 def grow(store: torch.Tensor | None, rows: int, like: torch.Tensor) -> torch.Tensor:
     """``store`` copied into a new tensor of ``rows`` rows (dtype, device, row shape of ``like`` when empty)."""
@@ -50,6 +52,10 @@ class ReservoirBuffer:
 
     def __len__(self) -> int:
         return self.size
+
+    def nbytes(self) -> int:
+        """Bytes of the filled slots (the record's ``cost.buffer_bytes``): inputs, labels, task ids."""
+        return held_bytes(len(self), self.x, self.y, self.t)
 
     def add(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None = None) -> None:
         """Offer a batch; each example ends up stored with probability capacity / seen."""
@@ -155,6 +161,10 @@ class LogitReservoirBuffer(ReservoirBuffer):
         assert self.x is not None and self.y is not None and self.t is not None and self.logits is not None
         idx = self.sample_indices(n)
         return self.x[idx], self.y[idx], self.t[idx], self.logits[idx]
+
+    def nbytes(self) -> int:
+        """Bytes of the filled slots (the record's ``cost.buffer_bytes``): inputs, labels, task ids, logits."""
+        return held_bytes(len(self), self.x, self.y, self.t, self.logits)
 
     def state_dict(self) -> dict[str, Any]:
         """Contents (logits included), counters and generator state."""

@@ -58,6 +58,10 @@ class ClassBalancedBuffer:
     def __len__(self) -> int:
         return 0 if self.y is None else len(self.y)
 
+    def nbytes(self) -> int:
+        """Bytes of the filled slots (the record's ``cost.buffer_bytes``): inputs, labels, task ids."""
+        return held_bytes(len(self), self.x, self.y, self.t)
+
     def _cat(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         t = torch.full_like(y, -1) if t is None else t.to(y.device)
         if self.x is None or self.y is None or self.t is None:
@@ -166,6 +170,10 @@ class LogitClassBalancedBuffer(ClassBalancedBuffer):
         assert self.x is not None and self.y is not None and self.t is not None and self.logits is not None
         idx = self.sample_indices(n)
         return self.x[idx], self.y[idx], self.t[idx], self.logits[idx]
+
+    def nbytes(self) -> int:
+        """Bytes of the filled slots (the record's ``cost.buffer_bytes``): inputs, labels, task ids, logits."""
+        return held_bytes(len(self), self.x, self.y, self.t, self.logits)
 
     def state_dict(self) -> dict[str, Any]:
         """Contents (logits included) and generator state."""
