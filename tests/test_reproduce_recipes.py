@@ -221,12 +221,22 @@ def test_recipe_schema(name: str) -> None:
     assert recipe_command(r).startswith(f"cl-bench reproduce run {name}")
 
 
+def test_recipes_of_source_data_methods_name_the_source_data_or_say_it_is_missing() -> None:
+    # RMT runs source-free when the stream has no source data, silently; a recipe must not let that pass unsaid.
+    for r in RECIPES.values():
+        if METHODS.get(r.method).obj.caps.source_data == "none":
+            continue
+        listed = any(d.param == "scenario.clean_root" and d.when == "always" for d in r.data)
+        assert listed or "No source data:" in r.notes, f"{r.name}: source data neither in data: nor in notes"
+
+
 def test_reproduce_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["reproduce", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) >= 25 and all(isinstance(r["reported"], float) for r in rows)
     assert {r["method"] for r in rows} >= {"er", "der", "derpp", "agem", "source", "bn_adapt", "tent", "eata", "sar",
-                                           "cotta", "rmt", "ncm", "l2p", "dualprompt", "coda_prompt", "slca", "ranpac"}
+                                           "cotta", "rotta", "adacontrast", "rmt", "lame", "roid", "ncm", "l2p",
+                                           "dualprompt", "coda_prompt", "slca", "ranpac"}
 
 
 def test_missing_data_is_one_paragraph_naming_files_and_checksums(tmp_path: Path,

@@ -22,6 +22,10 @@ import yaml
 
 from cl_bench.core.errors import ConfigError, UserError
 
+# libyaml's parser when PyYAML was built with it: the same documents, about 8x faster than the pure-Python one
+# (`cl-bench reproduce` parses every shipped recipe, over a hundred files, on each call).
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def public_name(field_name: str) -> str:
     """The user-facing spelling of a field (``lambda_`` -> ``lambda``)."""
@@ -222,7 +226,7 @@ def read_yaml_file(path: str | Path, what: str) -> Any:
         UserError: If the file is missing, unreadable or not valid YAML.
     """
     try:
-        return yaml.safe_load(Path(path).read_text())
+        return yaml.load(Path(path).read_text(), Loader=_YAML_LOADER)
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist") from None
     except (OSError, yaml.YAMLError) as err:
