@@ -3,8 +3,8 @@
 ``ROOT/<corruption>/<severity>/<wnid>/<image>.JPEG`` (as ``imagenet-c`` unpacks: 15 benchmark corruptions, each
 with 5 severity folders of the 50,000 ImageNet validation images at 224 x 224, 50 per class). One experience per
 corruption in the continual TTA order of the RMT authors' benchmark (:data:`BENCHMARK_ORDER`), severity 5, by
-default the 5,000-image subset per domain their configs use (``CORRUPTION.NUM_EX = 5000``); ``n_per_domain=0``
-takes all 50,000. Images are file-backed (:class:`cl_bench.data.filedata.FileData`): decoded batch by batch
+default the 5,000-image subset per domain that the RMT repo's README describes (its ``conf.py`` default is
+``CORRUPTION.NUM_EX = -1``, all images); ``n_per_domain=0`` takes all 50,000. Images are file-backed (:class:`cl_bench.data.filedata.FileData`): decoded batch by batch
 (DataLoader workers, optional decoded-image cache), never a whole domain in memory.
 
 Labels are the positions of the class folders in sorted order, which for the 1,000 ImageNet wnids is the label
@@ -46,7 +46,7 @@ from cl_bench.data.tta_streams import GRADUAL_SEVERITIES, tta_experiences, tta_s
 BENCHMARK_ORDER = C.BENCHMARK_ORDER
 # torchvision's ImageNet weights expect x/255 normalised by ImageNet's channel statistics.
 _TRANSFORM = Standardize(255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# The RMT repo's ImageNet-C configs: TEST.BATCH_SIZE 64, CORRUPTION.NUM_EX 5000.
+# The RMT repo's ImageNet-C configs: TEST.BATCH_SIZE 64; its README's 5,000 images per domain.
 _BATCH, _SUBSET = 64, 5000
 _EXAMPLE = "ROOT/gaussian_noise/5/n01440764/ILSVRC2012_val_00000293.JPEG"
 
