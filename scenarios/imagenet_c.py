@@ -4,7 +4,8 @@
 with 5 severity folders of the 50,000 ImageNet validation images at 224 x 224, 50 per class). One experience per
 corruption in the continual TTA order of the RMT authors' benchmark (:data:`BENCHMARK_ORDER`), severity 5, by
 default the 5,000-image subset per domain that the RMT repo's README describes (its ``conf.py`` default is
-``CORRUPTION.NUM_EX = -1``, all images); ``n_per_domain=0`` takes all 50,000. Images are file-backed (:class:`cl_bench.data.filedata.FileData`): decoded batch by batch
+``CORRUPTION.NUM_EX = -1``, all images); ``n_per_domain=0`` takes all 50,000. Images are file-backed
+(:class:`cl_bench.data.filedata.FileData`): decoded batch by batch
 (DataLoader workers, optional decoded-image cache), never a whole domain in memory.
 
 Labels are the positions of the class folders in sorted order, which for the 1,000 ImageNet wnids is the label
