@@ -7,14 +7,17 @@ class probabilities p_i and embeddings z_i for a test batch; LAME returns assign
 
 (a Laplacian term pulling neighbours in embedding space to the same class, with affinities W),
 by the concave-convex fixed point y_i <- softmax(log p_i + lambda sum_j w_ij y_j) run until the
-energy stops decreasing (relative change 1e-8, at most 100 steps). The affinity is the kNN graph
-of the L2-normalised embeddings (w_ij = 1 if j is among the k nearest neighbours of i).
+energy stops decreasing (relative change 1e-8, at most 100 steps). The affinity, as in the RMT benchmark, is a
+Gaussian kernel over all pairs of L2-normalised embeddings, w_ij = exp(-d_ij^2 / (2 s^2)), whose bandwidth s is
+the batch mean of each sample's distance to its k-th nearest embedding (itself counted first); ``affinity="knn"``
+gives the binary kNN graph instead (w_ij = 1 if j is among the k nearest neighbours of i).
 
 References:
     Boudiaf, Mueller, Ben Ayed & Bertinetto. "Parameter-free Online Test-time Adaptation".
-    CVPR 2022 (Eq. 6-8). Code: github.com/fiveai/LAME. Defaults (kNN affinity, k = 5,
-    lambda = 1, 100 steps): the RMT benchmark's LAME configs and methods/lame.py
-    (github.com/mariodoebler/test-time-adaptation).
+    CVPR 2022 (Eq. 6-8). Code: github.com/fiveai/LAME. Defaults (rbf affinity, k = 5, sigma 1,
+    no forced symmetry, lambda = 1, 100 steps): the RMT benchmark's ``conf.py`` (``_C.LAME.AFFINITY = "rbf"``,
+    ``KNN 5``, ``SIGMA 1.0``, ``FORCE_SYMMETRY False``; no cfgs/*/lame.yaml overrides them) and its
+    ``methods/lame.py`` ``rbf_affinity`` (github.com/mariodoebler/test-time-adaptation, commit 8b2ed63).
 """
 
 from __future__ import annotations
@@ -35,19 +38,19 @@ from cl_bench.families.tta import FrozenSourceMethod
 
 @dataclass(frozen=True)
 class LAMEConfig:
-    """LAME hyper-parameters (RMT benchmark defaults: AFFINITY kNN, KNN 5, SIGMA 1, FORCE_SYMMETRY off).
+    """LAME hyper-parameters (RMT benchmark defaults: AFFINITY rbf, KNN 5, SIGMA 1, FORCE_SYMMETRY off).
 
     Attributes:
-        affinity: "knn" (binary kNN graph), "rbf" (Gaussian kernel over the kNN distances) or "linear"
-            (clipped cosine similarity).
-        knn: Neighbours per sample for "knn" and for the scale of "rbf".
-        sigma: RBF bandwidth multiplier.
+        affinity: "rbf" (Gaussian kernel over all pairs, bandwidth from the k-th neighbour distances),
+            "knn" (binary kNN graph) or "linear" (clipped cosine similarity).
+        knn: Neighbours per sample for "knn"; for "rbf", the rank (self included) whose distance sets the bandwidth.
+        sigma: Multiplier of the RBF bandwidth (1 = the reference, which does not use its SIGMA).
         force_symmetry: Use (W + W^T) / 2.
         bound_lambda: lambda, the weight of the Laplacian term.
         max_steps: Maximum fixed-point iterations.
     """
 
-    affinity: Literal["knn", "rbf", "linear"] = "knn"
+    affinity: Literal["knn", "rbf", "linear"] = "rbf"
     knn: int = 5
     sigma: float = 1.0
     force_symmetry: bool = False
@@ -66,17 +69,18 @@ def affinity(z: torch.Tensor, cfg: LAMEConfig) -> torch.Tensor:
     n = len(z)
     if cfg.affinity == "linear":
         w = (z @ z.T).clamp_min(0)
+    elif cfg.affinity == "rbf":
+        dist = torch.cdist(z, z)
+        # the reference's rank counts the sample itself (distance 0) first, so k = 5 is the 4th other neighbour
+        kth = dist.topk(min(cfg.knn, n), dim=1, largest=False).values[:, -1]
+        scale = (cfg.sigma * kth.mean()).clamp_min(1e-12)
+        w = torch.exp(-(dist**2) / (2 * scale**2))
     else:
         dist = torch.cdist(z, z)
         k = min(cfg.knn + 1, n)  # +1: each sample is its own nearest neighbour, which is left out
-        d_knn, idx = dist.topk(k, dim=1, largest=False)
-        d_knn, idx = d_knn[:, 1:], idx[:, 1:]
+        idx = dist.topk(k, dim=1, largest=False).indices[:, 1:]
         w = torch.zeros(n, n, dtype=z.dtype, device=z.device)
-        if cfg.affinity == "knn":
-            w.scatter_(1, idx, 1.0)
-        else:
-            scale = cfg.sigma * d_knn[:, -1:].mean().clamp_min(1e-12) if idx.shape[1] else z.new_tensor(1.0)
-            w.scatter_(1, idx, torch.exp(-(d_knn**2) / (2 * scale**2)))
+        w.scatter_(1, idx, 1.0)
     return (w + w.T) / 2 if cfg.force_symmetry else w
 
 

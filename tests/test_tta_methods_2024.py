@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import ClassVar
 
@@ -79,12 +80,26 @@ def test_lame_without_affinity_returns_the_source_probabilities() -> None:
 
 def test_lame_knn_affinity_pulls_neighbours_together() -> None:
     z = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.99, 0.1], [0.98, -0.1], [0.0, 1.0]]), dim=1)
-    w = affinity(z, LAMEConfig(knn=2))
+    w = affinity(z, LAMEConfig(affinity="knn", knn=2))
     assert w.sum(1).tolist() == [2.0, 2.0, 2.0, 2.0] and w.diagonal().sum() == 0
     assert w[0, 1] == 1 and w[0, 3] == 0
     # sample 0 is unsure; its two confident neighbours say class 1
     probs = torch.tensor([[0.55, 0.45], [0.1, 0.9], [0.1, 0.9], [0.9, 0.1]])
     assert laplacian_adjust(probs, w, 1.0, 100)[0].argmax() == 1
+
+
+def test_lame_rbf_affinity_is_the_rmt_benchmarks_kernel() -> None:
+    # rbf_affinity of mariodoebler/test-time-adaptation methods/lame.py (8b2ed63): every pair, self included; the
+    # bandwidth is the batch mean of each row's k-th smallest distance, the sample's own 0 counted first
+    z = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]]), dim=1)
+    k = 2
+    rows = [[float(torch.dist(a, b)) for b in z] for a in z]
+    kth = [sorted(r)[k - 1] for r in rows]
+    s = sum(kth) / len(kth)
+    expected = torch.tensor([[math.exp(-(d**2) / (2 * s**2)) for d in r] for r in rows])
+    assert LAMEConfig().affinity == "rbf" and LAMEConfig().knn == 5  # conf.py: _C.LAME.AFFINITY "rbf", KNN 5
+    w = affinity(z, LAMEConfig(knn=k))
+    assert torch.allclose(w, expected, atol=1e-5) and torch.allclose(w.diagonal(), torch.ones(4))
 
 
 def test_output_methods_need_features_and_head() -> None:
