@@ -52,12 +52,16 @@ class ICaRLConfig(TrainConfig):
         nme_flip: Average each exemplar's features with those of its horizontal flip when computing
             class means (mammoth l. 209-218, from the original code). Off by default: digits are not
             flip-invariant; turn on for natural images.
+        bce_classes: "seen": the binary cross-entropy covers the classes seen so far (mammoth's); "all":
+            every output unit, not-yet-seen classes with target 0, averaged over all of them (Avalanche's
+            ``ICaRLLossPlugin``, ``avalanche/training/losses.py``: one-hot over ``logits.shape[1]``).
     """
 
     buffer_size: int = 2000
     weight_decay: float = 1e-5
     classifier: Literal["nme", "cnn"] = "nme"
     nme_flip: bool = False
+    bce_classes: Literal["seen", "all"] = "seen"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -65,6 +69,8 @@ class ICaRLConfig(TrainConfig):
             raise ValueError(f"buffer_size must be >= 0, got {self.buffer_size}")
         if self.classifier not in ("nme", "cnn"):
             raise ValueError(f"classifier must be 'nme' or 'cnn', got {self.classifier!r}")
+        if self.bce_classes not in ("seen", "all"):
+            raise ValueError(f"bce_classes must be 'seen' or 'all', got {self.bce_classes!r}")
 
 
 @METHODS.register(
@@ -105,13 +111,15 @@ class ICaRL(SupervisedMethod):
     def observe(self, batch: Batch) -> dict[str, Any]:
         self._means = None  # the network changes: class means are stale
         self.net.train()
-        out = self.net(batch.x)[:, self.seen_classes]
+        out = self.net(batch.x)
         targets = F.one_hot(batch.y, self.info.n_classes).to(out.dtype)
         if self.teacher is not None and self.old_classes.any():
             with torch.no_grad():
                 soft = torch.sigmoid(self.teacher(batch.x))
             targets = torch.where(self.old_classes, soft, targets)
-        loss = F.binary_cross_entropy_with_logits(out, targets[:, self.seen_classes])
+        if self.config.bce_classes == "seen":
+            out, targets = out[:, self.seen_classes], targets[:, self.seen_classes]
+        loss = F.binary_cross_entropy_with_logits(out, targets)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.lr_schedule.apply()
