@@ -25,6 +25,7 @@ import torch
 
 from cl_bench.engine.runner import run
 from cl_bench.engine.spec import Protocol, RunSpec
+from cl_bench.testing.mnist import default_mnist_folder
 
 SWEEP: list[tuple[str, dict[str, Any]]] = [
     ("ncm", {"metric": "cosine"}),
@@ -49,7 +50,7 @@ def sweep(scenario: str, scenario_cfg: dict[str, Any], image_size: int, cache: b
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default="split_digits", choices=["split_digits", "split_mnist"])
-    parser.add_argument("--mnist", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
+    parser.add_argument("--mnist", default=str(default_mnist_folder()))
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

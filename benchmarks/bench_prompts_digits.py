@@ -29,6 +29,7 @@ from cl_bench.core.registry import SCENARIOS
 from cl_bench.engine.runner import run
 from cl_bench.engine.spec import Protocol, RunSpec
 from cl_bench.nets.backbones import create_backbone
+from cl_bench.testing.mnist import default_mnist_folder
 
 VIT = {"image_size": 16, "patch_size": 4, "depth": 4, "embed_dim": 48, "num_heads": 3}
 METHOD_CONFIGS: dict[str, dict[str, Any]] = {
@@ -72,7 +73,7 @@ def pretrain(mnist: Path, steps: int, out: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mnist", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
+    ap.add_argument("--mnist", default=str(default_mnist_folder()))
     ap.add_argument("--pretrain-steps", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)

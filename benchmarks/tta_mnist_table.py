@@ -34,15 +34,15 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from cl_bench.core.registry import METHODS
 from cl_bench.engine.runner import run
 from cl_bench.engine.spec import Protocol, RunSpec
+from cl_bench.testing.mnist import default_mnist_folder
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+DEFAULT_ROOT = default_mnist_folder()  # $CL_BENCH_MNIST, else shared/data/mnist beside the checkout
 COLUMNS = (("continual", "online_error", "continual"), ("gradual", "online_error", "gradual (mean)"),
            ("gradual", "online_error_max_severity", "gradual (sev. 5)"),
            ("continual", "clean_acc_after", "clean acc. after continual"))  # fmt: skip

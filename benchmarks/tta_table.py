@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import statistics
 import sys
@@ -47,9 +46,10 @@ import torch
 from cl_bench.core.registry import METHODS
 from cl_bench.engine.runner import run
 from cl_bench.engine.spec import Protocol, RunSpec, run_id_for
+from cl_bench.testing.mnist import default_mnist_folder
 
 # CL_BENCH_MNIST as the tests use it; else the shared folder next to the checkout
-DEFAULT_ROOT = Path(os.environ.get("CL_BENCH_MNIST") or Path(__file__).resolve().parents[2] / "shared/data/mnist")
+DEFAULT_ROOT = default_mnist_folder()  # $CL_BENCH_MNIST, else shared/data/mnist beside the checkout
 
 
 def stream_configs(root: str, setting: str) -> dict[str, dict]:

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import torch
 
+from cl_bench.testing.mnist import MNIST_ENV, MNIST_TEST_FILES, default_mnist_folder, find_mnist
+
 # The suite trains tiny models whose matmuls are far too small to gain from intra-op threads;
 # with PyTorch's default (one thread per core) they slow down badly whenever anything else
 # competes for the cores. Subprocesses (CLI runs, sweep workers) inherit the variables.
@@ -20,21 +22,6 @@ torch.set_num_threads(1)
 
 
 # -- the real MNIST test set ------------------------------------------------------------------------------------------
-REPO = Path(__file__).resolve().parents[1]
-MNIST_ENV = "CL_BENCH_MNIST"
-#: The two files of the 10,000-image MNIST test set (gzip or not); the loader splits them 8,000 / 2,000.
-MNIST_TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def _holds_mnist_test_set(folder: Path) -> bool:
-    return all((folder / f).is_file() or (folder / f"{f}.gz").is_file() for f in MNIST_TEST_FILES)
-
-
-def find_mnist() -> Path | None:
-    """The folder holding the MNIST test set: ``$CL_BENCH_MNIST``, else ``../shared/data/mnist`` of the repo."""
-    given = os.environ.get(MNIST_ENV)
-    candidates = [Path(given).expanduser()] if given else [REPO.parent / "shared" / "data" / "mnist"]
-    return next((c.resolve() for c in candidates if _holds_mnist_test_set(c)), None)
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +29,7 @@ def mnist_root() -> Path:
     """Folder with the real MNIST test set (IDX files); the test is skipped, saying how to provide it, if absent."""
     root = find_mnist()
     if root is None:
-        where = os.environ.get(MNIST_ENV) or str(REPO.parent / "shared" / "data" / "mnist")
+        where = default_mnist_folder()
         pytest.skip(
             f"real MNIST test set not found in {where}: set {MNIST_ENV}=DIR to a folder holding "
             f"{' and '.join(MNIST_TEST_FILES)} (gzip or not)"
