@@ -114,9 +114,10 @@ class CoTTA(Method):
         return self.teacher_target(x, generator_copy(self.gen))[0]
 
     def state_dict(self) -> dict[str, Any]:
+        # the frozen anchor changes only its sliding window (nothing without one)
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "teacher": self.teacher.state_dict(),
                 "gen": self.gen.get_state(), "n_averaged": self.n_averaged,
-                "anchor": window_buffers(self.anchor)}  # fmt: skip  # the frozen anchor changes only its window
+                "anchor": window_buffers(self.anchor)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])

@@ -173,9 +173,10 @@ class PSMT(Method):
             return self.model(x) + self.teacher_target(x, generator_copy(self.gen))
 
     def state_dict(self) -> dict[str, Any]:
+        # the frozen anchor changes only its sliding window (nothing without one)
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "teacher": self.teacher.state_dict(),
                 "penalty": self.penalty.state_dict(), "gen": self.gen.get_state(),
-                "anchor": window_buffers(self.anchor)}  # fmt: skip  # the frozen anchor changes only its window
+                "anchor": window_buffers(self.anchor)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
