@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from cl_bench.components import blend_parameters_, make_augment
 from cl_bench.components.tta_output import features_and_head
+from cl_bench.components.window_bn import store_in_window
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method, held_bytes
 from cl_bench.core.registry import METHODS
@@ -61,6 +62,9 @@ class AdaContrastConfig:
         beta: Weight of the instance (contrastive) loss (1).
         eta: Weight of the diversity loss (1).
         flip: Horizontal flips in the augmentations (reference: yes; turn off for digits).
+        window: 0 = off; W >= 1: the student and the key encoder normalise with the statistics of the last
+            W test samples (:class:`~cl_bench.families.tta.WindowTTAConfig`'s ``window``, the RMT benchmark's
+            ``TEST.WINDOW_LENGTH``).
     """
 
     lr: float = 2e-4
@@ -75,12 +79,14 @@ class AdaContrastConfig:
     beta: float = 1.0
     eta: float = 1.0
     flip: bool = True
+    window: int = 0
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.temperature <= 0:
             raise ConfigError("adacontrast lr and temperature must be > 0")
-        if self.queue_size < 1 or self.num_neighbors < 1 or self.refine_after < 0:
-            raise ConfigError("adacontrast needs queue_size >= 1, num_neighbors >= 1 and refine_after >= 0")
+        if self.queue_size < 1 or self.num_neighbors < 1 or self.refine_after < 0 or self.window < 0:
+            raise ConfigError("adacontrast needs queue_size >= 1, num_neighbors >= 1, refine_after >= 0 and "
+                              "window >= 0 (0 = off)")  # fmt: skip
         if not 0 <= self.key_momentum <= 1 or min(self.alpha, self.beta, self.eta, self.weight_decay) < 0:
             raise ConfigError("adacontrast needs key_momentum in [0, 1] and non-negative loss weights")
 
@@ -97,7 +103,7 @@ class AdaContrast(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         cfg = self.config
-        self.model, params = adaptable_copy(info, self.name, "all")
+        self.model, params = adaptable_copy(info, self.name, "all", cfg.window)
         self.features, self.head = features_and_head(self.model, self.name)
         self.key_model = copy.deepcopy(self.model).requires_grad_(False)
         self.key_features, _ = features_and_head(self.key_model, self.name)
@@ -188,6 +194,7 @@ class AdaContrast(Method):
         with torch.no_grad():
             feats = self.key_features(x_w)
             self._bank(feats, self.key_model.head(feats).softmax(1))
+        store_in_window(x, self.model, self.key_model)  # each network keeps its own window
         return out
 
     def state_dict(self) -> dict[str, Any]:

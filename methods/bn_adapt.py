@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 
 from cl_bench.components import replace_batch_norms, use_test_batch_stats
-from cl_bench.components.window_bn import WindowBatchNorm, set_window_mode
+from cl_bench.components.window_bn import WindowBatchNorm, forward_into_window, set_window_mode
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps
 from cl_bench.core.registry import METHODS
@@ -84,9 +84,4 @@ class BNAdapt(Source):
             return self.net(x)
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
-        set_window_mode(self.net, "update")  # a no-op without a window
-        try:
-            with torch.no_grad():
-                return self.net(x)
-        finally:
-            set_window_mode(self.net, "peek")
+        return forward_into_window(self.net, x)  # nothing is learned: the prediction's pass stores the batch

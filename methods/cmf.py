@@ -33,18 +33,19 @@ from cl_bench.components import (
     prior_correction,
     weighted_slr_consistency,
 )
+from cl_bench.components.window_bn import store_in_window
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
-from cl_bench.families.tta import TTAOptimConfig, adaptable_copy, generator, make_optimizer
+from cl_bench.families.tta import WindowTTAConfig, adaptable_copy, generator, make_optimizer
 
 #: The reference scales q by the trainable-parameter count relative to 38,400 (WideResNet-28's BN affine).
 Q_REFERENCE_PARAMS = 38400
 
 
 @dataclass(frozen=True)
-class CMFConfig(TTAOptimConfig):
+class CMFConfig(WindowTTAConfig):
     """CMF hyper-parameters (RMT benchmark conf.py ``CMF.*`` and ``ROID.*``, cmf.yaml optimiser).
 
     Attributes:
@@ -86,7 +87,7 @@ class CMF(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         cfg = self.config
-        self.model, named = adaptable_copy(info, self.name, "norm")
+        self.model, named = adaptable_copy(info, self.name, "norm", cfg.window)
         self.source = copy.deepcopy(self.model).requires_grad_(False)
         self.hidden = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = make_optimizer(named.values(), cfg)
@@ -118,6 +119,7 @@ class CMF(Method):
             loss.backward()
             self.opt.step()
         self.filter_step()
+        store_in_window(x, self.model)  # the source and hidden models are only blended, never forwarded
         return prior_correction(out.detach())
 
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:

@@ -22,14 +22,15 @@ from typing import Any, ClassVar
 import torch
 
 from cl_bench.components import EMATeacher, cross_entropy_to, stream_augment
+from cl_bench.components.window_bn import store_in_window, window_buffers
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
-from cl_bench.families.tta import TTAOptimConfig, adaptable_copy, generator, generator_copy, make_optimizer
+from cl_bench.families.tta import WindowTTAConfig, adaptable_copy, generator, generator_copy, make_optimizer
 
 
 @dataclass(frozen=True)
-class CoTTAConfig(TTAOptimConfig):
+class CoTTAConfig(WindowTTAConfig):
     """CoTTA hyper-parameters (CIFAR-10-C setting of the paper and of qinenergy/cotta's cifar10 config).
 
     Attributes:
@@ -68,7 +69,7 @@ class CoTTA(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         cfg = self.config
-        self.model, params = adaptable_copy(info, self.name, "all")
+        self.model, params = adaptable_copy(info, self.name, "all", cfg.window)
         self.opt = make_optimizer(params.values(), cfg)
         self.teacher = EMATeacher(self.model, cfg.teacher_momentum)
         self.anchor = copy.deepcopy(self.model).requires_grad_(False)
@@ -97,6 +98,7 @@ class CoTTA(Method):
             self.opt.step()
         self.teacher.update(self.model)
         self.restore()
+        store_in_window(x, self.model, self.teacher.model, self.anchor)  # each network keeps its own window
         return target
 
     @torch.no_grad()
@@ -112,8 +114,10 @@ class CoTTA(Method):
         return self.teacher_target(x, generator_copy(self.gen))[0]
 
     def state_dict(self) -> dict[str, Any]:
+        # the frozen anchor changes only its sliding window (nothing without one)
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "teacher": self.teacher.state_dict(),
-                "gen": self.gen.get_state(), "n_averaged": self.n_averaged}  # fmt: skip
+                "gen": self.gen.get_state(), "n_averaged": self.n_averaged,
+                "anchor": window_buffers(self.anchor)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -121,3 +125,4 @@ class CoTTA(Method):
         self.teacher.load_state_dict(state["teacher"])
         self.gen.set_state(state["gen"])
         self.n_averaged = state["n_averaged"]
+        self.anchor.load_state_dict(state.get("anchor", {}), strict=False)

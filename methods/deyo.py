@@ -27,15 +27,16 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.components import softmax_entropy
+from cl_bench.components.window_bn import store_in_window
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
-from cl_bench.families.tta import TTAOptimConfig, adaptable_copy, generator, make_optimizer
+from cl_bench.families.tta import WindowTTAConfig, adaptable_copy, generator, make_optimizer
 
 
 @dataclass(frozen=True)
-class DeYOConfig(TTAOptimConfig):
+class DeYOConfig(WindowTTAConfig):
     """DeYO hyper-parameters (RMT benchmark conf.py ``DEYO.*``, deyo.yaml).
 
     Attributes:
@@ -92,7 +93,7 @@ class DeYO(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         cfg = self.config
-        self.model, named = adaptable_copy(info, self.name, "norm")
+        self.model, named = adaptable_copy(info, self.name, "norm", cfg.window)
         self.opt = make_optimizer(named.values(), cfg)
         self.margin = cfg.margin * math.log(info.n_classes)
         self.margin_e0 = cfg.margin_e0 * math.log(info.n_classes)
@@ -130,6 +131,7 @@ class DeYO(Method):
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
+        store_in_window(x, self.model)
         return out.detach()
 
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:

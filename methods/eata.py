@@ -19,15 +19,15 @@ from typing import Any, ClassVar
 import torch
 
 from cl_bench.components import ReliableEntropy
-from cl_bench.components.window_bn import set_window_mode
+from cl_bench.components.window_bn import store_in_window
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
-from cl_bench.families.tta import TTAOptimConfig, adaptable_copy, make_optimizer, source_fisher_penalty
+from cl_bench.families.tta import WindowTTAConfig, adaptable_copy, make_optimizer, source_fisher_penalty
 
 
 @dataclass(frozen=True)
-class EATAConfig(TTAOptimConfig):
+class EATAConfig(WindowTTAConfig):
     """EATA hyper-parameters.
 
     Defaults: the RMT benchmark's CIFAR-10-C eata.yaml (Adam lr 1e-3, ``fisher_alpha`` 1,
@@ -40,8 +40,6 @@ class EATAConfig(TTAOptimConfig):
         fisher_alpha: Weight of the Fisher anti-forgetting penalty (0 = ETA, no source data needed).
         fisher_samples: Source images used to estimate the Fisher information.
         source_batch_size: Batch size of the Fisher estimate.
-        window: 0 = off; W >= 1 normalises with the statistics of the last W test samples, for small
-            batches (the RMT benchmark's ``TEST.WINDOW_LENGTH``; see bn_adapt's ``window``).
     """
 
     e_margin: float = 0.4
@@ -49,7 +47,6 @@ class EATAConfig(TTAOptimConfig):
     fisher_alpha: float = 1.0
     fisher_samples: int = 2000
     source_batch_size: int = 200
-    window: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,9 +79,7 @@ class EATA(Method):
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
-            set_window_mode(self.model, "update")  # the batch joins the window (a no-op without one)
             out = self.model(x)
-            set_window_mode(self.model, "peek")
             loss, n_reliable, n_used = self.selector(out)
             self.n_reliable += n_reliable
             self.n_used += n_used
@@ -92,6 +87,7 @@ class EATA(Method):
                 self.opt.zero_grad(set_to_none=True)
                 (loss + self.penalty(self.model)).backward()
                 self.opt.step()
+        store_in_window(x, self.model)
         return out.detach()
 
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:

@@ -42,11 +42,12 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from cl_bench.components import EMATeacher, stream_augment, symmetric_cross_entropy
+from cl_bench.components.window_bn import store_in_window, window_buffers
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
 from cl_bench.families.tta import (
-    TTAOptimConfig,
+    WindowTTAConfig,
     adaptable_copy,
     generator,
     generator_copy,
@@ -56,7 +57,7 @@ from cl_bench.families.tta import (
 
 
 @dataclass(frozen=True)
-class PSMTConfig(TTAOptimConfig):
+class PSMTConfig(WindowTTAConfig):
     """PSMT hyper-parameters (reference code's CIFAR-10-C settings, built on the RMT benchmark).
 
     Attributes:
@@ -108,7 +109,7 @@ class PSMT(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         cfg = self.config
-        self.model, named = adaptable_copy(info, self.name, "all")
+        self.model, named = adaptable_copy(info, self.name, "all", cfg.window)
         self.opt = make_optimizer(named.values(), cfg)
         self.teacher = EMATeacher(self.model, cfg.teacher_momentum)
         self.anchor = copy.deepcopy(self.model).requires_grad_(False)
@@ -151,6 +152,7 @@ class PSMT(Method):
             self.teacher.update(self.model, hold=hold)
         else:
             self._code_update(hold)
+        store_in_window(x, self.model, self.teacher.model, self.anchor)  # each network keeps its own window
         self.last_mask_fraction = float(sum(int(h.sum()) for h in hold)) / len(flat)
         return (out.detach() + target).detach()
 
@@ -171,8 +173,10 @@ class PSMT(Method):
             return self.model(x) + self.teacher_target(x, generator_copy(self.gen))
 
     def state_dict(self) -> dict[str, Any]:
+        # the frozen anchor changes only its sliding window (nothing without one)
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "teacher": self.teacher.state_dict(),
-                "penalty": self.penalty.state_dict(), "gen": self.gen.get_state()}  # fmt: skip
+                "penalty": self.penalty.state_dict(), "gen": self.gen.get_state(),
+                "anchor": window_buffers(self.anchor)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -180,3 +184,4 @@ class PSMT(Method):
         self.teacher.load_state_dict(state["teacher"])
         self.penalty.load_state_dict(state["penalty"])
         self.gen.set_state(state["gen"])
+        self.anchor.load_state_dict(state.get("anchor", {}), strict=False)

@@ -21,14 +21,15 @@ from typing import Any, ClassVar
 import torch
 
 from cl_bench.components import ReliableEntropy
+from cl_bench.components.window_bn import store_in_window, window_buffers
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
-from cl_bench.families.tta import TTAOptimConfig, adaptable_copy, make_optimizer
+from cl_bench.families.tta import WindowTTAConfig, adaptable_copy, make_optimizer
 
 
 @dataclass(frozen=True)
-class RDumbConfig(TTAOptimConfig):
+class RDumbConfig(WindowTTAConfig):
     """RDumb hyper-parameters.
 
     Defaults: reset every 1000 updates (RDumb, Sec. 4); ETA's ``e_margin`` 0.4 ln C and
@@ -64,7 +65,7 @@ class RDumb(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         cfg = self.config
-        self.model, params = adaptable_copy(info, self.name, "norm")
+        self.model, params = adaptable_copy(info, self.name, "norm", cfg.window)
         self.opt = make_optimizer(params.values(), cfg)
         self.selector = ReliableEntropy(info.n_classes, cfg.e_margin, cfg.d_margin)
         self.initial = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()))
@@ -79,14 +80,15 @@ class RDumb(Method):
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
+        store_in_window(x, self.model)
         self.n_updates += 1
         if self.n_updates % self.config.reset_every == 0:
             self.reset()
         return out.detach()
 
     def reset(self) -> None:
-        """Back to the source model, a fresh optimiser and no class-distribution history."""
-        self.model.load_state_dict(self.initial[0])
+        """Back to the source model, a fresh optimiser and no class-distribution history; a window stays."""
+        self.model.load_state_dict({**self.initial[0], **window_buffers(self.model)})
         self.opt.load_state_dict(self.initial[1])
         self.selector.mean_probs = None
         self.n_resets += 1

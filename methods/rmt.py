@@ -32,15 +32,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_bench.components import EMATeacher, source_batches, stream_augment, symmetric_cross_entropy
+from cl_bench.components.window_bn import store_in_window
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
-from cl_bench.families.tta import TTAOptimConfig, adaptable_copy, generator, make_optimizer
+from cl_bench.families.tta import WindowTTAConfig, adaptable_copy, generator, make_optimizer
 
 
 @dataclass(frozen=True)
-class RMTConfig(TTAOptimConfig):
+class RMTConfig(WindowTTAConfig):
     """RMT hyper-parameters (RMT paper Sec. 4 and the benchmark's CIFAR-10-C rmt.yaml / conf.py).
 
     Attributes:
@@ -108,7 +109,7 @@ class RMT(Method):
         cfg = self.config
         self.device = torch.device(info.device)
         self.source_free = cfg.source_free or info.source_data is None
-        self.model, _ = adaptable_copy(info, self.name, "all")
+        self.model, _ = adaptable_copy(info, self.name, "all", cfg.window)
         self.teacher = EMATeacher(self.model, cfg.teacher_momentum)  # before the hook: the teacher has none
         self.gen = generator(seed)
         self._features: torch.Tensor | None = None
@@ -221,6 +222,7 @@ class RMT(Method):
             loss.backward()
             self.opt.step()
         self.teacher.update(self.model)
+        store_in_window(x, self.model, self.teacher.model)  # each network keeps its own window
         self.n_steps += 1
         self.last_losses = {k: float(v.detach()) for k, v in losses.items()}
         return (out + teacher_out).detach()

@@ -29,15 +29,16 @@ from cl_bench.components import (
     prior_correction,
     weighted_slr_consistency,
 )
+from cl_bench.components.window_bn import store_in_window
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
-from cl_bench.families.tta import TTAOptimConfig, adaptable_copy, generator, make_optimizer
+from cl_bench.families.tta import WindowTTAConfig, adaptable_copy, generator, make_optimizer
 
 
 @dataclass(frozen=True)
-class ROIDConfig(TTAOptimConfig):
+class ROIDConfig(WindowTTAConfig):
     """ROID hyper-parameters (RMT benchmark conf.py ``ROID.*``; Adam lr 1e-3, beta 0.9 from roid.yaml).
 
     Attributes:
@@ -82,7 +83,7 @@ class ROID(Method):
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
         cfg = self.config
-        self.model, named = adaptable_copy(info, self.name, "norm")
+        self.model, named = adaptable_copy(info, self.name, "norm", cfg.window)
         self.source = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = make_optimizer(named.values(), cfg)
         self.weighting = CertaintyDiversityWeights(info.n_classes, cfg.temperature, cfg.momentum_probs)
@@ -107,6 +108,7 @@ class ROID(Method):
             loss.backward()
             self.opt.step()
         blend_parameters_(self.model, self.source, cfg.momentum_src)
+        store_in_window(x, self.model)  # self.source is only blended in, never forwarded
         return self._output(out.detach())
 
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:

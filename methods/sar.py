@@ -37,16 +37,16 @@ import torch
 from torch import nn
 
 from cl_bench.components import adapt_only, norm_affine_params, softmax_entropy
-from cl_bench.components.window_bn import set_window_mode
+from cl_bench.components.window_bn import store_in_window, window_buffers
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
-from cl_bench.families.tta import TTAOptimConfig, adaptable_copy, make_optimizer
+from cl_bench.families.tta import WindowTTAConfig, adaptable_copy, make_optimizer
 
 
 @dataclass(frozen=True)
-class SARConfig(TTAOptimConfig):
+class SARConfig(WindowTTAConfig):
     """SAR hyper-parameters.
 
     Defaults: SAM over SGD, lr 1e-3, momentum 0.9 (RMT benchmark's CIFAR-10-C sar.yaml: SAR
@@ -56,15 +56,12 @@ class SARConfig(TTAOptimConfig):
         e_margin: Entropy threshold as a fraction of ln(n_classes).
         rho: SAM neighbourhood radius.
         reset_constant: Reset when the moving average of the entropy loss falls below this.
-        window: 0 = off; W >= 1 normalises with the statistics of the last W test samples, for small
-            batches (the RMT benchmark's ``TEST.WINDOW_LENGTH``; see bn_adapt's ``window``).
     """
 
     optimizer: Literal["adam", "sgd"] = "sgd"
     e_margin: float = 0.4
     rho: float = 0.05
     reset_constant: float = 0.2
-    window: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -126,9 +123,7 @@ class SAR(Method):
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
-            set_window_mode(self.model, "update")  # the batch joins the window (a no-op without one)
             out = self.model(x)
-            set_window_mode(self.model, "peek")
             loss, keep = self._filtered_entropy(out)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -149,13 +144,14 @@ class SAR(Method):
                 for p, o in zip(self.params, old, strict=True):
                     p.copy_(o)
             self.opt.step()
+        store_in_window(x, self.model)
         if self.ema is not None and self.ema < self.config.reset_constant:
             self.reset()
         return out.detach()
 
     def reset(self) -> None:
-        """Back to the source model and a fresh optimiser (SAR's model recovery)."""
-        self.model.load_state_dict(self.initial[0])
+        """Back to the source model and a fresh optimiser (SAR's model recovery); a window stays."""
+        self.model.load_state_dict({**self.initial[0], **window_buffers(self.model)})
         self.opt.load_state_dict(self.initial[1])
         self.ema = None
         self.n_resets += 1

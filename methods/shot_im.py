@@ -24,15 +24,16 @@ import torch
 
 from cl_bench.components import marginal_entropy, softmax_entropy
 from cl_bench.components.tta_output import features_and_head
+from cl_bench.components.window_bn import store_in_window
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
-from cl_bench.families.tta import TTAOptimConfig, adaptable_copy, make_optimizer
+from cl_bench.families.tta import WindowTTAConfig, adaptable_copy, make_optimizer
 
 
 @dataclass(frozen=True)
-class SHOTIMConfig(TTAOptimConfig):
+class SHOTIMConfig(WindowTTAConfig):
     """SHOT-IM hyper-parameters.
 
     Attributes:
@@ -65,7 +66,7 @@ class SHOTIM(Method):
 
     def setup(self, info: StreamInfo, seed: int) -> None:
         super().setup(info, seed)
-        self.model, named = adaptable_copy(info, self.name, "all")
+        self.model, named = adaptable_copy(info, self.name, "all", self.config.window)
         _, head = features_and_head(self.model, self.name)
         head.requires_grad_(False)  # the source hypothesis stays fixed (SHOT, Sec. 3.2)
         frozen = {id(p) for p in head.parameters()}
@@ -78,6 +79,7 @@ class SHOTIM(Method):
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
+        store_in_window(x, self.model)
         return out.detach()
 
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:

@@ -17,23 +17,16 @@ from typing import Any, ClassVar
 import torch
 
 from cl_bench.components import softmax_entropy
-from cl_bench.components.window_bn import set_window_mode
+from cl_bench.components.window_bn import store_in_window
 from cl_bench.core.method import Caps, Method
 from cl_bench.core.registry import METHODS
 from cl_bench.core.types import PredictContext, StreamInfo
-from cl_bench.families.tta import TTAOptimConfig, adaptable_copy, make_optimizer
+from cl_bench.families.tta import WindowTTAConfig, adaptable_copy, make_optimizer
 
 
 @dataclass(frozen=True)
-class TentConfig(TTAOptimConfig):
-    """Tent hyper-parameters: Adam, lr 1e-3, beta 0.9 (Tent's CIFAR-10-C setting; RMT benchmark's tent.yaml).
-
-    Attributes:
-        window: 0 = off (each batch's own statistics); W >= 1 normalises with the statistics of the last W
-            test samples, for small batches (the RMT benchmark's ``TEST.WINDOW_LENGTH``, default 1 = off there).
-    """
-
-    window: int = 0
+class TentConfig(WindowTTAConfig):
+    """Tent hyper-parameters: Adam, lr 1e-3, beta 0.9 (Tent's CIFAR-10-C setting; RMT benchmark's tent.yaml)."""
 
 
 @METHODS.register(
@@ -52,13 +45,12 @@ class Tent(Method):
 
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
-            set_window_mode(self.model, "update")  # the batch joins the window (a no-op without one)
             out = self.model(x)
-            set_window_mode(self.model, "peek")
             loss = softmax_entropy(out).mean()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
+        store_in_window(x, self.model)
         return out.detach()
 
     def predict(self, x: torch.Tensor, ctx: PredictContext) -> torch.Tensor:

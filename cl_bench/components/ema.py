@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cl_bench.components.window_bn import WindowBatchNorm
+
 
 def frozen_copy(net: nn.Module, state: dict[str, Any] | None = None) -> nn.Module:
     """An eval-mode deep copy of ``net`` with no trainable parameter (a distillation teacher, e.g. the network
@@ -28,7 +30,9 @@ class EMATeacher:
 
     Buffers (e.g. batch-norm running statistics, if any) are copied from the student,
     as the test-time-adaptation reference implementations do implicitly (their
-    batch norms keep no running statistics).
+    batch norms keep no running statistics); a sliding window of test statistics
+    (:class:`~cl_bench.components.window_bn.WindowBatchNorm`) is not: it holds the moments
+    of the teacher's own features.
 
     Args:
         student: The network to average; the teacher starts as a deep copy of it.
@@ -54,8 +58,11 @@ class EMATeacher:
         for i, (t, s) in enumerate(params):
             avg = t.mul(m).add(s.detach(), alpha=1.0 - m)
             t.copy_(avg if hold is None else torch.where(hold[i], t, avg))
-        for tb, sb in zip(self.model.buffers(), student.buffers(), strict=True):
-            tb.copy_(sb)
+        for tm, sm in zip(self.model.modules(), student.modules(), strict=True):
+            if isinstance(tm, WindowBatchNorm):  # a sliding window holds this network's own features
+                continue
+            for tb, sb in zip(tm.buffers(recurse=False), sm.buffers(recurse=False), strict=True):
+                tb.copy_(sb)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher logits for ``x`` (no gradient)."""

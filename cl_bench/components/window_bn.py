@@ -100,4 +100,42 @@ def set_window_mode(model: nn.Module, mode: WindowMode) -> None:
             layer.mode = mode
 
 
-__all__ = ["WindowBatchNorm", "set_window_mode"]
+def has_window(model: nn.Module) -> bool:
+    """Whether ``model`` has a :class:`WindowBatchNorm` layer."""
+    return any(isinstance(m, WindowBatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def forward_into_window(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` without gradient, the batch joining the window of every :class:`WindowBatchNorm` of
+    ``model`` ("update" mode for this one pass; the layers are left in "peek")."""
+    set_window_mode(model, "update")
+    try:
+        return model(x)
+    finally:
+        set_window_mode(model, "peek")
+
+
+def store_in_window(x: torch.Tensor, *models: nn.Module) -> None:
+    """After a method's update on the test batch ``x``: ``x`` joins the window of each of ``models``.
+
+    Every forward pass of an adaptation step peeks (the current batch plus the stored samples, nothing
+    stored), so augmented views, source replay and teacher passes never enter a window; this one extra
+    pass per windowed network, with the weights just updated, stores the clean batch's moments as that
+    network sees them (the RMT benchmark re-forwards its whole window with the current weights at every
+    step). A network without a window costs nothing.
+    """
+    for model in models:
+        if has_window(model):
+            forward_into_window(model, x)
+
+
+def window_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of ``model``'s window buffers by ``state_dict`` key, so a reset to the source weights can keep
+    the window (the RMT benchmark's ``reset`` reloads the weights, its sliding-window input buffer stays)."""
+    return {f"{name}.{k}".lstrip("."): b.clone() for name, m in model.named_modules() if isinstance(m, WindowBatchNorm)
+            for k, b in m.named_buffers(recurse=False) if k.startswith("win_")}  # fmt: skip
+
+
+__all__ = ["WindowBatchNorm", "forward_into_window", "has_window", "set_window_mode", "store_in_window",
+           "window_buffers"]  # fmt: skip

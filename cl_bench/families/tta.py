@@ -51,6 +51,27 @@ class TTAOptimConfig:
             raise ValueError("beta must be in [0, 1), momentum and weight_decay >= 0")
 
 
+@dataclass(frozen=True)
+class WindowTTAConfig(TTAOptimConfig):
+    """The optimiser plus ``window``: every method whose network normalises with test-batch statistics takes it.
+
+    Attributes:
+        window: 0 = off (each batch's own statistics); W >= 1 normalises with the statistics of the last W
+            test samples, the current batch included, for small batches down to one sample. Every network of
+            the method that sees test batches (student, teacher, anchor, key encoder) gets its own window.
+            The RMT benchmark's ``TEST.WINDOW_LENGTH`` (classification/conf.py line 319, default 1 = off),
+            which its base class honours for every method (classification/methods/base.py lines 66-110;
+            commit 8b2ed63).
+    """
+
+    window: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.window < 0:
+            raise ValueError(f"window must be >= 0 (0 = off), got {self.window}")
+
+
 def make_optimizer(params: Iterable[nn.Parameter], cfg: TTAOptimConfig) -> torch.optim.Optimizer:
     """The optimiser ``cfg`` describes over ``params``."""
     params = list(params)
@@ -86,8 +107,10 @@ def adaptable_copy(
             "all" every parameter (mean-teacher family).
         window: 0 = each batch's own statistics; W >= 1 = the statistics of the last W test samples
             (:class:`~cl_bench.components.window_bn.WindowBatchNorm`, the RMT benchmark's
-            ``TEST.WINDOW_LENGTH``); the method switches the layers to "update" for its adaptation forward
-            (:func:`~cl_bench.components.window_bn.set_window_mode`) and back to "peek".
+            ``TEST.WINDOW_LENGTH``). Every forward pass only peeks at the window; after its update the method
+            stores the batch in the window of each network it forwards test batches through
+            (:func:`~cl_bench.components.window_bn.store_in_window`); deep copies of the model (teacher,
+            anchor) get their own window.
 
     Returns:
         The model, in eval mode (no dropout noise; batch norm uses batch statistics regardless),
