@@ -189,3 +189,19 @@ def test_a_tta_run_stopped_inside_its_first_domain_resumes_to_the_uninterrupted_
     resumed, full = resume(run_dir), run(spec, tmp_path / "b")
     assert resumed["status"] == "completed"
     assert resumed["accuracy_matrix"] == full["accuracy_matrix"] and resumed["source_curve"] == full["source_curve"]
+
+
+def test_episodic_reset_keeps_the_window_of_test_statistics(tmp_path: Path) -> None:
+    # The RMT benchmark's reset reloads the weights and keeps its sliding window: with batch 1, an episodic
+    # windowed tent must normalise with the last W samples, not with the single test sample.
+    def correct(method: str, window: int) -> list:
+        # a tiny lr: the stored moments are then the source weights' (the window stores after the update)
+        config = {"window": window, "lr": 1e-9} if method == "tent" else {"window": window}
+        reset = "episodic" if method == "tent" else "none"
+        spec = RunSpec(method=method, scenario="toy_tta", method_config=config,
+                       protocol=Protocol(batch_size=1, tta_reset=reset))  # fmt: skip
+        return run(spec, tmp_path)["accuracy_matrix"]["n_correct"]
+
+    windowed = correct("tent", 8)
+    assert windowed != correct("tent", 0)  # one-sample statistics are another model
+    assert windowed == correct("bn_adapt", 8)  # the source weights with the window's statistics

@@ -85,6 +85,18 @@ class TTAEvaluator:
         self.matrix = TTAMatrix.from_dict(state, len(self.scenario))
 
 
+def _keep_windows(initial: Any, current: Any) -> Any:
+    """``initial`` (a nested method state) with every window buffer (a ``win_*`` key of a
+    :class:`~cl_bench.components.window_bn.WindowBatchNorm`) taken from ``current``."""
+    if not isinstance(initial, dict) or not isinstance(current, dict):
+        return initial
+    for key, value in initial.items():
+        if key in current:
+            is_window = isinstance(key, str) and key.rsplit(".", 1)[-1].startswith("win_")
+            initial[key] = current[key] if is_window else _keep_windows(value, current[key])
+    return initial
+
+
 class TTALoop(Loop):
     """The TTA loop: source phase in :meth:`stream_info`, then each test batch to ``adapt`` once.
 
@@ -140,7 +152,9 @@ class TTALoop(Loop):
         if self.initial is None:
             self.method.setup(self.info, self.spec.seed)
         else:
-            self.method.load_state_dict(copy.deepcopy(self.initial))
+            # The sliding window of test statistics (``window=W``) survives, as in the RMT benchmark, whose reset
+            # reloads the weights and keeps its input buffer: else an episodic window would hold one batch.
+            self.method.load_state_dict(_keep_windows(copy.deepcopy(self.initial), self.method.state_dict()))
 
     def _source_point(self, iteration: int) -> None:
         """One point of the clean-source curve at ``iteration`` (no-op without a clean source test split)."""
