@@ -29,8 +29,8 @@ import torch
 from cl_bench.components import (
     CertaintyDiversityWeights,
     blend_parameters_,
-    make_augment,
     prior_correction,
+    stream_augment,
     weighted_slr_consistency,
 )
 from cl_bench.components.window_bn import store_in_window
@@ -54,7 +54,8 @@ class CMFConfig(WindowTTAConfig):
         q: Process noise, scaled by trainable parameters / 38,400 (0.005).
         momentum_probs: EMA momentum of the mean prediction for the diversity weight (0.9).
         temperature: Temperature of ROID's weights (1/3).
-        flip: Horizontal flips in the consistency augmentation (reference: yes; off for digits).
+        flip: Horizontal flips in the consistency augmentation (reference: p = 0.5); None = the stream's
+            ``flip_invariant``.
     """
 
     alpha: float = 0.99
@@ -62,7 +63,7 @@ class CMFConfig(WindowTTAConfig):
     q: float = 0.005
     momentum_probs: float = 0.9
     temperature: float = 1 / 3
-    flip: bool = True
+    flip: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,7 +95,8 @@ class CMF(Method):
         self.q = cfg.q * sum(p.numel() for p in named.values()) / Q_REFERENCE_PARAMS
         self.hidden_var = 0.0
         self.weighting = CertaintyDiversityWeights(info.n_classes, cfg.temperature, cfg.momentum_probs)
-        self.augment = make_augment(cfg.flip, light=True)
+        # the reference's get_tta_transforms(img_size, padding_mode="reflect", cotta_augs=False) (cmf.py l. 59)
+        self.augment = stream_augment(info, cfg.flip, padding_mode="reflect", cotta_augs=False)
         self.gen = generator(seed)
 
     @torch.no_grad()

@@ -25,8 +25,8 @@ import torch
 from cl_bench.components import (
     CertaintyDiversityWeights,
     blend_parameters_,
-    make_augment,
     prior_correction,
+    stream_augment,
     weighted_slr_consistency,
 )
 from cl_bench.components.window_bn import store_in_window
@@ -48,7 +48,7 @@ class ROIDConfig(WindowTTAConfig):
         use_weighting: Certainty/diversity weighting and filtering (on).
         use_consistency: Consistency loss to an augmented view (on).
         use_prior_correction: Prior-correct the output (on).
-        flip: Horizontal flips in the augmentation (reference: yes; turn off for digits).
+        flip: Horizontal flips in the augmentation (reference: p = 0.5); None = the stream's ``flip_invariant``.
     """
 
     momentum_src: float = 0.99
@@ -57,7 +57,7 @@ class ROIDConfig(WindowTTAConfig):
     use_weighting: bool = True
     use_consistency: bool = True
     use_prior_correction: bool = True
-    flip: bool = True
+    flip: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -87,7 +87,8 @@ class ROID(Method):
         self.source = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = make_optimizer(named.values(), cfg)
         self.weighting = CertaintyDiversityWeights(info.n_classes, cfg.temperature, cfg.momentum_probs)
-        self.augment = make_augment(cfg.flip, light=True)  # no blur, no noise (cotta_augs=False)
+        # the reference's get_tta_transforms(img_size, padding_mode="reflect", cotta_augs=False) (roid.py l. 33)
+        self.augment = stream_augment(info, cfg.flip, padding_mode="reflect", cotta_augs=False)
         self.gen = generator(seed)
 
     def _output(self, out: torch.Tensor) -> torch.Tensor:

@@ -34,11 +34,11 @@ from cl_bench.components import (
     EMABatchNorm,
     blend_parameters_,
     cross_entropy_to,
-    make_augment,
     replace_batch_norms,
     require_bn,
     set_ema_mode,
     softmax_entropy,
+    stream_augment,
 )
 from cl_bench.core.errors import ConfigError
 from cl_bench.core.method import Caps, Method
@@ -58,7 +58,8 @@ class RoTTAConfig(TTAOptimConfig):
         alpha: Momentum of the robust batch norm's moving average (0.05).
         lambda_t: Weight of the age in the memory's eviction score (1).
         lambda_u: Weight of the uncertainty in the eviction score (1).
-        flip: Horizontal flips in the strong augmentation (reference: yes; turn off for digits).
+        flip: Horizontal flips in the strong augmentation (reference: p = 0.5); None = the stream's
+            ``flip_invariant``.
     """
 
     memory_size: int = 64
@@ -67,7 +68,7 @@ class RoTTAConfig(TTAOptimConfig):
     alpha: float = 0.05
     lambda_t: float = 1.0
     lambda_u: float = 1.0
-    flip: bool = True
+    flip: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,7 +103,7 @@ class RoTTA(Method):
         self.layers = layers
         self.teacher_layers = [m for m in self.teacher.modules() if isinstance(m, EMABatchNorm)]
         self.memory = CSTUMemory(cfg.memory_size, info.n_classes, cfg.lambda_t, cfg.lambda_u)
-        self.augment = make_augment(cfg.flip)  # RoTTA uses CoTTA's get_tta_transforms
+        self.augment = stream_augment(info, cfg.flip)  # CoTTA's get_tta_transforms(img_size) (rotta.py l. 41)
         self.gen = generator(seed)
         self.seen = 0
 

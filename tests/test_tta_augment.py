@@ -8,6 +8,8 @@ draws from a private generator seeded the same way.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torchvision.transforms as T
@@ -15,7 +17,7 @@ import torchvision.transforms.functional as F1
 from torchvision.transforms.v2 import functional as F2
 
 from cl_bench.components import ReferenceTTAugment, TTAugment, pixel_space, stream_augment
-from cl_bench.core.registry import SCENARIOS
+from cl_bench.core.registry import METHODS, SCENARIOS
 from cl_bench.core.types import Standardize, StreamInfo
 
 
@@ -42,25 +44,28 @@ class _ColorJitterPro(T.ColorJitter):
         return img
 
 
-def _reference(n: int, soft: bool = False, flip_p: float = 0.5) -> T.Compose:
-    """get_tta_transforms(n, soft=soft) (l. 133-166), with the flip probability as a parameter."""
+def _reference(n: int, soft: bool = False, flip_p: float = 0.5, padding_mode: str = "edge",
+               cotta_augs: bool = True) -> T.Compose:  # fmt: skip
+    """get_tta_transforms(n, soft=soft, padding_mode=padding_mode, cotta_augs=cotta_augs) (l. 133-166), with
+    the flip probability as a parameter."""
     clip = T.Lambda(lambda x: x.clamp(0.0, 1.0))
     noise = T.Lambda(lambda x: x + torch.randn(x.size()) * 0.005)
-    return T.Compose([
+    tta_transforms = [
         clip,
         _ColorJitterPro([0.8, 1.2] if soft else [0.6, 1.4], [0.85, 1.15] if soft else [0.7, 1.3],
                         [0.75, 1.25] if soft else [0.5, 1.5], [-0.03, 0.03] if soft else [-0.06, 0.06],
                         [0.85, 1.15] if soft else [0.7, 1.3]),
-        T.Pad(int(n / 2), padding_mode="edge"),
+        T.Pad(int(n / 2), padding_mode=padding_mode),
         T.RandomAffine([-8, 8] if soft else [-15, 15], translate=(1 / 16, 1 / 16),
                        scale=(0.95, 1.05) if soft else (0.9, 1.1), interpolation=T.InterpolationMode.BILINEAR,
                        fill=0),
-        T.GaussianBlur(5, sigma=[0.001, 0.25] if soft else [0.001, 0.5]),
-        T.CenterCrop(n),
-        T.RandomHorizontalFlip(flip_p),
-        noise,
-        clip,
-    ])  # fmt: skip
+    ]  # fmt: skip
+    if cotta_augs:  # l. 155-160
+        tta_transforms += [T.GaussianBlur(5, sigma=[0.001, 0.25] if soft else [0.001, 0.5]), T.CenterCrop(n),
+                           T.RandomHorizontalFlip(flip_p), noise, clip]  # fmt: skip
+    else:  # l. 161-164: no blur, no noise
+        tta_transforms += [T.CenterCrop(n), T.RandomHorizontalFlip(flip_p), clip]
+    return T.Compose(tta_transforms)
 
 
 def _images(n: int, c: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -80,6 +85,90 @@ def test_equals_the_hand_composed_reference_pipeline_under_a_seed(channels, size
         expected = _reference(size, soft)(x)
         got = aug(x, torch.Generator().manual_seed(seed))
         torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
+
+
+def _image_stream(channels: int, size: int, flip_invariant: bool = True) -> StreamInfo:
+    mean, std = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)) if channels == 3 else ((0.1307,), (0.3081,))
+    return StreamInfo((channels, size, size), 10, 1, "domain_il", input_transform=Standardize(255.0, mean, std),
+                      flip_invariant=flip_invariant)  # fmt: skip
+
+
+@pytest.mark.parametrize("padding_mode, cotta_augs", [("reflect", False), ("reflect", True), ("edge", False)])
+@pytest.mark.parametrize("channels, size", [(3, 32), (1, 28), (1, 8), (3, 3)])
+def test_stream_augment_expresses_each_reference_call(padding_mode, cotta_augs, channels, size) -> None:
+    # ROID/CMF: get_tta_transforms(img_size, padding_mode="reflect", cotta_augs=False); the other two
+    # combinations pin each switch alone (CoTTA/RMT/PSMT/RoTTA's default call is pinned above)
+    # inputs = pixels (mean 0, std 1), so the comparison is the transform alone, at the default call's 2e-6
+    info = StreamInfo((channels, size, size), 10, 1, "domain_il", input_transform=Standardize(255.0))
+    aug = stream_augment(info, padding_mode=padding_mode, cotta_augs=cotta_augs)
+    x = _images(6, channels, size)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        expected = _reference(size, padding_mode=padding_mode, cotta_augs=cotta_augs)(x)
+        got = aug(x, torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
+
+
+def test_the_default_call_is_unchanged_and_the_light_call_draws_fewer_numbers() -> None:
+    info = _image_stream(3, 16)
+    mean, std = pixel_space(info)  # type: ignore[misc]
+    assert stream_augment(info) == ReferenceTTAugment(mean=mean, std=std)  # what CoTTA/RMT/PSMT had
+    assert stream_augment(info, soft=True) == ReferenceTTAugment.soft(mean=mean, std=std)
+    light = stream_augment(info, padding_mode="reflect", cotta_augs=False)
+    x = _images(2, 3, 16)
+    g = torch.Generator().manual_seed(0)
+    light(x, g)
+    # the reference draws no blur sigma and no noise without cotta_augs: the generator has moved past the
+    # permutation, ten uniforms (5 colour, angle, 2 translations, scale, nothing for blur) and one flip draw
+    ref = torch.Generator().manual_seed(0)
+    torch.randperm(5, generator=ref), torch.rand(9, generator=ref), torch.rand(1, generator=ref)
+    assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=ref))
+
+
+def test_reflect_padding_differs_from_edge_padding_only_near_the_border() -> None:
+    # only a translation (whole pixels, up to 4): the columns/rows shifted in come from the padding
+    shift = {"brightness": (1.0, 1.0), "contrast": (1.0, 1.0), "saturation": (1.0, 1.0), "hue": (0.0, 0.0),
+             "gamma": (1.0, 1.0), "degrees": 0.0, "scale": (1.0, 1.0), "blur_sigma": None, "hflip": 0.0,
+             "noise_std": 0.0}  # fmt: skip
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(2))  # no flat border
+    edge, reflect = ReferenceTTAugment(**shift), ReferenceTTAugment(padding_mode="reflect", **shift)  # type: ignore[arg-type]
+    n_differ = 0
+    for seed in range(6):
+        a, b = edge(x, torch.Generator().manual_seed(seed)), reflect(x, torch.Generator().manual_seed(seed))
+        assert torch.equal(a[..., 4:28, 4:28], b[..., 4:28, 4:28])
+        n_differ += not torch.allclose(a, b)
+    assert n_differ >= 3
+
+
+def test_the_range_agnostic_variant_follows_the_same_switches() -> None:
+    raw = StreamInfo((1, 8, 8), 4, 1, "domain_il")
+    full, light = stream_augment(raw), stream_augment(raw, padding_mode="reflect", cotta_augs=False)
+    assert isinstance(full, TTAugment) and isinstance(light, TTAugment)
+    assert (full.blur, full.noise_std, full.padding_mode) == (True, 0.005, "border")
+    assert (light.blur, light.noise_std, light.padding_mode) == (False, 0.0, "reflection")
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(full(x, torch.Generator().manual_seed(0)), light(x, torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="padding_mode"):
+        stream_augment(raw, padding_mode="zeros")
+
+
+@pytest.mark.parametrize("name, call", [("roid", {"padding_mode": "reflect", "cotta_augs": False}),
+                                        ("cmf", {"padding_mode": "reflect", "cotta_augs": False}),
+                                        ("rotta", {})])  # fmt: skip
+def test_roid_cmf_rotta_use_the_reference_call_and_the_streams_flips(name, call) -> None:
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 10)).eval()  # fmt: skip
+    for flip_invariant in (False, True):
+        info = dataclasses.replace(_image_stream(1, 8, flip_invariant), source_model=net)
+        method = METHODS.create(name)
+        assert method.config.flip is None
+        method.setup(info, 0)
+        assert method.augment == stream_augment(info, **call)
+        assert method.augment.hflip == (0.5 if flip_invariant else 0.0)
+    method = METHODS.create(name, flip=True)
+    method.setup(dataclasses.replace(_image_stream(1, 8, False), source_model=net), 0)
+    assert method.augment.hflip == 0.5
 
 
 def test_standardised_inputs_are_augmented_in_pixel_space() -> None:

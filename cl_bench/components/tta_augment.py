@@ -1,4 +1,4 @@
-"""The test-time augmentation of CoTTA/RMT/PSMT (the reference's ``get_tta_transforms``), on batches.
+"""The test-time augmentation of CoTTA/RMT/PSMT/RoTTA/ROID/CMF (the reference's ``get_tta_transforms``), on batches.
 
 Two variants, chosen from what the stream declares about its inputs (:func:`stream_augment`):
 
@@ -13,7 +13,8 @@ Two variants, chosen from what the stream declares about its inputs (:func:`stre
   the batch's range.
 
 The reference (mariodoebler/test-time-adaptation ``classification/augmentations/transforms_cotta.py``
-``get_tta_transforms``, lines 133-166, used by ``methods/cotta.py`` l. 41 and ``methods/rmt.py`` l. 51;
+``get_tta_transforms``, lines 133-166, used by ``methods/cotta.py`` l. 41, ``methods/rmt.py`` l. 51 and
+``methods/rotta.py`` l. 41, and by ``methods/roid.py`` l. 33 and ``methods/cmf.py`` l. 59 with reflect padding;
 the same function as qinenergy/cotta's) is, on the whole batch with one random draw per call:
 ``Clip(0, 1)``; ``ColorJitterPro`` (l. 84-121: brightness, contrast, saturation, hue, gamma in the order
 of ``torch.randperm(5)``, each a torchvision ``adjust_*`` that clamps to [0, 1], gamma after clamping to
@@ -22,8 +23,8 @@ rounded to whole pixels, scale, bilinear); ``GaussianBlur(5, sigma)``; ``CenterC
 ``RandomHorizontalFlip(0.5)``; ``GaussianNoise(0, 0.005)``; ``Clip(0, 1)``. Hard parameter set (the one
 every method calls): brightness 0.6-1.4, contrast 0.7-1.3, saturation 0.5-1.5, hue +-0.06, gamma
 0.7-1.3, rotation +-15 deg, scale 0.9-1.1, blur sigma 0.001-0.5; soft set (``soft=True``, l. 139-156):
-0.8-1.2, 0.85-1.15, 0.75-1.25, +-0.03, 0.85-1.15, +-8 deg, 0.95-1.05, 0.001-0.25. ``cotta_augs=False``
-(ROID/CMF) drops blur and noise.
+0.8-1.2, 0.85-1.15, 0.75-1.25, +-0.03, 0.85-1.15, +-8 deg, 0.95-1.05, 0.001-0.25. ``padding_mode="reflect"`` pads by
+reflection; ``cotta_augs=False`` (ROID/CMF, with reflect padding) drops blur and noise (l. 155-164).
 
 Flips are on when the stream declares its images flip-invariant (``StreamInfo.flip_invariant``): a
 mirrored digit is another digit.
@@ -67,8 +68,10 @@ class TTAugment:
         blur_sigma: Range of the Gaussian blur sigma (kernel 5).
         hflip: Probability of a horizontal flip (0 disables it; 0.5 in the reference).
         noise_std: Gaussian noise std as a fraction of the batch's value range.
-        blur: Apply the Gaussian blur (off, with ``noise_std`` 0, for ROID/CMF's lighter augmentation:
-            the reference's ``get_tta_transforms(cotta_augs=False)``).
+        blur: Apply the Gaussian blur (off, with ``noise_std`` 0, for the lighter augmentation: the
+            reference's ``get_tta_transforms(cotta_augs=False)``).
+        padding_mode: How the affine resampling fills outside the image: "border" (the reference's edge
+            padding) or "reflection" (its ``padding_mode="reflect"``).
     """
 
     brightness: tuple[float, float] = (0.6, 1.4)
@@ -82,6 +85,7 @@ class TTAugment:
     hflip: float = 0.5
     noise_std: float = 0.005
     blur: bool = True
+    padding_mode: str = "border"
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """An augmented copy of the image batch ``x`` [B, C, H, W]; draws from CPU generator ``g``."""
@@ -117,7 +121,7 @@ class TTAugment:
         cos, sin = math.cos(angle) / s, math.sin(angle) / s
         theta = torch.tensor([[cos, -sin, tx], [sin, cos, ty]], dtype=x.dtype, device=x.device)
         grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode=self.padding_mode, align_corners=False)
 
     @staticmethod
     def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -133,16 +137,16 @@ class TTAugment:
         return F.conv2d(x, k.view(1, 1, 5, 1).expand(c, 1, 5, 1).contiguous(), groups=c)
 
 
-def make_augment(flip: bool, *, light: bool = False) -> TTAugment:
+def make_augment(flip: bool, *, light: bool = False, padding_mode: str = "border") -> TTAugment:
     """The range-agnostic augmentation, with or without horizontal flips.
 
     Args:
         flip: Horizontal flips with probability 0.5.
-        light: Leave out blur and noise (ROID/CMF's ``get_tta_transforms(cotta_augs=False)``).
+        light: Leave out blur and noise (the reference's ``get_tta_transforms(cotta_augs=False)``).
+        padding_mode: The affine resampling's fill, "border" or "reflection" (see :class:`TTAugment`).
     """
-    if light:
-        return TTAugment(hflip=0.5 if flip else 0.0, noise_std=0.0, blur=False)
-    return TTAugment(hflip=0.5 if flip else 0.0)
+    dropped = {"noise_std": 0.0, "blur": False} if light else {}
+    return TTAugment(hflip=0.5 if flip else 0.0, padding_mode=padding_mode, **dropped)  # type: ignore[arg-type]
 
 
 def _draw(g: torch.Generator, lo: float, hi: float) -> float:
@@ -175,7 +179,7 @@ class ReferenceTTAugment:
         blur_sigma: Range of the Gaussian blur sigma (kernel 5); None = no blur (``cotta_augs=False``).
         hflip: Probability of a horizontal flip (0 disables it; the draw is still made).
         noise_std: Std of the additive Gaussian noise, in pixel units (0 = none, ``cotta_augs=False``).
-        padding_mode: "edge" (CoTTA/RMT/PSMT) or "reflect" (ROID/CMF).
+        padding_mode: "edge" (CoTTA/RMT/PSMT/RoTTA) or "reflect" (ROID/CMF).
         mean: Per-channel (or one) mean of the stream's standardisation.
         std: Per-channel (or one) std of the stream's standardisation.
     """
@@ -272,24 +276,46 @@ def pixel_space(info: StreamInfo) -> tuple[tuple[float, ...], tuple[float, ...]]
     return None
 
 
+#: The reference's ``padding_mode`` values and the range-agnostic variant's nearest ``grid_sample`` fill.
+PADDING_MODES = {"edge": "border", "reflect": "reflection"}
+
+
 def stream_augment(
-    info: StreamInfo, flip: bool | None = None, *, soft: bool = False
+    info: StreamInfo,
+    flip: bool | None = None,
+    *,
+    soft: bool = False,
+    padding_mode: str = "edge",
+    cotta_augs: bool = True,
 ) -> ReferenceTTAugment | TTAugment:
-    """CoTTA/RMT/PSMT's augmentation for the stream ``info`` describes.
+    """The reference's ``get_tta_transforms(img_size, soft, padding_mode, cotta_augs)`` for the stream ``info``
+    describes (keyword names and defaults as the reference's, transforms_cotta.py l. 133).
+
+    CoTTA, RMT, PSMT and RoTTA call it with the defaults (their ``get_tta_transforms(self.img_size)``);
+    ROID and CMF with ``padding_mode="reflect", cotta_augs=False`` (methods/roid.py l. 33, cmf.py l. 59).
 
     Args:
         info: The stream: its ``input_transform`` decides the variant (see :func:`pixel_space`), its
             ``flip_invariant`` the flip default.
         flip: Horizontal flips with probability 0.5; None = the stream's ``flip_invariant``.
         soft: The reference's soft parameter set (only for the reference variant).
+        padding_mode: "edge" or "reflect": how the image is padded before the affine transform.
+        cotta_augs: Keep the Gaussian blur and noise; False drops both (l. 155-164: the crop, flip and
+            clip stay, and no random number is drawn for the dropped two).
 
     Returns:
         :class:`ReferenceTTAugment` on images with a declared pixel range, else :class:`TTAugment`.
+
+    Raises:
+        ValueError: For a padding mode other than "edge" or "reflect".
     """
-    hflip = 0.5 if (info.flip_invariant if flip is None else flip) else 0.0
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {sorted(PADDING_MODES)}, got {padding_mode!r}")
+    flip_on = info.flip_invariant if flip is None else flip
     space = pixel_space(info)
     if space is None:
-        return TTAugment(hflip=hflip)
+        return make_augment(flip_on, light=not cotta_augs, padding_mode=PADDING_MODES[padding_mode])
     mean, std = space
-    return ReferenceTTAugment.soft(hflip=hflip, mean=mean, std=std) if soft else ReferenceTTAugment(
-        hflip=hflip, mean=mean, std=std)  # fmt: skip
+    dropped = {} if cotta_augs else {"blur_sigma": None, "noise_std": 0.0}
+    make = ReferenceTTAugment.soft if soft else ReferenceTTAugment
+    return make(hflip=0.5 if flip_on else 0.0, padding_mode=padding_mode, mean=mean, std=std, **dropped)  # type: ignore[arg-type]
