@@ -22,6 +22,9 @@ classes, each classified as itself at temperature 0.8). Three parts:
    experience ``k``; the head scores the features of set ``k``, its class names an experience ``k'``, and
    this repeats until ``k' = k`` or ``max_refine`` passes. With ``ensemble`` the prediction is
    ``softmax(head logits) + softmax((t + 1) * original cosine logits)``, ``t + 1`` the number of sets.
+   Between boundaries (per-iteration evaluation) the set being trained is used live, not memoised, and
+   its classes can win only through the head (they have no prototype yet), as in the official code,
+   whose ``cls2task`` already holds them; before the first experience starts ``predict`` gives zeros.
 
 **Where the merge happens (a deliberate difference).** The official ``reweight_adapter`` (``backbone/vit_mos.py``
 l.328-346) assigns the merged weights in place, and ``forward_features`` (l.348-379) calls it inside the loop
@@ -49,8 +52,9 @@ placement and zero-initialised up-projection are ``utils/inc_net.py`` (``ffn_ada
 weight decay 0.005, batch 16, 10 epochs. As in EASE, the epochs are the protocol's (``--protocol.epochs 20``
 and batch 48 reproduce the official ones) and the schedule follows ``T_max = tuned_epochs``; the backbone's
 BatchNorm statistics stay pretrained; the official adapter dropout 0.1 (``vit_mos.py`` l.269) is not used
-(cl_bench's Bottleneck has none); the head is initialised as timm's ViT head (``init_weights_vit_timm``:
-truncated normal, std 0.02, zero bias).
+(cl_bench's Bottleneck has none); the head is initialised as a timm ViT head (the official one comes from
+``timm.create_model(..., num_classes=...)``, ``backbone/vit_mos.py`` l.420; ``init_weights_vit_timm`` of the
+installed timm 1.0.31: truncated normal, std 0.02, zero bias).
 
 References:
     Sun, Zhou, Zhao, Gan, Zhan & Ye, "MOS: Model Surgery for Pre-Trained Model-Based Class-Incremental
