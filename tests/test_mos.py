@@ -91,10 +91,11 @@ def test_predict_ensembles_the_refined_head_with_the_first_sets_prototypes() -> 
 
 
 # -- adapter merging -------------------------------------------------------------------------------------------------
-def test_each_step_merges_the_new_set_towards_the_mean_of_the_earlier_ones() -> None:
+@pytest.mark.parametrize("merges", [1, 2])
+def test_each_step_merges_the_new_set_towards_the_mean_of_the_earlier_ones(merges: int) -> None:
     runs = {}
     for m in (0.0, 0.3):
-        method, scenario = _method({"adapter_momentum": m})
+        method, scenario = _method({"adapter_momentum": m, "merges_per_step": merges})
         for exp in scenario[:2]:
             method.begin_experience(exp)
             _train(method, exp)
@@ -104,15 +105,15 @@ def test_each_step_merges_the_new_set_towards_the_mean_of_the_earlier_ones() -> 
         for p, q in zip(method.bank.parameters(2), method.bank.parameters(1), strict=True):
             assert torch.equal(p, q)
         runs[m] = method
-    # The same state so far (no merge before experience 1's steps... which do merge at 0.3): compare from here on.
-    runs[0.0].load_state_dict(runs[0.3].state_dict())
+    runs[0.0].load_state_dict(runs[0.3].state_dict())  # the same state from here on
     before = [p.clone() for p in runs[0.3].bank.parameters(2)]
     mean = [(a + b) / 2 for a, b in zip(runs[0.3].bank.parameters(0), runs[0.3].bank.parameters(1), strict=True)]
     for method in runs.values():
         _train(method, scenario[2], batches=1)
     stepped, merged = runs[0.0].bank.parameters(2), runs[0.3].bank.parameters(2)
+    kept = 0.7**merges  # one SGD step, then `merges` merges towards the same mean
     for p, q, mu in zip(stepped, merged, mean, strict=True):
-        torch.testing.assert_close(q, 0.7 * p + 0.3 * mu)  # one SGD step, then one merge
+        torch.testing.assert_close(q, kept * p + (1 - kept) * mu)
     assert any(not torch.equal(p, b) for p, b in zip(stepped, before, strict=True))
 
 
@@ -156,10 +157,12 @@ def test_mid_experience_predictions_use_the_live_set_and_the_current_classes() -
 def test_defaults_are_the_official_cifar_config() -> None:
     cfg = METHODS.config("mos")
     assert (cfg.lr, cfg.head_lr_scale, cfg.weight_decay, cfg.tuned_epochs, cfg.min_lr) == (0.03, 0.1, 5e-4, 20, 0.0)
-    assert (cfg.ffn_num, cfg.adapter_scale, cfg.adapter_momentum, cfg.reg, cfg.reg_temperature) == \
-        (16, 0.1, 0.1, 0.1, 0.8)
+    assert (cfg.ffn_num, cfg.adapter_scale, cfg.adapter_momentum, cfg.merges_per_step) == (16, 0.1, 0.1, 13)
+    assert (cfg.reg, cfg.reg_temperature) == (0.1, 0.8)
     assert (cfg.ca_epochs, cfg.ca_lr, cfg.ca_samples, cfg.ca_storage) == (30, 0.005, 240, "covariance")
     assert (cfg.max_refine, cfg.ensemble) == (4, True)
-    for bad in ({"adapter_momentum": 1.5}, {"max_refine": 0}, {"ca_storage": "full"}, {"reg_temperature": 0.0}):
+    bad_values = [{"adapter_momentum": 1.5}, {"max_refine": 0}, {"ca_storage": "full"}, {"reg_temperature": 0.0},
+                  {"merges_per_step": 0}]  # fmt: skip
+    for bad in bad_values:
         with pytest.raises(ValueError):
             METHODS.config("mos", bad)
