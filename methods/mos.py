@@ -105,7 +105,8 @@ class MOSConfig(PretrainedConfig):
         adapter_momentum: ``m`` of the merge with the mean of the earlier sets (official ``adapter_momentum``;
             0 = no merging).
         merges_per_step: Merges after each optimiser step: the official training step merges once per ViT-B
-            block inside ``forward_features`` (12) and once in ``adapter_merge`` (see the module docstring).
+            block inside ``forward_features`` (12) and once in ``adapter_merge`` (see the module docstring);
+            13 whatever the backbone, since the count is the official ViT-B's.
         reg: Weight of the contrastive term (official ``reg``).
         reg_temperature: Its temperature (``models/mos.py`` l.346).
         ca_epochs: Alignment epochs (official ``crct_epochs``).
