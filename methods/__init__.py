@@ -39,6 +39,7 @@ from cl_bench.methods import (  # noqa: F401
     lwf,
     mas,
     mir,
+    mos,
     ncm,
     note,
     one_prompt,

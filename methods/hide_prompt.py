@@ -35,7 +35,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -43,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl_bench.components.alignment import align, contrastive_loss
 from cl_bench.components.gaussians import ClassMixture, MixtureMode
 from cl_bench.components.prompts import Prefixes, PromptPool
 from cl_bench.core.errors import ConfigError
@@ -175,41 +175,6 @@ class TaskIdentityHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(x + self.mlp(x)))
-
-
-def contrastive_loss(features: torch.Tensor, prototypes: torch.Tensor, temperature: float) -> torch.Tensor:
-    """HiDe-Prompt's ``orth_loss``: rows of ``M = [prototypes; features]``, each classified as itself by
-    ``M M^T / temperature`` (cross-entropy averaged over all rows, prototypes included)."""
-    m = torch.cat([prototypes.to(features), features]) if len(prototypes) else features
-    return F.cross_entropy(m @ m.T / temperature, torch.arange(len(m), device=m.device))
-
-
-def align(classifier: nn.Module, params: list[nn.Parameter], stats: ClassMixture, seen: torch.Tensor, n_prev: int,
-          lr: float, epochs: int, n: int, generator: torch.Generator) -> None:  # fmt: skip
-    """Classifier alignment on features sampled from the class Gaussians of every class in ``seen``.
-
-    The official ``train_task_adaptive_prediction``: SGD (momentum 0.9, no weight decay) at ``lr``,
-    cosine-annealed per epoch to 0 over ``epochs``; each epoch draws ``n`` features per component
-    and class, shuffles them and takes ``n_prev`` batches of ``n`` (the number of classes of the
-    earlier experiences), with the logits of unseen classes masked out.
-    """
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=0.0)
-    classes = seen.nonzero().flatten()
-    for epoch in range(epochs):
-        for group in opt.param_groups:  # torch CosineAnnealingLR(T_max=epochs), stepped after each epoch
-            group["lr"] = lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
-        x, y = stats.sample(classes, n, generator)
-        order = torch.randperm(len(x), generator=generator).to(x.device)
-        x, y = x[order], y[order]
-        for i in range(n_prev):
-            xb, yb = x[i * n : (i + 1) * n], y[i * n : (i + 1) * n]
-            if len(xb) == 0:
-                break
-            logits = classifier(xb).masked_fill(~seen, float("-inf"))
-            loss = F.cross_entropy(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
 
 
 @METHODS.register(
