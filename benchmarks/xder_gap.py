@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 from cl_bench.cli import parse_sets
+from cl_bench.core.errors import UserError
+from cl_bench.core.registry import METHODS
 from cl_bench.engine.runner import make_loop
 from cl_bench.engine.spec import Protocol, RunSpec
 from cl_bench.testing.mnist import default_mnist_folder, holds_mnist_test_set
@@ -84,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xder_gap: --xder-set wants KEY=VALUE, got {bad[0]!r}.", file=sys.stderr)
         return 2
     overrides = parse_sets(args.xder_set)["method"]
+    try:  # a bad --xder-set option: the config's own message, before anything is printed
+        METHODS.config("xder", {**NETWORK, **overrides})
+    except UserError as err:
+        print(f"xder_gap: {err}", file=sys.stderr)
+        return 2
     runs = [("xder", overrides)] + ([] if args.skip_derpp else [("derpp", DERPP)])
     print("| method | final acc | exps 0-3 | last exp | last exp within its head | last exp as past | "
           "present - past logit |\n|---|---|---|---|---|---|---|")  # fmt: skip
