@@ -28,6 +28,9 @@ augmentation (random resized crop, flip, colour jitter, grayscale), so on a stre
 the views coincide and the pretext term contrasts examples by label only. BatchNorm statistics are not
 updated by the memory-filling and pretext forward passes (mammoth's ``bn_track_stats(self, False)``).
 Not reproduced: mammoth's later ``align_bn`` and ``dp_weight`` options (off in the paper's code).
+The incoming batch's CE moves the present head only within itself, so an experience's classes are lifted
+over the past ones by later replay of their stored logits; the last experience never gets it, and on short
+schedules its classes stay under the past heads (docs/methods.md, "X-DER against mammoth, line by line").
 
 References:
     Boschini, Bonicelli, Buzzega, Porrello & Calderara. "Class-incremental continual learning into the

@@ -142,6 +142,28 @@ def test_xder_memory_is_balanced_and_future_logits_are_updated_at_experience_end
     assert (gt > 0).sum() >= 3 and (lg[gt > 0][:, past_cols].max(1).values <= gt[gt > 0] + 1e-5).all()
 
 
+def test_xder_stream_term_moves_only_the_present_head_and_not_its_level() -> None:
+    # mammoth 0d727a7 models/xder.py:156: the incoming batch's CE sees the present head only, so its gradient
+    # on the output biases is zero outside that head and sums to zero inside it: nothing in the stream term
+    # lifts the present head above the past ones (docs/methods.md, why the last experience scores low).
+    scenario = toy_scenario()
+    method = METHODS.create("xder", buffer_size=30, lr=0.5, alpha=0.0, beta=0.0, lambd=0.0,
+                            past_constraint=False, future_constraint=False)  # fmt: skip
+    method.setup(_info(scenario), 0)
+    _train(method, list(scenario), 1)
+    exp = scenario[1]
+    method.begin_experience(exp)
+    bias = [m for m in method.net.modules() if isinstance(m, torch.nn.Linear)][-1].bias
+    before = bias.detach().clone()
+    assert exp.train is not None
+    x, y = exp.train.batch(slice(0, 20))
+    method.observe(Batch(x, y, None, exp.index))
+    step = bias.detach() - before
+    present = torch.tensor([c in exp.classes for c in range(6)])
+    assert step[present].abs().max() > 1e-3  # the present head did learn
+    assert step[~present].abs().max() < 1e-7 and abs(float(step[present].sum())) < 1e-6
+
+
 def test_xder_refuses_domain_incremental_streams() -> None:
     scenario = toy_scenario()
     info = StreamInfo(input_shape=tuple(scenario.input_shape), n_classes=6, n_experiences=3, setting="domain_il")
