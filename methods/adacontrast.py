@@ -11,9 +11,10 @@ samples were seen); the model (all weights, batch norm on batch statistics) take
       as negatives; negatives whose stored pseudo-label equals the sample's are masked out (class-aware)
     - entropy of the batch's mean prediction on q (diversity),
 
-all weighted 1. The momentum (key) encoder is an EMA (0.999) of the model; the key queue holds 16,384
-keys (randomly initialised, as the reference). After the step the momentum model's weak-view features and
-predictions enter the bank.
+all weighted 1. The views are the reference's (``transforms_adacontrast.py``'s weak "plain" and strong
+"moco-v2-light" pipelines, per image, :mod:`cl_bench.components.adacontrast_augment`). The momentum
+(key) encoder is an EMA (0.999) of the model; the key queue holds 16,384 keys (randomly initialised, as
+the reference). After the step the momentum model's weak-view features and predictions enter the bank.
 
 References:
     Chen, Wang, Darrell & Ebrahimi. "Contrastive Test-Time Adaptation". CVPR 2022. Code:
@@ -23,7 +24,8 @@ References:
     after 1,024 samples), classification/conf.py lines 195-207 (QUEUE_SIZE 16384, class_aware contrast,
     alpha = beta = eta = 1, cosine distance, weak_strong supervision, 10 neighbours) and line 149
     (M_TEACHER.MOMENTUM 0.999), cfgs/cifar10_c/adacontrast.yaml (SGD lr 2e-4, momentum 0.9, weight decay
-    1e-4, Nesterov; CONTRAST.TEMPERATURE 0.07).
+    1e-4, Nesterov; CONTRAST.TEMPERATURE 0.07); the views from datasets/data_loading.py l. 58-64 and
+    augmentations/transforms_adacontrast.py.
 """
 
 from __future__ import annotations
