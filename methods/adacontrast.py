@@ -11,9 +11,10 @@ samples were seen); the model (all weights, batch norm on batch statistics) take
       as negatives; negatives whose stored pseudo-label equals the sample's are masked out (class-aware)
     - entropy of the batch's mean prediction on q (diversity),
 
-all weighted 1. The momentum (key) encoder is an EMA (0.999) of the model; the key queue holds 16,384
-keys (randomly initialised, as the reference). After the step the momentum model's weak-view features and
-predictions enter the bank.
+all weighted 1. The views are the reference's (``transforms_adacontrast.py``'s weak "plain" and strong
+"moco-v2-light" pipelines, per image, :mod:`cl_bench.components.adacontrast_augment`). The momentum
+(key) encoder is an EMA (0.999) of the model; the key queue holds 16,384 keys (randomly initialised, as
+the reference). After the step the momentum model's weak-view features and predictions enter the bank.
 
 References:
     Chen, Wang, Darrell & Ebrahimi. "Contrastive Test-Time Adaptation". CVPR 2022. Code:
@@ -23,7 +24,8 @@ References:
     after 1,024 samples), classification/conf.py lines 195-207 (QUEUE_SIZE 16384, class_aware contrast,
     alpha = beta = eta = 1, cosine distance, weak_strong supervision, 10 neighbours) and line 149
     (M_TEACHER.MOMENTUM 0.999), cfgs/cifar10_c/adacontrast.yaml (SGD lr 2e-4, momentum 0.9, weight decay
-    1e-4, Nesterov; CONTRAST.TEMPERATURE 0.07).
+    1e-4, Nesterov; CONTRAST.TEMPERATURE 0.07); the views from datasets/data_loading.py l. 58-64 and
+    augmentations/transforms_adacontrast.py.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from cl_bench.components import blend_parameters_, make_augment
+from cl_bench.components import adacontrast_augment, blend_parameters_
 from cl_bench.components.tta_output import features_and_head
 from cl_bench.components.window_bn import store_in_window
 from cl_bench.core.errors import ConfigError
@@ -61,7 +63,8 @@ class AdaContrastConfig:
         alpha: Weight of the classification loss (1).
         beta: Weight of the instance (contrastive) loss (1).
         eta: Weight of the diversity loss (1).
-        flip: Horizontal flips in the augmentations (reference: yes; turn off for digits).
+        flip: Horizontal flips in the views (reference: p = 0.5 in each); None = the stream's
+            ``flip_invariant`` (off on digits/MNIST streams, where a flip changes the class).
         window: 0 = off; W >= 1: the student and the key encoder normalise with the statistics of the last
             W test samples (:class:`~cl_bench.families.tta.WindowTTAConfig`'s ``window``, the RMT benchmark's
             ``TEST.WINDOW_LENGTH``).
@@ -78,7 +81,7 @@ class AdaContrastConfig:
     alpha: float = 1.0
     beta: float = 1.0
     eta: float = 1.0
-    flip: bool = True
+    flip: bool | None = None
     window: int = 0
 
     def __post_init__(self) -> None:
@@ -120,8 +123,8 @@ class AdaContrast(Method):
         self.bank_probs = torch.zeros(0, info.n_classes, device=device)
         self.bank_ptr = 0
         self.seen = 0
-        self.weak = make_augment(cfg.flip, light=True)
-        self.strong = make_augment(cfg.flip)
+        # the reference makes the views in its data loader (datasets/data_loading.py l. 58-64)
+        self.augment = adacontrast_augment(info, cfg.flip)
 
     def memory_size(self) -> int:
         return len(self.bank_feats)  # test-sample features (and predictions) kept for the kNN refinement
@@ -168,7 +171,7 @@ class AdaContrast(Method):
     def adapt(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         out = self.predict(x, PredictContext())
-        x_w, x_q, x_k = self.weak(x, self.gen), self.strong(x, self.gen), self.strong(x, self.gen)
+        x_w, x_q, x_k = self.augment(x, self.gen)
         with torch.enable_grad():
             feats_w = self.features(x_w)
             labels = self._pseudo_labels(feats_w.detach(), self.head(feats_w).detach())

@@ -5,6 +5,11 @@ References:
     See each component's docstring.
 """
 
+from cl_bench.components.adacontrast_augment import (
+    RangeAgnosticViews,
+    ReferenceAdaContrastAugment,
+    adacontrast_augment,
+)
 from cl_bench.components.backbone_input import BackboneInput
 from cl_bench.components.batchnorm import (
     EMABatchNorm,
@@ -54,8 +59,10 @@ from cl_bench.components.tta_weighting import (
 __all__ = ["BackboneInput", "CSTUMemory", "CertaintyDiversityWeights", "ClassBalancedBuffer", "CodaPrompt",
            "EMABatchNorm", "EMATeacher", "FeatureCache", "FisherPenalty", "HerdingMemory", "InstanceAwareBatchNorm",
            "LogitClassBalancedBuffer", "LogitReservoirBuffer", "PBRSMemory", "PathIntegral", "PriorBatchNorm",
-           "PromptPool", "PromptedViT", "PrototypeHead", "ReferenceTTAugment", "ReliableEntropy", "ReservoirBuffer",
-           "TTAugment", "adapt_only", "batch_norm_layers", "blend_parameters_", "bn_affine_params", "cross_entropy_to",
+           "PromptPool", "PromptedViT", "PrototypeHead", "RangeAgnosticViews", "ReferenceAdaContrastAugment",
+           "ReferenceTTAugment", "ReliableEntropy", "ReservoirBuffer",
+           "TTAugment", "adacontrast_augment",
+           "adapt_only", "batch_norm_layers", "blend_parameters_", "bn_affine_params", "cross_entropy_to",
            "diagonal_fisher", "embed", "frozen_copy", "herding", "iabn_layers", "kd_loss", "make_augment",
            "marginal_entropy",
            "norm_affine_params", "output_norm_importance", "parameters_outside_norm_layers", "pixel_space",
