@@ -41,6 +41,8 @@ from cl_bench.core.types import PredictContext, StreamInfo
 from cl_bench.families.tta import WindowTTAConfig, adaptable_copy, generator, make_optimizer
 
 #: The reference scales q by the trainable-parameter count relative to 38,400 (WideResNet-28's BN affine).
+#: On small networks q is then tiny (cnn_bn, 96 parameters: 1.25e-5), beta is set to 1 for the first
+#: batches and CMF's ensembling is ROID's (issue 17; tests/test_cmf.py).
 Q_REFERENCE_PARAMS = 38400
 
 
