@@ -23,7 +23,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -130,12 +130,27 @@ def store_in_window(x: torch.Tensor, *models: nn.Module) -> None:
             forward_into_window(model, x)
 
 
+def _is_window_key(key: object) -> bool:
+    # WindowBatchNorm's own buffers are the ``win_*`` ones; its running statistics are plain BatchNorm's
+    return isinstance(key, str) and key.rsplit(".", 1)[-1].startswith("win_")
+
+
 def window_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of ``model``'s window buffers by ``state_dict`` key, so a reset to the source weights can keep
     the window (the RMT benchmark's ``reset`` reloads the weights, its sliding-window input buffer stays)."""
-    return {f"{name}.{k}".lstrip("."): b.clone() for name, m in model.named_modules() if isinstance(m, WindowBatchNorm)
-            for k, b in m.named_buffers(recurse=False) if k.startswith("win_")}  # fmt: skip
+    return {k: b.clone() for k, b in model.state_dict().items() if _is_window_key(k)}
 
 
-__all__ = ["WindowBatchNorm", "forward_into_window", "has_window", "set_window_mode", "store_in_window",
-           "window_buffers"]  # fmt: skip
+def keep_windows(initial: Any, current: Any) -> Any:
+    """``initial`` (a state, possibly nested: a method's ``state_dict``) with every window buffer taken from
+    ``current``: the same rule as :func:`window_buffers`, for a reset of a whole method's state."""
+    if not isinstance(initial, dict) or not isinstance(current, dict):
+        return initial
+    for key, value in initial.items():
+        if key in current:
+            initial[key] = current[key] if _is_window_key(key) else keep_windows(value, current[key])
+    return initial
+
+
+__all__ = ["WindowBatchNorm", "forward_into_window", "has_window", "keep_windows", "set_window_mode",
+           "store_in_window", "window_buffers"]  # fmt: skip

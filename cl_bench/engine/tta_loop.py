@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from cl_bench.components.window_bn import keep_windows
 from cl_bench.core.errors import UserError
 from cl_bench.core.record import add_source_curve
 from cl_bench.core.types import PredictContext, Scenario, StreamInfo, TensorData
@@ -85,18 +86,6 @@ class TTAEvaluator:
         self.matrix = TTAMatrix.from_dict(state, len(self.scenario))
 
 
-def _keep_windows(initial: Any, current: Any) -> Any:
-    """``initial`` (a nested method state) with every window buffer (a ``win_*`` key of a
-    :class:`~cl_bench.components.window_bn.WindowBatchNorm`) taken from ``current``."""
-    if not isinstance(initial, dict) or not isinstance(current, dict):
-        return initial
-    for key, value in initial.items():
-        if key in current:
-            is_window = isinstance(key, str) and key.rsplit(".", 1)[-1].startswith("win_")
-            initial[key] = current[key] if is_window else _keep_windows(value, current[key])
-    return initial
-
-
 class TTALoop(Loop):
     """The TTA loop: source phase in :meth:`stream_info`, then each test batch to ``adapt`` once.
 
@@ -154,7 +143,7 @@ class TTALoop(Loop):
         else:
             # The sliding window of test statistics (``window=W``) survives, as in the RMT benchmark, whose reset
             # reloads the weights and keeps its input buffer: else an episodic window would hold one batch.
-            self.method.load_state_dict(_keep_windows(copy.deepcopy(self.initial), self.method.state_dict()))
+            self.method.load_state_dict(keep_windows(copy.deepcopy(self.initial), self.method.state_dict()))
 
     def _source_point(self, iteration: int) -> None:
         """One point of the clean-source curve at ``iteration`` (no-op without a clean source test split)."""
